@@ -1,0 +1,18 @@
+# Sourced by demo.sh and test.sh: create .venv (once) and install the project into it.
+# Usage: . scripts/setup.sh [extras]   e.g. ". scripts/setup.sh dev"
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python="${PYTHON:-python3}"
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+    || { echo "dc-twin needs Python 3.11+ (set PYTHON=...)" >&2; exit 1; }
+if [[ ! -x .venv/bin/python ]]; then
+    "$python" -m venv .venv
+fi
+extras="${1:-}"
+target="."
+[[ -n "$extras" ]] && target=".[$extras]"
+# Quiet pip, but keep its errors visible.
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e "$target"
+export PATH="$root/.venv/bin:$PATH"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install dc-twin with its dev tools into .venv, fetch the Apache Kafka jars, then run the
+# checks every contributor runs: ruff (lint, format), mypy and the whole pytest suite,
+# integration tests on the embedded broker and on Apache Kafka.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/setup.sh" dev
+bash scripts/kafka.sh fetch
+ruff check .
+ruff format --check .
+mypy
+# pytest exits 5 when it collected no test: that is a failure here too.
+set +e
+pytest -q "$@"
+rc=$?
+set -e
+if [[ $rc -eq 5 ]]; then
+    echo "pytest collected no tests" >&2
+fi
+exit $rc

@@ -1,0 +1,129 @@
+"""``twin sink``: run the Parquet sink until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import signal
+import sys
+from typing import Any
+
+from storage.cliutil import (
+    DEFAULT_BROKER,
+    DEFAULT_DATA_DIR,
+    data_dir_arg,
+    env,
+    parse_broker_url,
+    setup_logging,
+)
+from storage.layout import TableDef, default_tables
+from storage.sink import ParquetSink
+from twin.errors import ConfigError, TwinError
+
+
+def _fill_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default=env("TWIN_BROKER", DEFAULT_BROKER), help="kafka://host:port")
+    p.add_argument("--data-dir", type=data_dir_arg, default=env("TWIN_DATA_DIR", DEFAULT_DATA_DIR))
+    p.add_argument(
+        "--topics",
+        default=env("TWIN_SINK_TOPICS", ""),
+        help="comma-separated topics (default: every table's topic)",
+    )
+    p.add_argument(
+        "--topic-prefix",
+        default=env("TWIN_TOPIC_PREFIX", ""),
+        help="prefix of every source topic, as given to the worker (env TWIN_TOPIC_PREFIX)",
+    )
+    p.add_argument("--group", default=env("TWIN_SINK_GROUP", "twin-sink"))
+    p.add_argument("--flush-rows", type=int, default=int(env("TWIN_SINK_FLUSH_ROWS", "500000")))
+    p.add_argument(
+        "--flush-seconds", type=float, default=float(env("TWIN_SINK_FLUSH_SECONDS", "60"))
+    )
+    p.add_argument("--retry-seconds", type=float, default=float(env("TWIN_SINK_RETRY_S", "5")))
+    p.add_argument(
+        "--table-topics",
+        default=env("TWIN_SINK_TABLE_TOPICS", ""),
+        help="override source topics: table=topic[,table=topic]",
+    )
+    p.add_argument("--max-poll-records", type=int, default=int(env("TWIN_SINK_MAX_POLL", "5000")))
+    p.add_argument(
+        "--maintenance-seconds",
+        type=float,
+        default=float(env("TWIN_SINK_MAINTENANCE_S", "300")),
+        help="compaction, rollups and retention every N s (0: off)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def add_sink_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``sink`` on an argparse subparsers object; ``run_sink`` runs it."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "sink", help="write telemetry topics to the Parquet store, exactly once"
+    )
+    _fill_parser(p)
+    p.set_defaults(handler=run_sink)
+    return p
+
+
+def with_prefix(tables: dict[str, TableDef], prefix: str) -> dict[str, TableDef]:
+    """Prefix every table's source topic (twins sharing a broker use topic prefixes)."""
+    if not prefix:
+        return tables
+    return {
+        name: dataclasses.replace(t, topic=prefix + t.topic) if t.topic else t
+        for name, t in tables.items()
+    }
+
+
+def with_topics(tables: dict[str, TableDef], spec: str) -> dict[str, TableDef]:
+    """Apply a ``table=topic,...`` override to the registry."""
+    out = dict(tables)
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, eq, topic = item.partition("=")
+        if not eq or name not in out or not topic:
+            raise ConfigError(f"--table-topics: {item!r} is not table=topic with a known table")
+        out[name] = dataclasses.replace(out[name], topic=topic)
+    return out
+
+
+async def _main(sink: ParquetSink) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await sink.run(stop)
+
+
+def run_sink(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    try:
+        tables = with_topics(with_prefix(default_tables(), args.topic_prefix), args.table_topics)
+        topics = [t for t in args.topics.split(",") if t] or None
+        sink = ParquetSink(
+            parse_broker_url(args.broker),
+            args.data_dir,
+            topics,
+            args.group,
+            args.flush_rows,
+            args.flush_seconds,
+            retry_s=args.retry_seconds,
+            maintenance_s=args.maintenance_seconds or None,
+            tables=tables,
+            consumer_config={"max_poll_records": args.max_poll_records},
+        )
+        asyncio.run(_main(sink))
+    except TwinError as exc:
+        print(f"twin sink: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="twin sink")
+    _fill_parser(p)
+    return run_sink(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""``twin sql "SELECT ..."``: query the store from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from storage.cliutil import DEFAULT_DATA_DIR, data_dir_arg, env
+from storage.sql import SqlService, to_csv, to_json, to_parquet_bytes, to_text
+from twin.errors import TwinError
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def _fill_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("query", help="one SELECT statement over the store's views")
+    p.add_argument("--format", choices=FORMATS, default=env("TWIN_SQL_FORMAT", "table"))
+    p.add_argument("--out", type=Path, default=None, help="write to FILE instead of stdout")
+    p.add_argument("--data-dir", type=data_dir_arg, default=env("TWIN_DATA_DIR", DEFAULT_DATA_DIR))
+    p.add_argument("--timeout", type=float, default=float(env("TWIN_SQL_TIMEOUT_S", "30")))
+    p.add_argument("--max-rows", type=int, default=int(env("TWIN_SQL_MAX_ROWS", "100000")))
+
+
+def add_sql_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``sql`` on an argparse subparsers object; ``run_sql`` runs it."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "sql", help="run a read-only SQL query over the Parquet history"
+    )
+    _fill_parser(p)
+    p.set_defaults(handler=run_sql)
+    return p
+
+
+def _rich_table(table: pa.Table) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_lines=False)
+    for name in table.column_names:
+        t.add_column(name)
+    for row in table.to_pylist():
+        t.add_row(*("" if v is None else str(v) for v in row.values()))
+    Console().print(t)
+
+
+def run_sql(args: argparse.Namespace) -> int:
+    try:
+        svc = SqlService(args.data_dir, timeout_s=args.timeout, max_rows=args.max_rows)
+        try:
+            result = svc.query(args.query)
+        finally:
+            svc.close()
+    except TwinError as exc:
+        print(f"twin sql: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "parquet":
+        data = to_parquet_bytes(result)
+        if args.out is None:
+            if sys.stdout.isatty():
+                print("twin sql: --format parquet needs --out FILE or a pipe", file=sys.stderr)
+                return 2
+            sys.stdout.buffer.write(data)
+        else:
+            args.out.write_bytes(data)
+        return 0
+    if args.format == "table" and args.out is None and sys.stdout.isatty():
+        _rich_table(result)
+        return 0
+    text = {"table": to_text, "csv": to_csv, "json": to_json}[args.format](result)
+    if args.out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        args.out.write_text(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="twin sql")
+    _fill_parser(p)
+    return run_sql(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

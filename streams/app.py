@@ -1,0 +1,272 @@
+"""The Faust app of a twin worker: topics, tables, agents, timers and web views.
+
+``create_app(settings)`` builds a fresh app every call (no module-level app), so tests and the
+CLI each get their own. Agents are thin: decode and validate (streams/codec.py), apply to the
+in-process twin (streams/runtime.py), send bad input to the dead-letter topic. Tables hold a
+checkpoint of every rack and plant unit, written at most once per checkpoint interval per key,
+so changelog traffic stays bounded whatever the sample rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import TP, EventT
+
+from streams.codec import DecodeError, decode_gpu_frame, decode_points_frame, encode_frame
+from streams.ingest_json import convert_json
+from streams.runtime import TwinRuntime, partition_for
+from streams.settings import Settings
+from streams.stateview import follow_state
+from streams.web import register_views
+
+log = logging.getLogger(__name__)
+
+REPLAY_HEADER = "twin-replay"
+#: Head of an oversized payload kept in its dead-letter record.
+DLQ_MAX_VALUE_BYTES = 64 * 1024
+
+
+@dataclass
+class TwinWorker:
+    """A Faust app together with the in-process twin it feeds."""
+
+    app: faust.App
+    runtime: TwinRuntime
+    settings: Settings
+
+
+def _headers(message: Any) -> dict[str, bytes]:
+    raw = message.headers or {}
+    items: Iterable[tuple[str, bytes]] = raw.items() if isinstance(raw, dict) else raw
+    return {str(k): bytes(v) if v is not None else b"" for k, v in items}
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=settings.broker,
+        store="memory://",
+        autodiscover=False,
+        # Every topic and changelog of ours carries bytes (Arrow IPC or JSON we encode).
+        key_serializer="raw",
+        value_serializer="raw",
+        table_key_serializer="raw",
+        table_value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        datadir=str(settings.data_dir / "faust" / settings.app_id),
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        producer_linger=0.005,
+        table_standby_replicas=0,
+        web_in_thread=False,
+    )
+
+
+def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> TwinWorker:
+    """Build the app, its topics, tables, agents, timers and views around a runtime."""
+    rt = runtime if runtime is not None else TwinRuntime(partitions=settings.partitions)
+    app = _faust_app(settings)
+    names = settings.topics
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
+    raw |= {"key_serializer": "raw", "value_serializer": "raw"}
+    gpu_topic = app.topic(names.gpu, partitions=settings.partitions, **raw)
+    thermal_topic = app.topic(names.thermal, partitions=settings.partitions, **raw)
+    power_topic = app.topic(names.power, partitions=settings.partitions, **raw)
+    ingest_topic = app.topic(names.ingest, **raw)
+    dlq_topic = app.topic(names.dlq, **raw)
+    state_topic = app.topic(names.state, partitions=settings.partitions, **raw)
+    tables: dict[str, Any] = {"partitions": settings.partitions, "key_type": str}
+    tables["value_type"] = bytes
+    rack_table = app.Table("rack-state", **tables)
+    unit_table = app.Table("unit-state", **tables)
+    limits = settings.limits
+    sync_state: dict[str, frozenset[TP]] = {"assignment": frozenset()}
+
+    async def dead_letter(ev: EventT, reason: str) -> None:
+        msg = ev.message
+        rt.counters.dead_letter(reason)
+        log.warning(
+            "dlq topic=%s partition=%s offset=%s reason=%s",
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            reason,
+        )
+        value = msg.value or b""
+        headers = [
+            ("dlq.reason", reason.encode()),
+            ("dlq.topic", str(msg.topic).encode()),
+            ("dlq.partition", str(msg.partition).encode()),
+            ("dlq.offset", str(msg.offset).encode()),
+            ("dlq.size", str(len(value)).encode()),
+        ]
+        if len(value) > DLQ_MAX_VALUE_BYTES:
+            # A payload too big for the source limits is too big for the DLQ too; keep its
+            # head here, the whole of it stays at the source topic/partition/offset above.
+            value = value[:DLQ_MAX_VALUE_BYTES]
+            headers.append(("dlq.truncated", b"1"))
+        try:
+            await dlq_topic.send(key=msg.key, value=value, headers=headers)
+        except Exception as exc:  # the DLQ must never stop the worker
+            log.error("dlq send failed topic=%s offset=%s: %r", msg.topic, msg.offset, exc)
+
+    @app.agent(gpu_topic, name="gpu-frames")
+    async def gpu_frames(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
+            now = rt.clock_ms()
+            for ev in events:
+                msg = ev.message
+                replay = REPLAY_HEADER in _headers(msg)
+                try:
+                    frame = decode_gpu_frame(
+                        msg.value or b"", key=msg.key, now_ms=now, limits=limits, replay=replay
+                    )
+                except DecodeError as exc:
+                    await dead_letter(ev, exc.reason)
+                else:
+                    rt.apply_gpu(frame, names.gpu)
+                rt.record_position(msg.topic, msg.partition, msg.offset)
+
+    async def points_agent(stream: Any, contract: str) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
+            now = rt.clock_ms()
+            for ev in events:
+                msg = ev.message
+                replay = REPLAY_HEADER in _headers(msg)
+                try:
+                    frame = decode_points_frame(
+                        msg.value or b"",
+                        key=msg.key,
+                        now_ms=now,
+                        limits=limits,
+                        replay=replay,
+                        contract=contract,
+                    )
+                except DecodeError as exc:
+                    await dead_letter(ev, exc.reason)
+                else:
+                    rt.apply_points(frame, contract)
+                rt.record_position(msg.topic, msg.partition, msg.offset)
+
+    @app.agent(thermal_topic, name="thermal-frames")
+    async def thermal_frames(stream: Any) -> None:
+        await points_agent(stream, names.thermal)
+
+    @app.agent(power_topic, name="power-frames")
+    async def power_frames(stream: Any) -> None:
+        await points_agent(stream, names.power)
+
+    topic_of = {names.gpu: gpu_topic, names.thermal: thermal_topic, names.power: power_topic}
+    from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
+
+    base_of = {TOPIC_GPU: names.gpu, TOPIC_THERMAL: names.thermal, TOPIC_POWER: names.power}
+
+    @app.agent(ingest_topic, name="json-ingest")
+    async def json_ingest(stream: Any) -> None:
+        async for ev in stream.events():
+            msg = ev.message
+            try:
+                frames = convert_json(msg.value or b"")
+            except DecodeError as exc:
+                await dead_letter(ev, exc.reason)
+                continue
+            for f in frames:
+                dest = topic_of[base_of[f.topic]]
+                await dest.send(key=f.key.encode(), value=encode_frame(f.batch))
+                rt.counters.ingest_converted += 1
+
+    def owned(key: str) -> bool:
+        tp = TP(names.gpu, partition_for(key, settings.partitions))
+        return tp in app.consumer.assignment()
+
+    def put(table: Any, key: str, value: bytes) -> None:
+        # A timer has no current event, so give the partition explicitly: the same one
+        # the key's telemetry arrives on (co-partitioned), as Faust would have chosen.
+        table.data[key] = value
+        table.send_changelog(partition_for(key, settings.partitions), key, value)
+
+    @app.timer(interval=settings.checkpoint_interval_s)
+    async def checkpoint() -> None:
+        if app.in_recovery:
+            return
+        racks, units = rt.take_checkpoints()
+        for rack, data in racks.items():
+            put(rack_table, rack, data)
+        for unit, data in units.items():
+            put(unit_table, unit, data)
+
+    @app.timer(interval=settings.publish_interval_s)
+    async def publish_state() -> None:
+        docs = rt.take_publications()
+        if owned("facility") and (rt.racks or rt.view):
+            docs["facility"] = {"kind": "facility", "summary": rt.facility()["facility"]}
+        for entity, doc in docs.items():
+            await state_topic.send(
+                key=entity.encode(), value=json.dumps(doc, separators=(",", ":")).encode()
+            )
+
+    @app.timer(interval=0.5)
+    async def sync_tables() -> None:
+        # After a rebalance and table recovery, take over the checkpoints of the racks and
+        # units this worker now owns, and forget the ones it gave away.
+        if app.in_recovery:
+            return
+        assignment = frozenset(app.consumer.assignment())
+        if assignment == sync_state["assignment"]:
+            return
+        sync_state["assignment"] = assignment
+        rt.drop_partitions(owned)
+        for rack, data in list(rack_table.data.items()):
+            if owned(rack):
+                rt.restore_rack(rack, data)
+        for unit, data in list(unit_table.data.items()):
+            if owned(unit):
+                rt.restore_unit(data)
+
+    @app.task
+    async def state_view() -> None:
+        stop = asyncio.Event()
+        try:
+            await follow_state(settings.bootstrap, names.state, rt, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    async def consumer_lag() -> dict[tuple[str, int], int]:
+        lag: dict[tuple[str, int], int] = {}
+        for tp in app.consumer.assignment():
+            if tp.topic not in topic_of:
+                continue
+            try:
+                hw = app.consumer.highwater(tp)
+            except (KeyError, AttributeError):
+                continue
+            if hw is None:
+                continue
+            pos = rt.positions.get((tp.topic, tp.partition), 0)
+            lag[(tp.topic, tp.partition)] = max(0, int(hw) - pos)
+        return lag
+
+    register_views(app, rt, settings, consumer_lag)
+    return TwinWorker(app=app, runtime=rt, settings=settings)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A new Faust app for these settings (see :func:`build_worker` for the runtime too)."""
+    return build_worker(settings).app

@@ -1,0 +1,281 @@
+"""Sub-commands of ``twin``: each adds its parser and a handler taking the parsed args."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+from streams.cli import add_broker_flag, add_common_worker_flags, add_sim_flags
+from streams.codec import Limits
+from streams.settings import Settings, Topics, parse_broker_url
+from twin.errors import ConfigError
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Worker settings from parsed flags (flags already carry the TWIN_* fallbacks)."""
+    if not args.broker:
+        raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
+    parse_broker_url(args.broker)
+    return Settings(
+        broker=args.broker,
+        app_id=args.app_id,
+        topic_prefix=args.topic_prefix,
+        partitions=args.partitions,
+        web_host=args.web_host,
+        web_port=args.web_port,
+        data_dir=args.data_dir,
+        checkpoint_interval_s=args.checkpoint_interval,
+        log_level=args.log_level,
+        limits=Limits(max_message_bytes=args.max_message_bytes),
+        replication=args.replication,
+    )
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Run one Faust worker with the API until SIGTERM / Ctrl-C."""
+    import faust
+
+    from streams.app import build_worker
+    from streams.topics_admin import ensure_topics
+
+    settings = settings_from_args(args)
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    asyncio.run(
+        ensure_topics(
+            settings.bootstrap,
+            settings.topics,
+            settings.partitions,
+            replication=settings.replication,
+        )
+    )
+    worker = build_worker(settings)
+    runner = faust.Worker(
+        worker.app,
+        loglevel=settings.log_level.upper(),
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    runner.spinner = None  # a terminal spinner would mangle logs captured to files
+    runner.execute_from_commandline()
+    return 0  # pragma: no cover - execute_from_commandline exits
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    """Run the physics simulator and publish its telemetry."""
+    from streams.sim_source import run_simulation
+    from streams.topics_admin import ensure_topics
+
+    if not args.broker:
+        raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
+    bootstrap = parse_broker_url(args.broker)
+    topics = Topics(args.topic_prefix)
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await ensure_topics(bootstrap, topics, args.partitions)
+        return await run_simulation(
+            bootstrap=bootstrap,
+            topics=topics,
+            racks=args.racks,
+            site_path=args.site,
+            seed=args.seed,
+            dt_s=args.dt,
+            speed=args.speed,
+            duration_s=args.duration,
+            faults=args.fault,
+            faults_log=args.faults_log,
+            stop=stop,
+            progress=True,
+        )
+
+    stats = asyncio.run(go())
+    print(
+        f"sim: {stats.ticks} steps, {stats.gpu_frames} GPU frames, "
+        f"{stats.point_frames} plant frames, {stats.faults} faults injected"
+    )
+    return 0
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    """Run a broker in the foreground until Ctrl-C."""
+    from streams.brokers import start_broker
+
+    # Block the signals first: sigwait then receives them instead of Python dying before
+    # the broker is stopped (and its state directory removed).
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    broker = start_broker(args.kind)
+    print(f"{args.kind} broker at {broker.url}  (Ctrl-C stops it)", flush=True)
+    try:
+        signal.sigwait(signals)
+    finally:
+        broker.stop()
+    return 0
+
+
+def run_collect_nvml(args: argparse.Namespace) -> int:
+    """Read the local GPUs through NVML and publish telemetry.gpu frames."""
+    from streams.collect_nvml import NvmlCollector, collect_loop, open_nvml
+    from streams.producer import FramePublisher
+    from streams.topics_admin import ensure_topics
+
+    if not args.broker:
+        raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
+    nvml = open_nvml()  # raises NoGpuError with a one-line reason
+    collector = NvmlCollector(nvml, rack=args.rack)
+    bootstrap = parse_broker_url(args.broker)
+    topics = Topics(args.topic_prefix)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await ensure_topics(bootstrap, topics, args.partitions)
+        async with FramePublisher(bootstrap) as pub:
+
+            async def publish(key: str, value: bytes) -> None:
+                await pub.send(topics.gpu, key, value)
+
+            if args.duration:
+                asyncio.get_running_loop().call_later(args.duration, stop.set)
+            await collect_loop(collector, publish, args.interval, stop)
+
+    asyncio.run(go())
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run broker, worker, simulator and API together."""
+    from streams.demo import run_demo as demo
+
+    return demo(args)
+
+
+def register(sub: Any) -> None:
+    """Add every sub-command to the ``twin`` parser."""
+    p = sub.add_parser(
+        "demo",
+        help="run the whole twin on one machine (embedded broker)",
+        description="Start an embedded Kafka broker (or use --broker), one "
+        "worker with the web API, and the physics simulator; print the URLs "
+        "and run until Ctrl-C or --duration.",
+    )
+    add_broker_flag(p)
+    add_common_worker_flags(p)
+    add_sim_flags(p)
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument(
+        "--broker-kind",
+        choices=["tansu", "kafka"],
+        default=None,
+        help="embedded broker to start when --broker is not given "
+        "(default tansu; kafka = Apache Kafka from Maven, needs Java 17)",
+    )
+    p.add_argument(
+        "--recycle-mb",
+        type=float,
+        default=float(env_or("recycle_mb", "1024")),
+        help="restart the embedded tansu broker when its memory passes this many "
+        "MB (state is snapshotted and restored; env TWIN_RECYCLE_MB)",
+    )
+    p.set_defaults(handler=run_demo, speed=1.0)
+
+    p = sub.add_parser(
+        "worker",
+        help="run one Faust worker with the HTTP API",
+        description="Consume telemetry, keep the twin's state in Faust tables, "
+        "serve /api/state, /api/racks/{rack}, /healthz and /metrics.",
+    )
+    add_broker_flag(p)
+    add_common_worker_flags(p)
+    p.set_defaults(handler=run_worker)
+
+    p = sub.add_parser(
+        "sim",
+        help="run the physics simulator and publish its telemetry",
+        description="Step the facility model in real time (or faster with "
+        "--speed), add sensor noise, inject faults, publish telemetry.",
+    )
+    add_broker_flag(p)
+    add_sim_flags(p)
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--duration", type=float, default=None, help="simulated seconds to run")
+    p.add_argument("--topic-prefix", default=env_or("topic_prefix", ""))
+    p.add_argument("--partitions", type=int, default=int(env_or("partitions", "8")))
+    p.add_argument(
+        "--log-level",
+        default=env_or("log_level", "warning"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    p.set_defaults(handler=run_sim)
+
+    p = sub.add_parser(
+        "broker",
+        help="run a Kafka broker on loopback in the foreground",
+        description="tansu: embedded, memory-only (dev); kafka: Apache Kafka "
+        "4.x KRaft single node from Maven Central jars (needs Java 17).",
+    )
+    p.add_argument("--kind", choices=["tansu", "kafka"], default=env_or("broker_kind", "tansu"))
+    p.set_defaults(handler=run_broker)
+
+    p = sub.add_parser("collect", help="collect telemetry from real devices")
+    csub = p.add_subparsers(dest="source", metavar="SOURCE")
+    n = csub.add_parser(
+        "nvml",
+        help="read local NVIDIA GPUs through NVML",
+        description="Publish telemetry.gpu frames read through NVML every "
+        "interval; exits with a one-line error without a GPU or driver.",
+    )
+    add_broker_flag(n)
+    n.add_argument("--rack", default=env_or("rack", _hostname()), help="rack id (key)")
+    n.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    n.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    n.add_argument("--topic-prefix", default=env_or("topic_prefix", ""))
+    n.add_argument("--partitions", type=int, default=int(env_or("partitions", "8")))
+    n.add_argument("--log-level", default="warning")
+    n.set_defaults(handler=run_collect_nvml)
+
+    _register_optional(sub)
+
+
+def env_or(name: str, default: str) -> str:
+    """TWIN_<NAME> or the default."""
+    from streams.settings import env_default
+
+    return env_default(name, default)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _register_optional(sub: Any) -> None:
+    # Commands owned by storage/ and twin/ register themselves when present.
+    with contextlib.suppress(ImportError):
+        from storage.cli_sql import add_sql_parser
+
+        add_sql_parser(sub)
+    with contextlib.suppress(ImportError):
+        from storage.cli_sink import add_sink_parser
+
+        add_sink_parser(sub)
+    with contextlib.suppress(ImportError):
+        from storage.replay import add_replay_parser
+
+        add_replay_parser(sub)
+    with contextlib.suppress(ImportError):
+        from twin.whatif import add_whatif_parser
+
+        add_whatif_parser(sub)

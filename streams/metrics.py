@@ -1,0 +1,99 @@
+"""Prometheus exposition of the twin: per-rack power and temperatures, pipeline counters.
+
+Built at scrape time from the runtime with prometheus_client's collector API, in a registry
+of our own (no process-global registry), so two workers in one test process do not collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streams.runtime import TwinRuntime
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _TwinCollector(Collector):
+    def __init__(self, runtime: TwinRuntime, lag: Mapping[tuple[str, int], int]) -> None:
+        self.rt = runtime
+        self.lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        rt = self.rt
+        racks = rt.rack_summaries()
+        gauges = {
+            "power_w": ("twin_rack_power_watts", "Sum of GPU board power of the rack [W]."),
+            "temp_gpu_max_c": ("twin_rack_gpu_temp_max_celsius", "Hottest GPU die [C]."),
+            "temp_gpu_mean_c": ("twin_rack_gpu_temp_mean_celsius", "Mean GPU die temp [C]."),
+            "temp_mem_max_c": ("twin_rack_mem_temp_max_celsius", "Hottest HBM [C]."),
+            "throttled_gpus": ("twin_rack_throttled_gpus", "GPUs with a throttle reason set."),
+        }
+        for key, (name, doc) in gauges.items():
+            g = GaugeMetricFamily(name, doc, labels=["rack"])
+            for rack, s in racks.items():
+                if key in s:
+                    g.add_metric([rack], float(s[key]))
+            yield g
+        fac = rt.facility()["facility"]
+        for key, name, doc in (
+            ("it_power_w", "twin_it_power_watts", "IT power of the facility [W]."),
+            ("facility_power_w", "twin_facility_power_watts", "Metered facility power [W]."),
+            ("pue", "twin_pue", "Power usage effectiveness (facility / IT power)."),
+        ):
+            if fac.get(key) is not None:
+                yield GaugeMetricFamily(name, doc, value=float(fac[key]))
+        units = GaugeMetricFamily(
+            "twin_plant_point",
+            "Latest plant point reading, in the unit of its name suffix.",
+            labels=["unit", "point"],
+        )
+        for unit, points in rt.unit_values().items():
+            for point, value in points.items():
+                units.add_metric([unit, point], value)
+        yield units
+        frames = CounterMetricFamily(
+            "twin_frames_in", "Telemetry frames accepted.", labels=["topic"]
+        )
+        for topic, n in rt.counters.frames_in.items():
+            frames.add_metric([topic], n)
+        yield frames
+        yield CounterMetricFamily(
+            "twin_gpu_samples_in",
+            "GPU samples accepted (rows of GPU frames).",
+            value=rt.counters.samples_in,
+        )
+        dlq = CounterMetricFamily(
+            "twin_frames_dlq", "Messages sent to the dead-letter topic.", labels=["reason"]
+        )
+        for reason, n in rt.counters.dlq.items():
+            dlq.add_metric([reason], n)
+        yield dlq
+        yield CounterMetricFamily(
+            "twin_checkpoints",
+            "Rack and unit checkpoints written to Faust tables.",
+            value=rt.counters.checkpoints,
+        )
+        lag = GaugeMetricFamily(
+            "twin_consumer_lag_messages",
+            "Messages behind the partition's end.",
+            labels=["topic", "partition"],
+        )
+        for (topic, part), n in sorted(self.lag.items()):
+            lag.add_metric([topic, str(part)], n)
+        yield lag
+        yield GaugeMetricFamily(
+            "twin_latency_seconds",
+            "Receive time minus sample time of the last GPU frame [s].",
+            value=rt.last_latency_ms / 1000.0,
+        )
+
+
+def render_metrics(runtime: TwinRuntime, lag: Mapping[tuple[str, int], int]) -> bytes:
+    """Prometheus text format (version 0.0.4) of the runtime's state."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_TwinCollector(runtime, lag))
+    return generate_latest(registry)

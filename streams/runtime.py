@@ -1,0 +1,199 @@
+"""The worker's in-process twin: rack and unit state, counters, what to checkpoint and publish.
+
+No Faust here: the agents in streams/agents.py feed it decoded frames and ask it what changed;
+tests drive it directly with a fake clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+
+from streams.codec import GpuFrame, PointsFrame
+from streams.state import RackState, UnitState, facility_summary
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for a key (murmur2, as the Java client)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def wall_clock_ms() -> int:
+    """Now [ms since epoch, UTC]."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Counters:
+    """Pipeline counters exposed on /metrics."""
+
+    frames_in: dict[str, int] = field(default_factory=dict)  # per topic
+    samples_in: int = 0  # GPU samples (rows of telemetry.gpu frames)
+    dlq: dict[str, int] = field(default_factory=dict)  # per reason class
+    checkpoints: int = 0
+    published: int = 0
+    ingest_converted: int = 0
+
+    def frame(self, topic: str) -> None:
+        """Count one accepted frame."""
+        self.frames_in[topic] = self.frames_in.get(topic, 0) + 1
+
+    def dead_letter(self, reason: str) -> None:
+        """Count one message sent to the DLQ, by the first words of its reason."""
+        cls = reason.split(":", 1)[0][:40]
+        self.dlq[cls] = self.dlq.get(cls, 0) + 1
+
+
+@dataclass
+class TwinRuntime:
+    """State of the racks and units this worker owns, plus the last view of the others."""
+
+    partitions: int
+    clock_ms: Callable[[], int] = wall_clock_ms
+    racks: dict[str, RackState] = field(default_factory=dict)
+    units: dict[str, UnitState] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+    #: entity -> latest twin.state document from any worker (racks this worker does not own).
+    view: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dirty_checkpoint_racks: set[str] = field(default_factory=set)
+    dirty_checkpoint_units: set[str] = field(default_factory=set)
+    dirty_publish: set[str] = field(default_factory=set)
+    #: (topic, partition) -> next offset to process, for consumer lag.
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: receive time - sample time of the last frames [ms], for latency figures.
+    last_latency_ms: float = 0.0
+
+    # --- updates -------------------------------------------------------------------------
+    def apply_gpu(self, frame: GpuFrame, topic: str) -> None:
+        """Apply a validated GPU frame to its rack."""
+        state = self.racks.get(frame.rack)
+        if state is None:
+            state = self.racks[frame.rack] = RackState(frame.rack)
+        state.apply(frame)
+        self.dirty_checkpoint_racks.add(frame.rack)
+        self.dirty_publish.add(f"rack/{frame.rack}")
+        self.counters.frame(topic)
+        self.counters.samples_in += int(frame.ts_ms.size)
+        self.last_latency_ms = float(self.clock_ms() - int(frame.ts_ms.max()))
+
+    def apply_points(self, frame: PointsFrame, topic: str) -> None:
+        """Apply a validated plant-unit frame to its unit."""
+        state = self.units.get(frame.unit)
+        if state is None:
+            state = self.units[frame.unit] = UnitState(frame.unit)
+        state.apply(frame)
+        self.dirty_checkpoint_units.add(frame.unit)
+        self.dirty_publish.add(f"unit/{frame.unit}")
+        self.counters.frame(topic)
+
+    def record_position(self, topic: str, partition: int, offset: int) -> None:
+        """Remember the next offset to read of a partition (for lag on /metrics)."""
+        self.positions[(topic, partition)] = offset + 1
+
+    # --- restore and rebalance -----------------------------------------------------------
+    def restore_rack(self, rack: str, data: bytes) -> None:
+        """Seed a rack from its table checkpoint unless newer data is already held."""
+        restored = RackState.from_bytes(rack, data)
+        held = self.racks.get(rack)
+        if held is None or held.last_ts_ms < restored.last_ts_ms:
+            self.racks[rack] = restored
+
+    def restore_unit(self, data: bytes) -> None:
+        """Seed a plant unit from its table checkpoint unless newer data is held."""
+        restored = UnitState.from_bytes(data)
+        held = self.units.get(restored.unit)
+        if held is None:
+            self.units[restored.unit] = restored
+        else:
+            for name, (t, v) in restored.points.items():
+                if name not in held.points or held.points[name][0] < t:
+                    held.points[name] = (t, v)
+
+    def drop_partitions(self, owned: Callable[[str], bool]) -> None:
+        """Forget racks and units whose partition this worker no longer owns."""
+        for rack in [r for r in self.racks if not owned(r)]:
+            del self.racks[rack]
+            self.dirty_checkpoint_racks.discard(rack)
+        for unit in [u for u in self.units if not owned(u)]:
+            del self.units[unit]
+            self.dirty_checkpoint_units.discard(unit)
+
+    # --- outputs -------------------------------------------------------------------------
+    def take_checkpoints(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Racks and units changed since the last checkpoint, serialised; clears the marks."""
+        racks = {
+            r: self.racks[r].to_bytes() for r in self.dirty_checkpoint_racks if r in self.racks
+        }
+        units = {
+            u: self.units[u].to_bytes() for u in self.dirty_checkpoint_units if u in self.units
+        }
+        self.dirty_checkpoint_racks.clear()
+        self.dirty_checkpoint_units.clear()
+        self.counters.checkpoints += len(racks) + len(units)
+        return racks, units
+
+    def take_publications(self) -> dict[str, dict[str, Any]]:
+        """twin.state documents of entities changed since the last publication."""
+        docs: dict[str, dict[str, Any]] = {}
+        for entity in self.dirty_publish:
+            kind, _, name = entity.partition("/")
+            if kind == "rack" and name in self.racks:
+                rs = self.racks[name]
+                docs[entity] = {"kind": "rack", "summary": rs.summary(), "detail": rs.detail()}
+            elif kind == "unit" and name in self.units:
+                docs[entity] = {"kind": "unit", "summary": self.units[name].summary()}
+        self.dirty_publish.clear()
+        self.counters.published += len(docs)
+        return docs
+
+    def absorb_view(self, entity: str, doc: dict[str, Any] | None) -> None:
+        """Keep the latest twin.state document of an entity (None = tombstone)."""
+        if doc is None:
+            self.view.pop(entity, None)
+        else:
+            self.view[entity] = doc
+
+    # --- queries -------------------------------------------------------------------------
+    def rack_summaries(self) -> dict[str, dict[str, Any]]:
+        """Every known rack: own racks live, others from the twin.state view."""
+        out = {
+            e.partition("/")[2]: d["summary"]
+            for e, d in self.view.items()
+            if d.get("kind") == "rack" and "summary" in d
+        }
+        out.update({r: s.summary() for r, s in self.racks.items()})
+        return dict(sorted(out.items()))
+
+    def unit_values(self) -> dict[str, dict[str, float]]:
+        """Every known plant unit's latest point values."""
+        out = {
+            e.partition("/")[2]: d["summary"]["points"]
+            for e, d in self.view.items()
+            if d.get("kind") == "unit" and "summary" in d
+        }
+        out.update({u: s.values() for u, s in self.units.items()})
+        return dict(sorted(out.items()))
+
+    def rack_detail(self, rack: str) -> dict[str, Any] | None:
+        """Latest values per GPU of one rack, live if owned, else from the view."""
+        if rack in self.racks:
+            return self.racks[rack].detail()
+        doc = self.view.get(f"rack/{rack}")
+        if doc is not None and "detail" in doc:
+            return dict(doc["detail"])
+        return None
+
+    def facility(self) -> dict[str, Any]:
+        """Facility summary and every rack, as served on /api/state."""
+        racks = self.rack_summaries()
+        units = self.unit_values()
+        return {
+            "ts_ms": self.clock_ms(),
+            "facility": facility_summary(list(racks.values()), units),
+            "racks": racks,
+            "units": units,
+        }

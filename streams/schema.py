@@ -1,0 +1,89 @@
+"""Topic names and Arrow schemas of the telemetry contracts (docs/topics.md).
+
+Pure pyarrow: no Faust or Kafka import, so the simulator, the collectors and the Parquet
+store share one definition of every frame.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pyarrow as pa
+
+TOPIC_GPU: Final = "telemetry.gpu"
+TOPIC_THERMAL: Final = "telemetry.thermal"
+TOPIC_POWER: Final = "telemetry.power"
+TOPIC_INGEST: Final = "telemetry.ingest"
+TOPIC_DLQ: Final = "telemetry.dlq"
+TOPIC_STATE: Final = "twin.state"
+TOPIC_FAULTS: Final = "twin.faults"
+
+TELEMETRY_TOPICS: Final = (TOPIC_GPU, TOPIC_THERMAL, TOPIC_POWER)
+
+#: Partitions of every keyed topic. Faust needs source and changelog topics co-partitioned;
+#: 8 lets up to 8 workers share a site.
+DEFAULT_PARTITIONS: Final = 8
+
+TS_TYPE: Final = pa.timestamp("ms", tz="UTC")
+
+#: telemetry.gpu: one message = one rack's GPUs at one instant, one row per GPU.
+#: Fields mirror NVML / DCGM (FACTS.md section 7). Key: rack id (utf-8).
+GPU_SCHEMA: Final = pa.schema(
+    [
+        pa.field("ts", TS_TYPE, nullable=False),  # sample instant [ms since epoch, UTC]
+        pa.field("rack", pa.string(), nullable=False),  # rack id, same as the message key
+        pa.field("gpu", pa.uint16(), nullable=False),  # GPU index within the rack [0, n)
+        pa.field("power_w", pa.float32(), nullable=False),  # board power [W] (NVML mW / 1000)
+        pa.field("energy_mj", pa.uint64(), nullable=False),  # energy counter since driver load [mJ]
+        pa.field("temp_gpu_c", pa.float32(), nullable=False),  # GPU die temperature [C]
+        pa.field("temp_mem_c", pa.float32(), nullable=False),  # HBM temperature [C]
+        pa.field("sm_clock_mhz", pa.uint16(), nullable=False),  # SM clock [MHz]
+        pa.field("util_pct", pa.float32(), nullable=False),  # GPU utilisation [%] 0..100
+        pa.field("clock_event_reasons", pa.uint64(), nullable=False),  # NVML bitmask
+        pa.field("xid", pa.uint32(), nullable=False),  # last XID error, 0 = none
+        pa.field("power_limit_w", pa.float32(), nullable=False),  # enforced power limit [W]
+    ],
+    metadata={"contract": "telemetry.gpu/v1"},
+)
+
+#: Float columns of GPU_SCHEMA that must be finite.
+GPU_FLOAT_FIELDS: Final = ("power_w", "temp_gpu_c", "temp_mem_c", "util_pct", "power_limit_w")
+
+#: telemetry.thermal and telemetry.power: one message = one plant unit at one instant, long
+#: format (one row per point). Point names carry their unit suffix (``supply_temp_c``,
+#: ``flow_kg_s``, ``power_w``); docs/topics.md lists them. Key: unit id (utf-8).
+POINTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("ts", TS_TYPE, nullable=False),
+        pa.field("unit", pa.string(), nullable=False),  # plant unit id, same as the key
+        pa.field("point", pa.string(), nullable=False),  # point name with unit suffix
+        pa.field("value", pa.float64(), nullable=False),  # reading in the point's SI unit
+    ],
+    metadata={"contract": "telemetry.points/v1"},
+)
+
+#: Clock-event (throttle) reason bits of NVML (FACTS.md section 7).
+CLOCK_EVENT_GPU_IDLE: Final = 0x1
+CLOCK_EVENT_SW_POWER_CAP: Final = 0x4
+CLOCK_EVENT_HW_SLOWDOWN: Final = 0x8
+CLOCK_EVENT_SW_THERMAL: Final = 0x20
+CLOCK_EVENT_HW_THERMAL: Final = 0x40
+CLOCK_EVENT_HW_POWER_BRAKE: Final = 0x80
+
+#: Suffix of a point name -> unit, for docs and validation of plant points.
+POINT_UNIT_SUFFIXES: Final = {
+    "_c": "C",
+    "_k": "K",
+    "_w": "W",
+    "_kg_s": "kg/s",
+    "_m3_s": "m3/s",
+    "_pct": "%",
+    "_frac": "1",
+    "_pa": "Pa",
+    "_rpm": "1/min",
+    "_j": "J",
+    "_bool": "0/1",
+    "_s": "s",
+    "_v": "V",
+    "_a": "A",
+}

@@ -1,0 +1,125 @@
+"""Settings of a twin worker, read once at the entry point (CLI flags, TWIN_* fallbacks)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from streams.codec import DEFAULT_LIMITS, Limits
+from streams.schema import (
+    DEFAULT_PARTITIONS,
+    TOPIC_DLQ,
+    TOPIC_FAULTS,
+    TOPIC_GPU,
+    TOPIC_INGEST,
+    TOPIC_POWER,
+    TOPIC_STATE,
+    TOPIC_THERMAL,
+)
+from twin.errors import ConfigError
+
+
+def parse_broker_url(url: str) -> str:
+    """``kafka://host:port[,host:port]`` -> ``host:port[,host:port]`` (aiokafka bootstrap)."""
+    if not url.startswith("kafka://"):
+        raise ConfigError(f"--broker must look like kafka://host:port, got {url!r}")
+    hosts = url.removeprefix("kafka://").strip("/")
+    for hp in hosts.split(","):
+        host, sep, port = hp.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--broker must look like kafka://host:port, got {url!r}")
+    return hosts
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names, with an optional prefix so that several twins (or tests) share a broker."""
+
+    prefix: str = ""
+
+    def _n(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    @property
+    def gpu(self) -> str:
+        """telemetry.gpu"""
+        return self._n(TOPIC_GPU)
+
+    @property
+    def thermal(self) -> str:
+        """telemetry.thermal"""
+        return self._n(TOPIC_THERMAL)
+
+    @property
+    def power(self) -> str:
+        """telemetry.power"""
+        return self._n(TOPIC_POWER)
+
+    @property
+    def ingest(self) -> str:
+        """telemetry.ingest"""
+        return self._n(TOPIC_INGEST)
+
+    @property
+    def dlq(self) -> str:
+        """telemetry.dlq"""
+        return self._n(TOPIC_DLQ)
+
+    @property
+    def state(self) -> str:
+        """twin.state"""
+        return self._n(TOPIC_STATE)
+
+    @property
+    def faults(self) -> str:
+        """twin.faults"""
+        return self._n(TOPIC_FAULTS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs; build it with :func:`settings_from` at the entry point."""
+
+    broker: str = "kafka://127.0.0.1:9092"
+    app_id: str = "dc-twin"
+    topic_prefix: str = ""
+    partitions: int = DEFAULT_PARTITIONS
+    replication: int = 1
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: Path = Path("var/twin")
+    #: How often a changed rack is written to its Faust table (bounded changelog traffic).
+    checkpoint_interval_s: float = 2.0
+    #: How often changed racks and units are published to twin.state.
+    publish_interval_s: float = 1.0
+    batch_max: int = 4096
+    batch_window_s: float = 0.05
+    #: Short group timeouts: the embedded broker holds JoinGroup for about half of them.
+    session_timeout_s: float = 10.0
+    rebalance_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    restore_path: Path | None = None
+    log_level: str = "warning"
+
+    @property
+    def bootstrap(self) -> str:
+        """aiokafka bootstrap servers."""
+        return parse_broker_url(self.broker)
+
+    @property
+    def topics(self) -> Topics:
+        """Topic names of this twin."""
+        return Topics(self.topic_prefix)
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def env_default(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """Value of ``TWIN_<NAME>`` or the default (CLI flags take these as their defaults)."""
+    env = os.environ if environ is None else environ
+    return env.get(f"TWIN_{name.upper()}", default)

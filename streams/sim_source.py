@@ -1,0 +1,122 @@
+"""Publish the physics simulator's sensor readings in the telemetry contracts (``twin sim``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streams.codec import encode_frame, gpu_batch, points_batch
+from streams.producer import FramePublisher
+from streams.settings import Topics
+
+log = logging.getLogger(__name__)
+
+REPLAY_HEADER = ("twin-replay", b"sim")
+
+
+@dataclass
+class SimStats:
+    """What a simulation run published."""
+
+    ticks: int = 0
+    gpu_frames: int = 0
+    point_frames: int = 0
+    gpu_samples: int = 0
+    faults: int = 0
+
+
+def frames_of(sim_frame: Any) -> list[tuple[str, str, bytes]]:
+    """(topic kind, key, Arrow IPC bytes) of every frame in one simulator step.
+
+    The GPU arrays are (n_racks, n_gpus); each rack becomes one telemetry.gpu frame.
+    """
+    out: list[tuple[str, str, bytes]] = []
+    gpu: dict[str, np.ndarray] = sim_frame.gpu
+    for i, rack in enumerate(sim_frame.rack_ids):
+        cols = {name: arr[i] for name, arr in gpu.items()}
+        out.append(("gpu", rack, encode_frame(gpu_batch(sim_frame.ts_ms, rack, cols))))
+    for kind, units in (("thermal", sim_frame.thermal), ("power", sim_frame.power)):
+        for unit, points in units.items():
+            out.append((kind, unit, encode_frame(points_batch(sim_frame.ts_ms, unit, points))))
+    return out
+
+
+async def run_simulation(
+    *,
+    bootstrap: str,
+    topics: Topics,
+    racks: int | None,
+    site_path: Path | None,
+    seed: int,
+    dt_s: float,
+    speed: float,
+    duration_s: float | None,
+    faults: Sequence[str],
+    faults_log: Path | None,
+    stop: asyncio.Event,
+    progress: bool = False,
+) -> SimStats:
+    """Step the simulator and publish until ``duration_s`` of simulated time or ``stop``.
+
+    At ``speed`` 1 the samples carry wall-clock time. Faster runs start in the past (so no
+    sample is ever from the future) and mark frames as replayed history.
+    """
+    from twin.faults import parse_fault
+    from twin.sim import Simulator
+    from twin.site import load_site
+
+    site = load_site(site_path, racks=racks)
+    now_ms = time.time_ns() // 1_000_000
+    fast = speed > 1.0
+    span_s = duration_s if duration_s is not None else 86_400.0
+    start_ms = now_ms - int(span_s * 1000) if fast else now_ms
+    specs = [parse_fault(f) for f in faults]
+    sim = Simulator(site, seed=seed, start_ms=start_ms, faults=specs)
+    topic_of = {"gpu": topics.gpu, "thermal": topics.thermal, "power": topics.power}
+    headers = [REPLAY_HEADER] if fast else None
+    stats = SimStats()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    fault_file = faults_log.open("a", encoding="utf-8") if faults_log else None
+    try:
+        async with FramePublisher(bootstrap) as pub:
+            while not stop.is_set():
+                if duration_s is not None and stats.ticks * dt_s >= duration_s:
+                    break
+                frame = sim.step(dt_s)
+                stats.ticks += 1
+                for kind, key, value in frames_of(frame):
+                    await pub.send(topic_of[kind], key, value, headers)
+                    if kind == "gpu":
+                        stats.gpu_frames += 1
+                    else:
+                        stats.point_frames += 1
+                stats.gpu_samples += int(next(iter(frame.gpu.values())).size)
+                for fault in frame.faults_started:
+                    stats.faults += 1
+                    doc = json.dumps(fault, default=str).encode()
+                    await pub.send(topics.faults, str(fault.get("target", "")), doc)
+                    if fault_file is not None:
+                        fault_file.write(doc.decode() + "\n")
+                        fault_file.flush()
+                if progress and stats.ticks % max(1, int(10 / dt_s)) == 0:
+                    log.info("sim ticks=%d gpu_frames=%d", stats.ticks, stats.gpu_frames)
+                target = t0 + stats.ticks * dt_s / speed
+                delay = target - loop.time()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+            await pub.flush()
+    finally:
+        if fault_file is not None:
+            fault_file.close()
+    return stats

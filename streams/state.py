@@ -1,0 +1,213 @@
+"""The twin's live state per rack and per plant unit, updated a whole frame at a time.
+
+Pure code (numpy and pyarrow): the Faust agents call it, tests call it directly. A rack's
+state is the latest reading of every GPU; it serialises to one Arrow IPC frame in the
+telemetry.gpu contract, so a checkpoint in a Faust table is exactly what was received.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from streams.codec import DEFAULT_LIMITS, GpuFrame, PointsFrame, decode_gpu_frame, encode_frame
+from streams.schema import (
+    CLOCK_EVENT_HW_SLOWDOWN,
+    CLOCK_EVENT_HW_THERMAL,
+    CLOCK_EVENT_SW_POWER_CAP,
+    CLOCK_EVENT_SW_THERMAL,
+    GPU_SCHEMA,
+)
+
+_GPU_FIELDS = [f for f in GPU_SCHEMA if f.name not in ("ts", "rack", "gpu")]
+_THROTTLE_MASK = (
+    CLOCK_EVENT_SW_POWER_CAP
+    | CLOCK_EVENT_HW_SLOWDOWN
+    | CLOCK_EVENT_SW_THERMAL
+    | CLOCK_EVENT_HW_THERMAL
+)
+
+
+def _np_dtype(t: pa.DataType) -> np.dtype[Any]:
+    return np.dtype(t.to_pandas_dtype())
+
+
+@dataclass
+class RackState:
+    """Latest value of every field of every GPU of one rack (arrays indexed by GPU)."""
+
+    rack: str
+    present: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    ts_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    frames: int = 0
+
+    def _grow(self, n: int) -> None:
+        old = self.present.size
+        if n <= old:
+            return
+        self.present = np.concatenate([self.present, np.zeros(n - old, dtype=bool)])
+        self.ts_ms = np.concatenate([self.ts_ms, np.zeros(n - old, dtype=np.int64)])
+        for f in _GPU_FIELDS:
+            arr = self.values.get(f.name, np.zeros(0, dtype=_np_dtype(f.type)))
+            self.values[f.name] = np.concatenate([arr, np.zeros(n - old, dtype=arr.dtype)])
+
+    def apply(self, frame: GpuFrame) -> int:
+        """Take a frame's readings where they are newer than what is held; return rows taken."""
+        idx = frame.gpu.astype(np.intp)
+        self._grow(int(idx.max()) + 1)
+        newer = frame.ts_ms >= self.ts_ms[idx]
+        if not newer.all():
+            idx = idx[newer]
+        take = newer if not newer.all() else slice(None)
+        self.ts_ms[idx] = frame.ts_ms[take]
+        self.present[idx] = True
+        for f in _GPU_FIELDS:
+            self.values[f.name][idx] = frame.columns[f.name][take]
+        self.frames += 1
+        return int(idx.size)
+
+    @property
+    def last_ts_ms(self) -> int:
+        """Newest reading held [ms since epoch]; 0 when empty."""
+        return int(self.ts_ms.max()) if self.ts_ms.size else 0
+
+    def to_batch(self) -> pa.RecordBatch:
+        """The held readings as a telemetry.gpu record batch (GPUs never seen are left out)."""
+        idx = np.flatnonzero(self.present)
+        arrays: list[pa.Array] = []
+        for f in GPU_SCHEMA:
+            if f.name == "ts":
+                arrays.append(pa.array(self.ts_ms[idx]).cast(f.type))
+            elif f.name == "rack":
+                arrays.append(pa.array([self.rack] * idx.size, type=f.type))
+            elif f.name == "gpu":
+                arrays.append(pa.array(idx.astype(np.uint16)))
+            else:
+                arrays.append(pa.array(self.values[f.name][idx]))
+        return pa.RecordBatch.from_arrays(arrays, schema=GPU_SCHEMA)
+
+    def to_bytes(self) -> bytes:
+        """Checkpoint: the held readings as one Arrow IPC frame."""
+        return encode_frame(self.to_batch())
+
+    @classmethod
+    def from_bytes(cls, rack: str, data: bytes) -> RackState:
+        """Restore a checkpoint written by :meth:`to_bytes`."""
+        frame = decode_gpu_frame(data, key=rack.encode(), now_ms=None, limits=DEFAULT_LIMITS)
+        state = cls(rack=rack)
+        state.apply(frame)
+        return state
+
+    def summary(self) -> dict[str, Any]:
+        """Rack totals for the facility view: power [W], temperatures [C], counts."""
+        p = self.present
+        if not p.any():
+            return {"rack": self.rack, "gpus": 0}
+        v = self.values
+        reasons = v["clock_event_reasons"][p]
+        return {
+            "rack": self.rack,
+            "ts_ms": self.last_ts_ms,
+            "gpus": int(p.sum()),
+            "power_w": float(v["power_w"][p].sum(dtype=np.float64)),
+            "temp_gpu_max_c": float(v["temp_gpu_c"][p].max()),
+            "temp_gpu_mean_c": float(v["temp_gpu_c"][p].mean(dtype=np.float64)),
+            "temp_mem_max_c": float(v["temp_mem_c"][p].max()),
+            "util_mean_pct": float(v["util_pct"][p].mean(dtype=np.float64)),
+            "throttled_gpus": int(((reasons & _THROTTLE_MASK) != 0).sum()),
+            "xid_gpus": int((v["xid"][p] != 0).sum()),
+        }
+
+    def detail(self) -> dict[str, Any]:
+        """Latest values per GPU, as JSON-ready lists (index i = GPU i)."""
+        idx = np.flatnonzero(self.present)
+        out: dict[str, Any] = {
+            "rack": self.rack,
+            "gpu": idx.tolist(),
+            "ts_ms": self.ts_ms[idx].tolist(),
+        }
+        for f in _GPU_FIELDS:
+            out[f.name] = self.values[f.name][idx].tolist()
+        return out
+
+
+@dataclass
+class UnitState:
+    """Latest value of every point of one plant unit (a CDU, a UPS, a rack manifold...)."""
+
+    unit: str
+    points: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def apply(self, frame: PointsFrame) -> int:
+        """Take newer readings; return how many were taken."""
+        taken = 0
+        ts = frame.ts_ms.tolist()
+        for name, t, value in zip(frame.points, ts, frame.values.tolist(), strict=True):
+            old = self.points.get(name)
+            if old is None or t >= old[0]:
+                self.points[name] = (int(t), float(value))
+                taken += 1
+        return taken
+
+    def to_bytes(self) -> bytes:
+        """Checkpoint as compact JSON: {point: [ts_ms, value]}."""
+        return json.dumps(
+            {"unit": self.unit, "points": self.points}, separators=(",", ":")
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UnitState:
+        """Restore a checkpoint written by :meth:`to_bytes`."""
+        doc = json.loads(data)
+        return cls(
+            unit=doc["unit"], points={k: (int(t), float(v)) for k, (t, v) in doc["points"].items()}
+        )
+
+    def values(self) -> dict[str, float]:
+        """Point name -> latest value."""
+        return {k: v for k, (_, v) in self.points.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready view: newest ts and the values."""
+        ts = max((t for t, _ in self.points.values()), default=0)
+        return {"unit": self.unit, "ts_ms": ts, "points": self.values()}
+
+
+def facility_summary(
+    racks: list[dict[str, Any]], units: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Facility totals from rack summaries and plant points.
+
+    IT power is the sum of rack GPU power unless the site meter reports it; PUE is the
+    metered facility power over IT power (The Green Grid, FACTS.md section 5).
+    """
+    gpu_power_w = float(sum(r.get("power_w", 0.0) for r in racks))
+    site = units.get("SITE", {})
+    it_power_w = float(site.get("it_power_w", gpu_power_w))
+    facility_power_w = site.get("facility_power_w")
+    temps = [r["temp_gpu_max_c"] for r in racks if "temp_gpu_max_c" in r]
+    out: dict[str, Any] = {
+        "racks": len(racks),
+        "gpus": int(sum(r.get("gpus", 0) for r in racks)),
+        "gpu_power_w": gpu_power_w,
+        "it_power_w": it_power_w,
+        "temp_gpu_max_c": max(temps) if temps else None,
+        "throttled_gpus": int(sum(r.get("throttled_gpus", 0) for r in racks)),
+        "xid_gpus": int(sum(r.get("xid_gpus", 0) for r in racks)),
+        "units": len(units),
+    }
+    if facility_power_w is not None and it_power_w > 0:
+        out["facility_power_w"] = float(facility_power_w)
+        out["pue"] = float(facility_power_w) / it_power_w
+    for key in ("pue", "ere", "cue_kg_kwh", "heat_to_dh_w", "free_cooling_share", "cooling_cop"):
+        if key in site and key not in out:
+            out[key] = float(site[key])
+    outdoor = units.get("OUTDOOR", {})
+    if "air_temp_c" in outdoor:
+        out["outdoor_temp_c"] = outdoor["air_temp_c"]
+    return out

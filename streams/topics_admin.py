@@ -1,0 +1,62 @@
+"""Create the twin's topics with the right partition counts before anything produces.
+
+Brokers auto-create unknown topics with their own default partition count (tansu: 4), which
+would break Faust's co-partitioning of source and changelog topics; so we create them first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from streams.settings import Topics
+from twin.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def topic_specs(topics: Topics, partitions: int, replication: int = 1) -> list[NewTopic]:
+    """The twin's topics: keyed telemetry co-partitioned, twin.state compacted."""
+    r = replication
+    specs = [NewTopic(name, partitions, r) for name in (topics.gpu, topics.thermal, topics.power)]
+    specs.append(NewTopic(topics.state, partitions, r, topic_configs={"cleanup.policy": "compact"}))
+    specs += [NewTopic(n, 1, r) for n in (topics.ingest, topics.dlq, topics.faults)]
+    return specs
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Topics,
+    partitions: int,
+    *,
+    replication: int = 1,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create missing topics; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaConnectionError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+            await asyncio.sleep(0.5)
+    try:
+        existing = set(await admin.list_topics())
+        specs = topic_specs(topics, partitions, replication)
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+            except KafkaError as exc:
+                raise BrokerError(f"cannot create topics on {bootstrap}: {exc}") from None
+            log.info("created topics %s", [s.name for s in missing])
+    finally:
+        await admin.close()

@@ -1,0 +1,83 @@
+"""HTTP API served by every worker (Faust's aiohttp web server).
+
+GET /healthz, GET /api/state, GET /api/racks/{rack}, GET /api/units/{unit}, GET /metrics;
+other modules add their own routes through ``extra_views``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import faust
+from aiohttp import web
+from faust.web import Request, Response, View
+
+from streams.metrics import CONTENT_TYPE, render_metrics
+from streams.runtime import TwinRuntime
+from streams.settings import Settings
+
+LagFn = Callable[[], Awaitable[dict[tuple[str, int], int]]]
+
+_INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>dc-twin</title></head>
+<body><h1>dc-twin worker</h1><ul>
+<li><a href="/api/state">/api/state</a>: facility summary and every rack</li>
+<li>/api/racks/{rack}: latest values per GPU, e.g. <a href="/api/racks/R0001">R0001</a></li>
+<li><a href="/metrics">/metrics</a>: Prometheus</li>
+<li><a href="/healthz">/healthz</a></li></ul></body></html>"""
+
+
+def register_views(
+    app: faust.App, rt: TwinRuntime, settings: Settings, consumer_lag: LagFn
+) -> None:
+    """Attach the API views to an app."""
+
+    @app.page("/")
+    class Index(View):
+        async def get(self, request: Request) -> Response:
+            return self.html(_INDEX)
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            ready = not app.in_recovery and bool(app.consumer.assignment())
+            body: dict[str, Any] = {
+                "status": "ok" if ready else "starting",
+                "assigned_partitions": len(app.consumer.assignment()),
+                "racks_owned": len(rt.racks),
+                "racks_known": len(rt.rack_summaries()),
+            }
+            return self.json(body, status=200 if ready else 503)
+
+    @app.page("/api/state")
+    class State(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(rt.facility())
+
+    @app.page("/api/racks/{rack}")
+    class Rack(View):
+        async def get(self, request: Request, rack: str) -> Response:
+            detail = rt.rack_detail(rack)
+            if detail is None:
+                return self.json({"error": f"unknown rack {rack!r}"}, status=404)
+            summary = rt.rack_summaries().get(rack, {})
+            unit = rt.unit_values().get(rack, {})
+            return self.json({"rack": rack, "summary": summary, "coolant": unit, "gpus": detail})
+
+    @app.page("/api/units/{unit}")
+    class Unit(View):
+        async def get(self, request: Request, unit: str) -> Response:
+            values = rt.unit_values().get(unit)
+            if values is None:
+                return self.json({"error": f"unknown unit {unit!r}"}, status=404)
+            return self.json({"unit": unit, "points": values})
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            lag = await consumer_lag()
+            # aiohttp refuses a charset inside content_type, so set the header itself.
+            resp = web.Response(
+                body=render_metrics(rt, lag), headers={"Content-Type": CONTENT_TYPE}
+            )
+            return cast(Response, resp)

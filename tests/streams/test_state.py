@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import numpy as np
+
+from streams.codec import decode_gpu_frame, decode_points_frame, encode_frame, points_batch
+from streams.runtime import TwinRuntime, partition_for
+from streams.state import RackState, UnitState, facility_summary
+from tests.streams.frames import gpu_columns, known_gpu_batch
+
+NOW = 1_795_000_000_000
+
+
+def _frame(rack: str, ts: int, n: int = 72, seed: int = 0):  # type: ignore[no-untyped-def]
+    return decode_gpu_frame(encode_frame(known_gpu_batch(rack, ts, n, seed)), key=None, now_ms=NOW)
+
+
+def test_rack_state_holds_exactly_the_latest_frame() -> None:
+    rs = RackState("R1")
+    rs.apply(_frame("R1", NOW - 1000, seed=1))
+    rs.apply(_frame("R1", NOW, seed=2))
+    rs.apply(_frame("R1", NOW - 500, seed=3))  # late frame must not win
+    expected = known_gpu_batch("R1", NOW, seed=2)
+    assert rs.to_batch().equals(expected)
+    restored = RackState.from_bytes("R1", rs.to_bytes())
+    assert restored.to_batch().equals(expected)
+
+
+def test_partial_frames_merge_by_gpu_index() -> None:
+    rs = RackState("R1")
+    batch = known_gpu_batch("R1", NOW, n=4)
+    sub = batch.filter(np.array([False, True, False, True]))
+    rs.apply(decode_gpu_frame(encode_frame(sub), key=None, now_ms=NOW))
+    d = rs.detail()
+    assert d["gpu"] == [1, 3]
+    assert d["power_w"] == sub.column("power_w").to_pylist()
+
+
+def test_summary_hand_computed() -> None:
+    rs = RackState("R1")
+    rs.apply(_frame("R1", NOW, n=8))
+    cols = gpu_columns(8)
+    s = rs.summary()
+    assert s["gpus"] == 8
+    np.testing.assert_allclose(s["power_w"], cols["power_w"].astype(np.float64).sum(), rtol=1e-9)
+    assert s["temp_gpu_max_c"] == float(cols["temp_gpu_c"].max())
+    throttled = int(((cols["clock_event_reasons"] & 0x6C) != 0).sum())
+    assert s["throttled_gpus"] == throttled
+    assert s["xid_gpus"] == int((cols["xid"] != 0).sum())
+
+
+def test_unit_state_and_facility_pue() -> None:
+    us = UnitState("SITE")
+    f = decode_points_frame(
+        encode_frame(points_batch(NOW, "SITE", {"it_power_w": 1e6, "facility_power_w": 1.08e6})),
+        key=b"SITE",
+        now_ms=NOW,
+    )
+    us.apply(f)
+    assert UnitState.from_bytes(us.to_bytes()).points == us.points
+    fac = facility_summary([{"power_w": 5.0, "gpus": 1}], {"SITE": us.values()})
+    assert fac["pue"] == 1.08
+
+
+def test_runtime_checkpoints_and_publications_are_bounded() -> None:
+    rt = TwinRuntime(partitions=8, clock_ms=lambda: NOW)
+    for i in range(10):  # ten frames of one rack -> one checkpoint and one publication
+        rt.apply_gpu(_frame("R1", NOW - 10 + i, n=4, seed=i), "telemetry.gpu")
+    racks, units = rt.take_checkpoints()
+    assert list(racks) == ["R1"] and units == {}
+    assert rt.take_checkpoints() == ({}, {})
+    docs = rt.take_publications()
+    assert list(docs) == ["rack/R1"]
+    assert docs["rack/R1"]["summary"]["gpus"] == 4
+    assert rt.counters.samples_in == 40
+
+
+def test_runtime_view_merges_other_workers() -> None:
+    rt = TwinRuntime(partitions=8, clock_ms=lambda: NOW)
+    rt.apply_gpu(_frame("R1", NOW, n=2), "telemetry.gpu")
+    rt.absorb_view(
+        "rack/R2",
+        {
+            "kind": "rack",
+            "summary": {"rack": "R2", "gpus": 3},
+            "detail": {"rack": "R2", "gpu": [0]},
+        },
+    )
+    assert set(rt.rack_summaries()) == {"R1", "R2"}
+    assert rt.rack_detail("R2") == {"rack": "R2", "gpu": [0]}
+    rt.absorb_view("rack/R2", None)
+    assert set(rt.rack_summaries()) == {"R1"}
+
+
+def test_partition_for_matches_java_murmur2() -> None:
+    # Values from Kafka's DefaultPartitioner (Utils.murmur2 & 0x7fffffff % n).
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for key in ("R0001", "R1250", "CDU01", "facility"):
+        assert partition_for(key, 8) == DefaultPartitioner()(key.encode(), list(range(8)), [])

@@ -1,0 +1,297 @@
+"""What-if runs with hand-checked outcomes, scenario and horizon parsing, the CLI and plot."""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from twin.site import Site, load_site
+from twin.snapshot import TwinSnapshot, save_snapshot, snapshot_bytes
+from twin.state import FacilityState
+from twin.step import initial_state, nominal_inputs, step
+from twin.whatif import (
+    WhatIfError,
+    add_whatif_parser,
+    parse_horizon,
+    parse_scenario,
+    run_whatif,
+    run_whatif_cli,
+)
+
+JULY_15_14H_MS = 1_784_124_000_000  # 2026-07-15 14:00 UTC
+
+
+def _warm(site: Site, util: float) -> FacilityState:
+    """Every GPU at ``util`` for 40 min: every loop at its operating point."""
+    util_rg = np.full((site.n_racks, site.n_gpus), util)
+    inputs = nominal_inputs(site, util_rg, outdoor_c=15.0, day_of_year=196.0)
+    state = initial_state(site, outdoor_c=15.0)
+    for _ in range(40):
+        state = step(site, state, inputs, 60.0)
+    return state
+
+
+@pytest.fixture(scope="module")
+def site16() -> Site:
+    return load_site(racks=16)  # 2 CDUs of 8 racks, one hall, 2 UPS modules (N+1)
+
+
+@pytest.fixture(scope="module")
+def half_load(site16: Site) -> FacilityState:
+    return _warm(site16, 0.5)
+
+
+def _run(site: Site, state: FacilityState, scenario: list[str], horizon_s: float = 1200.0):  # type: ignore[no-untyped-def]
+    return run_whatif(
+        site, state, scenario, horizon_s, 5.0, progress=False, start_ms=JULY_15_14H_MS
+    )
+
+
+def test_pump_trip_makes_exactly_that_cdus_racks_reach_slowdown(
+    site16: Site, half_load: FacilityState
+) -> None:
+    result = _run(site16, half_load, ["pump_trip:CDU02"])
+    crossed = {c.limit: c for c in result.crossings}
+    assert "gpu_slowdown" in crossed
+    # CDU02 serves racks 9-16 (8 racks per CDU); the racks of CDU01 keep their coolant
+    assert sorted(crossed["gpu_slowdown"].units) == [f"R{i:04d}" for i in range(9, 17)]
+    # without flow the cold plate's film resistance rises ~20x: slowdown within a minute
+    assert max(crossed["gpu_slowdown"].first_s) <= 60.0
+    assert result.series.gpus_throttling[-1] >= 8 * 72
+    assert result.baseline is not None
+    assert result.baseline.max_gpu_temp_c.max() < site16.gpu.slowdown_c
+    assert "GPU slowdown 89.0 C: CROSSED" in result.summary()
+
+
+def test_load_plus_20_percent_raises_it_and_cooling_power_by_hand(
+    site16: Site, half_load: FacilityState
+) -> None:
+    result = _run(site16, half_load, ["load:+20%"])
+    base = result.baseline
+    assert base is not None
+    # util 0.5 -> 0.6 on every GPU. Per rack: GPUs 72 x 1600 W x 0.1 = 11,520 W; CPUs,
+    # switches and the rest (78,100 - 15,800) W x 0.1 = 6,230 W; over the PSU (0.975):
+    # 18,205.1 W per rack, 16 racks = 291,282 W
+    assert_allclose(result.series.it_power_w[-1] - base.it_power_w[-1], 291_282.0, rtol=2e-3)
+    assert result.series.cooling_power_w[-1] > base.cooling_power_w[-1]
+    assert result.series.energy_j("heat_to_dh_w") >= base.energy_j("heat_to_dh_w")
+    assert "IT power" in result.notes[0]
+
+
+def test_heatwave_offsets_outdoor_temperature_and_loads_the_fans(
+    site16: Site, half_load: FacilityState
+) -> None:
+    # the state's outdoor 15 C is 6 K below July climatology: +20 K gives ~35 C, above the
+    # dry coolers' 30 C design dry bulb (FACTS.md section 8), where fans leave minimum speed
+    result = _run(site16, half_load, ["heatwave:+20K"])
+    base = result.baseline
+    assert base is not None
+    assert_allclose(result.series.outdoor_c - base.outdoor_c, 20.0, atol=1e-9)
+    assert result.series.outdoor_c[-1] > 30.0
+    assert result.series.cooling_power_w[-1] > base.cooling_power_w[-1]
+    assert result.series.pue_over_horizon > base.pue_over_horizon
+
+
+def test_supply_setpoint_raises_rack_inlet_and_gpu_temperature(
+    site16: Site, half_load: FacilityState
+) -> None:
+    result = _run(site16, half_load, ["supply_setpoint:47"], horizon_s=3600.0)
+    base = result.baseline
+    assert base is not None
+    assert_allclose(result.series.max_rack_inlet_c[-1], 47.0, atol=0.05)
+    # die = coolant + R*P: the die follows the coolant, 2 K warmer at the same power
+    assert_allclose(result.series.max_gpu_temp_c[-1] - base.max_gpu_temp_c[-1], 2.0, atol=0.1)
+
+
+def test_ups_module_lost_doubles_the_load_of_the_other_module(
+    site16: Site, half_load: FacilityState
+) -> None:
+    assert len(site16.ups_ids) == 2  # ceil(16 x 200 kW / 3.5 MW) + 1
+    result = _run(site16, half_load, ["ups_module_lost:UPS01"], horizon_s=300.0)
+    base = result.baseline
+    assert base is not None
+    assert_allclose(result.series.max_ups_load_frac, 2.0 * base.max_ups_load_frac, rtol=1e-9)
+
+
+def test_ups_module_lost_at_full_load_overloads_the_remaining_module() -> None:
+    # 17 racks x (72 x 1800 + 78,100) W / 0.975 = 3.62 MW > one 3.5 MW module
+    site = load_site(racks=17)
+    result = _run(site, _warm(site, 1.0), ["ups_module_lost:UPS02"], horizon_s=120.0)
+    crossed = {c.limit: c for c in result.crossings}
+    assert crossed["ups_overload"].units == ("UPS01",)
+    assert crossed["ups_overload"].first_s[0] == 5.0
+    assert result.baseline is not None and result.baseline.max_ups_load_frac.max() < 1.0
+
+
+def test_no_scenario_is_the_baseline_and_crosses_nothing(
+    site16: Site, half_load: FacilityState
+) -> None:
+    result = _run(site16, half_load, [], horizon_s=300.0)
+    assert result.baseline is None
+    assert result.crossings == []
+    assert 1.0 < result.series.pue_over_horizon < 1.2
+    assert "not crossed" in result.summary()
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("pump_trip", "expected one of"),
+        ("meteor:CDU01", "expected one of"),
+        ("heatwave:hot", "expected e.g. heatwave:\\+8K"),
+        ("load:+20", "expected e.g. load:\\+20%"),
+        ("load:-100%", "above -100"),
+        ("pump_trip:CDU99", "no unit 'CDU99'"),
+        ("ups_module_lost:UPS09", "expected a UPS module UPS01..UPS02"),
+    ],
+)
+def test_wrong_scenario_text_is_one_line_naming_what_was_expected(
+    site16: Site, text: str, match: str
+) -> None:
+    with pytest.raises(WhatIfError, match=match) as info:
+        parse_scenario(text, site16)
+    assert "\n" not in str(info.value)
+
+
+def test_scenario_values_are_parsed(site16: Site) -> None:
+    assert parse_scenario("heatwave:+8K", site16).value == 8.0
+    assert parse_scenario("heatwave:-3", site16).value == -3.0
+    assert parse_scenario("load:+20%", site16).value == pytest.approx(0.2)
+    assert parse_scenario("supply_setpoint:47", site16).value == 47.0
+    trip = parse_scenario("pump_trip:CDU02@60", site16)
+    assert trip.fault is not None and trip.fault.index == 1 and trip.fault.spec.at_s == 60.0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2h", 7200.0),
+        ("30m", 1800.0),
+        ("90min", 5400.0),
+        ("3600s", 3600.0),
+        ("1h30m", 5400.0),
+        ("45", 45.0),
+        ("1.5h", 5400.0),
+    ],
+)
+def test_horizon_parsing(text: str, seconds: float) -> None:
+    assert parse_horizon(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "2x", "h", "0s", "-5m", "2h-3m"])
+def test_bad_horizon_is_rejected(text: str) -> None:
+    with pytest.raises(WhatIfError, match="expected a duration"):
+        parse_horizon(text)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_whatif_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["whatif", *argv])
+
+
+def test_cli_help_lists_the_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        _args("--help")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "load:+20%" in out and "fouling:R0001/G05" in out and "pump_trip:CDU02" in out
+
+
+def test_cli_from_snapshot_file_prints_summary_and_writes_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = load_site(racks=8)
+    snap = TwinSnapshot(state=_warm(site, 0.5), meta={"racks": "8", "ts_ms": str(JULY_15_14H_MS)})
+    path = save_snapshot(tmp_path / "twin.npz", snap)
+    png = tmp_path / "whatif.png"
+    args = _args(
+        "--snapshot",
+        str(path),
+        "--scenario",
+        "pump_trip:CDU01",
+        "--horizon",
+        "2m",
+        "--out",
+        str(png),
+        "--no-progress",
+    )
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "What-if: pump_trip:CDU01" in out
+    assert "from 2026-07-15 14:00 UTC, 8 racks" in out
+    assert "GPU slowdown 89.0 C: CROSSED" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def worker_url(tmp_path: Path) -> Iterator[str]:
+    site = load_site(racks=8)
+    body = snapshot_bytes(TwinSnapshot(state=_warm(site, 0.3), meta={"racks": "8"}))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path == "/api/snapshot"
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            if ok:
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_cli_from_worker_url(worker_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args(
+        "--from-url",
+        worker_url,
+        "--scenario",
+        "heatwave:+8K",
+        "--horizon",
+        "60s",
+        "--no-progress",
+        "--no-baseline",
+    )
+    assert run_whatif_cli(args) == 0
+    out = capsys.readouterr().out
+    assert "What-if: heatwave:+8K" in out
+    assert "start: worker http://127.0.0.1" in out
+
+
+def test_cli_fresh_start_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args(
+        "--racks",
+        "8",
+        "--warmup",
+        "1",
+        "--start",
+        "2026-01-15T08:00Z",
+        "--horizon",
+        "1m",
+        "--scenario",
+        "load:+20%",
+        "--no-progress",
+    )
+    assert run_whatif_cli(args) == 0
+    assert "from 2026-01-15 08:00 UTC, 8 racks" in capsys.readouterr().out
+    with pytest.raises(WhatIfError, match="expected one of"):
+        run_whatif_cli(_args("--racks", "8", "--warmup", "0", "--scenario", "nonsense"))
+    with pytest.raises(WhatIfError, match="expected a duration"):
+        run_whatif_cli(_args("--racks", "8", "--horizon", "soon"))
+    with pytest.raises(WhatIfError, match="cannot fetch"):
+        run_whatif_cli(_args("--from-url", "http://127.0.0.1:9", "--horizon", "1m"))

@@ -1,0 +1,176 @@
+"""Facility water system (FWS) and heat rejection: heat-reuse heat pump to district heating,
+dry coolers (effectiveness-NTU with airflow-dependent UA, cube-law fans) and the trim chiller
+(COP as a fraction of Carnot). Dry-cooler arrays are shaped (n_dry_coolers,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from twin.gpu import _m
+
+FloatArray = NDArray[np.float64]
+KELVIN = 273.15
+
+
+@dataclass(frozen=True)
+class FwsParams:
+    """Facility water loop. Defaults: FACTS.md section 8 ``fws``."""
+
+    fluid: str = "PG35"  # FACTS s.8: freeze margin for Borlänge
+    supply_setpoint_c: float = field(default=40.0, metadata=_m(-5.0, 80.0))  # FACTS s.8 (W40)
+    design_dt_k: float = field(default=10.0, metadata=_m(0.5, 40.0))  # FACTS s.8
+    pump_dp_pa: float = field(default=300e3, metadata=_m(1.0))  # FACTS s.8 pump_dp_kPa
+    pump_eff: float = field(default=0.75, metadata=_m(0.05, 1.0))  # FACTS s.8
+    # loop water volume per MW of design IT (est.): ~2 min transport lag at design flow
+    volume_m3_per_mw: float = field(default=3.0, metadata=_m(1e-3))
+    min_flow_frac: float = field(default=0.2, metadata=_m(0.0, 1.0))  # est. pump floor
+
+
+@dataclass(frozen=True)
+class DryCoolerParams:
+    """Dry coolers. Defaults: FACTS.md sections 4 and 8 ``dry_coolers``."""
+
+    rating_w: float = field(default=1.6e6, metadata=_m(1.0))  # est.: 8 units for 12.8 MW
+    redundancy: int = field(default=1, metadata=_m(0))  # N+1 (est., as for CDUs)
+    design_approach_k: float = field(default=10.0, metadata=_m(0.1, 50.0))  # FACTS s.4/s.8
+    design_air_c: float = field(default=30.0, metadata=_m(-50.0, 60.0))  # FACTS s.8 design dry bulb
+    fan_power_frac_at_design: float = field(default=0.015, metadata=_m(0.0, 0.5))  # FACTS s.8
+    fan_law_exponent: float = field(default=3.0, metadata=_m(1.0, 4.0))  # FACTS s.4/s.8
+    min_airflow_frac: float = field(default=0.1, metadata=_m(0.0, 1.0))  # FACTS s.8
+    # air-side film coefficient ~ airflow^0.6 for finned coils (est.)
+    ua_airflow_exponent: float = field(default=0.6, metadata=_m(0.0, 2.0))
+
+
+@dataclass(frozen=True)
+class ChillerParams:
+    """Trim chiller. Defaults: FACTS.md sections 4 and 8 ``trim_chiller``."""
+
+    capacity_frac_it: float = field(default=0.2, metadata=_m(0.0, 2.0))  # FACTS s.8
+    eta_carnot: float = field(default=0.5, metadata=_m(0.01, 1.0))  # FACTS s.4: 35-70 %
+    t_evap_offset_k: float = field(default=-2.0, metadata=_m(-30.0, 30.0))  # FACTS s.8
+    t_cond_offset_k: float = field(default=8.0, metadata=_m(-30.0, 30.0))  # FACTS s.8
+    cop_max: float = field(default=10.0, metadata=_m(0.1, 100.0))  # FACTS s.8
+
+
+@dataclass(frozen=True)
+class HeatPumpParams:
+    """Heat-reuse heat pump to district heating. Defaults: FACTS.md sections 4 and 8."""
+
+    eta_carnot: float = field(default=0.45, metadata=_m(0.01, 1.0))  # FACTS s.8
+    source_out_c: float = field(default=40.0, metadata=_m(-20.0, 80.0))  # FACTS s.8
+    dh_supply_winter_c: float = field(default=75.0, metadata=_m(0.0, 150.0))  # FACTS s.8
+    dh_supply_summer_c: float = field(default=65.0, metadata=_m(0.0, 150.0))  # FACTS s.8
+    dh_return_c: float = field(default=45.0, metadata=_m(0.0, 150.0))  # FACTS s.8
+    offtake_max_winter_w: float = field(default=8.0e6, metadata=_m(0.0))  # FACTS s.8
+    offtake_max_summer_w: float = field(default=2.0e6, metadata=_m(0.0))  # FACTS s.8
+    # refrigerant vs water temperature differences in evaporator/condenser (est.); they put
+    # the COP at 3.9 (winter) to 5.0 (summer), near FACTS s.8's 3.5-4.4
+    hx_pinch_k: float = field(default=3.0, metadata=_m(0.0, 20.0))
+    cop_max: float = field(default=8.0, metadata=_m(1.0, 50.0))  # est.
+    # FACTS s.8 boundary: utility_owned puts the heat pump's power outside the PUE
+    boundary: str = field(default="utility_owned", metadata={"choices": {"utility_owned", "site"}})
+
+
+def season_weight(day_of_year: Any) -> FloatArray:
+    """Winter weight [1]: 1 at mid-January (day 15), 0 at mid-July, cosine in between."""
+    d = np.asarray(day_of_year, dtype=np.float64)
+    return 0.5 * (1.0 + np.cos(2.0 * np.pi * (d - 15.0) / 365.25))
+
+
+def carnot_cop_heating(t_cold_c: Any, t_hot_c: Any) -> FloatArray:
+    """Carnot heating COP T_hot / (T_hot - T_cold) [1], temperatures in [C]."""
+    th = np.asarray(t_hot_c, dtype=np.float64) + KELVIN
+    lift = np.maximum(th - (np.asarray(t_cold_c) + KELVIN), 1e-3)
+    return th / lift
+
+
+def heat_pump_cop(dh_supply_c: Any, p: HeatPumpParams) -> FloatArray:
+    """Heating COP [1] = eta_carnot * Carnot between source out - pinch and DH supply + pinch."""
+    cop = p.eta_carnot * carnot_cop_heating(
+        p.source_out_c - p.hx_pinch_k, np.asarray(dh_supply_c) + p.hx_pinch_k
+    )
+    return np.clip(cop, 1.0, p.cop_max)
+
+
+def heat_pump(
+    available_w: Any, offtake_max_w: Any, cop: Any
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(heat delivered to DH [W], heat taken from the source [W], electric power [W]).
+
+    Delivered = source + power = source * COP/(COP-1), capped at the DH offtake.
+    """
+    c = np.asarray(cop, dtype=np.float64)
+    src_max = np.asarray(offtake_max_w) * (c - 1.0) / c
+    src = np.clip(np.asarray(available_w, dtype=np.float64), 0.0, src_max)
+    delivered = src * c / (c - 1.0)
+    return delivered, src, delivered - src
+
+
+def dry_coolers(
+    heat_w: float,
+    flow_kg_s: float,
+    cp_j_kgk: float,
+    inlet_c: float,
+    air_c: float,
+    setpoint_c: float,
+    fan_ok: NDArray[np.bool_],
+    p: DryCoolerParams,
+) -> tuple[FloatArray, FloatArray, float]:
+    """Dry-cooler bank: (fan speed [1] per unit, heat rejected [W] per unit, outlet [C]).
+
+    The BMS isolates units with failed fans; the working units share flow ``flow_kg_s`` [kg/s]
+    entering at ``inlet_c`` [C] and run the fans as slow as possible while bringing the fluid
+    down to ``setpoint_c`` [C] (by-pass mixing below min airflow). Each unit follows
+    effectiveness-NTU, eps = 1 - exp(-NTU), NTU = UA(s)/(m_dot cp), UA(s) = UA_d * s^n, with
+    UA_d from the design point (rating at design approach above design_air_c).
+    """
+    n_ok = int(np.count_nonzero(fan_ok))
+    speed = np.zeros(fan_ok.shape, dtype=np.float64)
+    rejected = np.zeros(fan_ok.shape, dtype=np.float64)
+    if n_ok == 0 or heat_w <= 0.0 or flow_kg_s <= 0.0 or inlet_c <= air_c:
+        return speed, rejected, inlet_c
+    m_cp = flow_kg_s * cp_j_kgk / n_ok
+    # design point: a unit at rating with the FWS design rise; eps_d = range / (T_in - T_air)
+    m_cp_d = p.rating_w / 10.0
+    eps_d = 10.0 / (10.0 + p.design_approach_k)
+    ua_d = -np.log(1.0 - eps_d) * m_cp_d
+    eps_need = (inlet_c - setpoint_c) / (inlet_c - air_c)
+    if eps_need <= 0.0:
+        s = p.min_airflow_frac
+    elif eps_need >= 1.0:
+        s = 1.0
+    else:
+        s_raw = (-np.log(1.0 - eps_need) * m_cp / ua_d) ** (1.0 / p.ua_airflow_exponent)
+        s = float(np.clip(s_raw, p.min_airflow_frac, 1.0))
+    eps = 1.0 - np.exp(-ua_d * s**p.ua_airflow_exponent / m_cp)
+    out = inlet_c - eps * (inlet_c - air_c)
+    out = max(out, min(setpoint_c, inlet_c))  # by-pass mixing holds the setpoint
+    speed[fan_ok] = s
+    rejected[fan_ok] = m_cp * (inlet_c - out)
+    return speed, rejected, out
+
+
+def dry_cooler_fan_power_w(speed: Any, p: DryCoolerParams) -> FloatArray:
+    """Fan power [W] per unit: fan_power_frac_at_design * rating * speed^exponent."""
+    return p.fan_power_frac_at_design * p.rating_w * np.asarray(speed) ** p.fan_law_exponent
+
+
+def chiller_cop(evap_c: Any, cond_c: Any, p: ChillerParams) -> FloatArray:
+    """Cooling COP [1] = eta * T_evap / (T_cond - T_evap), capped at cop_max (temps [C])."""
+    te = np.asarray(evap_c, dtype=np.float64) + KELVIN
+    lift = np.asarray(cond_c, dtype=np.float64) + KELVIN - te
+    carnot = np.where(lift > 1e-3, te / np.maximum(lift, 1e-3), np.inf)
+    return np.minimum(p.eta_carnot * carnot, p.cop_max)
+
+
+def fws_pump_power_w(
+    flow_kg_s: Any, design_flow_kg_s: float, density: float, p: FwsParams
+) -> FloatArray:
+    """FWS pump power [W]: dp * V_dot / eta at design flow, times (flow/design)^3."""
+    p_design = p.pump_dp_pa * design_flow_kg_s / density / p.pump_eff
+    return p_design * (np.asarray(flow_kg_s) / design_flow_kg_s) ** 3

@@ -1,0 +1,388 @@
+"""The simulator: steps the facility model under a workload, weather and injected faults,
+and returns what the sensors read (noise and the quantisation of real sources) as a
+:class:`SimFrame` in the shape of the telemetry contracts (streams/schema.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from twin import kpi as kpi_m
+from twin.errors import ConfigError
+from twin.faults import (
+    FaultSpec,
+    apply_physical,
+    is_sensor_fault,
+    parse_fault,
+    resolve,
+    sensor_reading,
+)
+from twin.gpu import sm_clock_mhz
+from twin.site import Site
+from twin.state import FacilityState
+from twin.step import StepInputs, initial_state, step
+from twin.weather import HourlySeries, ar1_step, day_of_year, load_hourly_csv, make_weather
+from twin.weather import local_hour as _local_hour
+from twin.workload import make_plan, utilisation
+
+__all__ = ["SimFrame", "Simulator", "parse_fault"]
+
+#: Sensor noise sd by point-name suffix (est.: class-A RTDs +-0.15 K, magnetic flow meters
+#: +-0.5 %, class 0.2S power meters). Points without an entry are read exactly.
+_NOISE_ABS = {"_temp_c": 0.05}
+_NOISE_REL = {"_kg_s": 0.005, "_w": 0.002}
+WARMUP_STEPS = 30  # 30 x 60 s brings every loop to its operating point before t = 0
+
+
+@dataclass(frozen=True)
+class SimFrame:
+    """What the sensors read at one instant (see the module docstring of twin/sim.py)."""
+
+    ts_ms: int
+    rack_ids: list[str]
+    gpu: dict[str, np.ndarray]
+    thermal: dict[str, dict[str, float]]
+    power: dict[str, dict[str, float]]
+    faults_started: list[dict[str, Any]]
+
+
+def _units(ids: Sequence[str], points: dict[str, NDArray[Any]]) -> dict[str, dict[str, float]]:
+    cols = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in points.items()}
+    names = list(cols)
+    return {
+        uid: dict(zip(names, vals, strict=True))
+        for uid, *vals in zip(ids, *cols.values(), strict=True)
+    }
+
+
+class Simulator:
+    """Steps the model; ``state`` is the true state, :meth:`step` returns sensor readings."""
+
+    def __init__(
+        self,
+        site: Site,
+        *,
+        seed: int = 0,
+        start_ms: int,
+        faults: Sequence[FaultSpec] = (),
+        sensor_noise: bool = True,
+    ) -> None:
+        self.site = site
+        self.start_ms = int(start_ms)
+        self.sensor_noise = sensor_noise
+        self._rng = np.random.default_rng(seed)
+        self._noise_rng = np.random.default_rng([seed, 1])
+        self._plan = make_plan(site.n_racks, site.gpu.tdp_w, site.workload, self._rng)
+        self._weather = make_weather(site.weather)
+        self._carbon_csv: HourlySeries | None = None
+        if site.carbon.model == "csv":
+            self._carbon_csv = load_hourly_csv(Path(site.carbon.csv_path), "gco2_per_kwh")
+        shape = (site.n_racks, site.n_gpus)
+        # energy counters count from driver load, some time before the simulation (FACTS s.7)
+        self._energy0_mj = self._rng.integers(10**9, 10**12, size=shape, dtype=np.uint64)
+        self._faults = [resolve(f, site) for f in faults]
+        self._pending = sorted(range(len(self._faults)), key=lambda i: self._faults[i].spec.at_s)
+        self._stuck: dict[int, float | np.ndarray] = {}
+        state = initial_state(site, outdoor_c=self._weather(self.start_ms, 0.0))
+        for _ in range(WARMUP_STEPS):
+            state = step(site, state, self._inputs(0.0, 0.0), 60.0)
+        state.t_s = 0.0
+        state.gpu_energy_j[...] = 0.0
+        state.gpu_temp_rate_k_s[...] = 0.0
+        self._state = state
+        self._check_sensor_targets(self._read(state, []))
+
+    # --- inputs
+    def _inputs(self, t_s: float, weather_noise_k: float) -> StepInputs:
+        site = self.site
+        ts_ms = self.start_ms + round(t_s * 1000)
+        hour = float(_local_hour(ts_ms, site.weather.utc_offset_h))
+        z = self._rng.standard_normal((site.n_racks, site.n_gpus))
+        util = utilisation(self._plan, t_s, hour, z, site.workload)
+        inputs = StepInputs(
+            util=util,
+            power_limit_w=np.repeat(self._plan.power_limit_w[:, None], site.n_gpus, axis=1),
+            outdoor_c=self._weather(ts_ms, weather_noise_k),
+            day_of_year=float(day_of_year(ts_ms)),
+            fouling=np.ones_like(util),
+            gpu_stuck=np.zeros(util.shape, dtype=bool),
+            pump_health=np.ones(len(site.cdu_ids)),
+            pump_on=np.ones(len(site.cdu_ids), dtype=bool),
+            dc_fan_ok=np.ones(len(site.dc_ids), dtype=bool),
+            ups_mains_ok=np.ones(len(site.ups_ids), dtype=bool),
+        )
+        apply_physical(self._faults, t_s, inputs)
+        return inputs
+
+    # --- stepping
+    @property
+    def state(self) -> FacilityState:
+        """The true (noise-free) state."""
+        return self._state
+
+    def step(self, dt_s: float) -> SimFrame:
+        """Advance the model by dt_s [s] and return what the sensors read at the new instant."""
+        if not dt_s > 0.0:
+            raise ConfigError(f"dt_s: expected a positive number of seconds, got {dt_s!r}")
+        st = self._state
+        t_end = st.t_s + dt_s
+        z = self._rng.standard_normal()
+        noise = float(ar1_step(st.weather_noise_k, z, dt_s, self.site.weather))
+        # faults starting inside this step act over the whole step
+        new = step(self.site, st, self._inputs(t_end, noise), dt_s)
+        new.weather_noise_k = noise
+        self._state = new
+        started: list[dict[str, Any]] = []
+        while self._pending and self._faults[self._pending[0]].spec.at_s <= t_end:
+            started.append(self._faults[self._pending.pop(0)].spec.record(self.start_ms))
+        return self._read(new, started)
+
+    # --- sensors
+    def _carbon_g_per_kwh(self, ts_ms: int) -> float:
+        if self._carbon_csv is not None:
+            return float(self._carbon_csv.at(ts_ms))
+        hour = _local_hour(ts_ms, self.site.weather.utc_offset_h)
+        return float(kpi_m.carbon_intensity_g_per_kwh(day_of_year(ts_ms), hour, self.site.carbon))
+
+    def kpis(self) -> dict[str, float]:
+        """Current KPIs: pue, ere, cue_kg_kwh, heat_to_dh_w, free_cooling_share, cooling_cop,
+        it_power_w, facility_power_w, reused_w, carbon_g_per_kwh, min_headroom_k."""
+        st, site = self._state, self.site
+        ts_ms = self.start_ms + round(st.t_s * 1000)
+        reused = st.hp_heat_w if site.heat_pump.boundary == "site" else st.hp_source_w
+        free = float(st.dc_heat_w.sum()) + st.hp_source_w
+        cooling_w = float(st.cdu_pump_power_w.sum()) + st.fws_pump_power_w
+        cooling_w += float(st.dc_fan_power_w.sum()) + st.chiller_power_w
+        g = self._carbon_g_per_kwh(ts_ms)
+        return {
+            "pue": float(kpi_m.pue(st.facility_power_w, st.it_power_w)),
+            "ere": float(kpi_m.ere(st.facility_power_w, reused, st.it_power_w)),
+            "cue_kg_kwh": float(kpi_m.cue_kg_per_kwh(st.facility_power_w, st.it_power_w, g)),
+            "heat_to_dh_w": st.hp_heat_w,
+            "free_cooling_share": float(kpi_m.free_cooling_share(free, st.chiller_cooling_w)),
+            "cooling_cop": float(kpi_m.cooling_cop(float(st.cdu_heat_w.sum()), cooling_w)),
+            "it_power_w": st.it_power_w,
+            "facility_power_w": st.facility_power_w,
+            "reused_w": reused,
+            "carbon_g_per_kwh": g,
+            "min_headroom_k": float(self.rack_headroom()["headroom_k"].min()),
+        }
+
+    def rack_headroom(self) -> dict[str, np.ndarray]:
+        """Per rack (n_racks,): thermal headroom [K] to slowdown of the hottest GPU, and
+        seconds until the first GPU throttles at the present trend (inf: not warming)."""
+        st, slow = self._state, self.site.gpu.slowdown_c
+        return {
+            "headroom_k": kpi_m.thermal_headroom_k(st.gpu_temp_c, slow),
+            "seconds_to_throttle_s": kpi_m.seconds_to_throttle(
+                st.gpu_temp_c, st.gpu_temp_rate_k_s, slow
+            ),
+        }
+
+    def _noisy(self, points: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        if not self.sensor_noise:
+            return points
+        out: dict[str, NDArray[Any]] = {}
+        for name, v in points.items():
+            arr = np.asarray(v, dtype=np.float64)
+            for suf, sd in _NOISE_ABS.items():
+                if name.endswith(suf):
+                    arr = np.round(arr + self._noise_rng.normal(0.0, sd, arr.shape), 2)
+            for suf, rel in _NOISE_REL.items():
+                if name.endswith(suf):
+                    arr = arr * (1.0 + self._noise_rng.normal(0.0, rel, arr.shape))
+            out[name] = arr
+        return out
+
+    def _read(self, st: FacilityState, started: list[dict[str, Any]]) -> SimFrame:
+        site = self.site
+        ts_ms = self.start_ms + round(st.t_s * 1000)
+        rng = self._noise_rng
+        shape = st.gpu_temp_c.shape
+        noisy = self.sensor_noise
+        temp = st.gpu_temp_c + (rng.normal(0.0, 0.3, shape) if noisy else 0.0)
+        mem = st.gpu_mem_temp_c + (rng.normal(0.0, 0.3, shape) if noisy else 0.0)
+        pw = st.gpu_power_w * (1.0 + rng.normal(0.0, 0.005, shape)) if noisy else st.gpu_power_w
+        gpu: dict[str, np.ndarray] = {
+            # NVML: power in mW, temperatures as integers, energy counter in mJ (FACTS s.7)
+            "power_w": (np.round(pw * 1000.0) / 1000.0).astype(np.float32),
+            "energy_mj": self._energy0_mj + np.floor(st.gpu_energy_j * 1000.0).astype(np.uint64),
+            "temp_gpu_c": np.round(temp).astype(np.float32),
+            "temp_mem_c": np.round(mem).astype(np.float32),
+            # clocks move in ~15 MHz bins (est.)
+            "sm_clock_mhz": (
+                np.round(sm_clock_mhz(st.gpu_clock_frac, st.gpu_util, site.gpu) / 15.0) * 15.0
+            ).astype(np.uint16),
+            "util_pct": np.round(np.where(st.gpu_off, 0.0, st.gpu_util) * 100.0).astype(np.float32),
+            "clock_event_reasons": st.gpu_reasons.astype(np.uint64),
+            # XID 79, "GPU has fallen off the bus", for a GPU lost to thermal shutdown (est.)
+            "xid": np.where(st.gpu_off, 79, 0).astype(np.uint32),
+            "power_limit_w": st.gpu_power_limit_w.astype(np.float32),
+        }
+        thermal = _units(
+            site.rack_ids,
+            self._noisy(
+                {
+                    "inlet_temp_c": st.rack_inlet_c,
+                    "outlet_temp_c": st.rack_coolant_c,
+                    "flow_kg_s": st.rack_flow_kg_s,
+                    "heat_to_liquid_w": st.rack_heat_liquid_w,
+                    "heat_to_air_w": st.rack_heat_air_w,
+                }
+            ),
+        )
+        thermal |= _units(
+            site.cdu_ids,
+            self._noisy(
+                {
+                    "supply_temp_c": st.cdu_supply_c,
+                    "return_temp_c": st.cdu_return_c,
+                    "facility_supply_temp_c": st.cdu_fac_supply_c,
+                    "facility_return_temp_c": st.cdu_fac_return_c,
+                    "flow_kg_s": st.cdu_flow_kg_s,
+                    "pump_speed_frac": st.cdu_pump_speed,
+                    "pump_power_w": st.cdu_pump_power_w,
+                }
+            ),
+        )
+        thermal |= _units(
+            site.dc_ids,
+            self._noisy(
+                {
+                    "fan_speed_frac": st.dc_fan_speed,
+                    "fan_power_w": st.dc_fan_power_w,
+                    "heat_rejected_w": st.dc_heat_w,
+                }
+            ),
+        )
+        one = np.ones(1)
+        thermal |= _units(
+            ["FWS"],
+            self._noisy(
+                {
+                    "supply_temp_c": st.fws_supply_c * one,
+                    "return_temp_c": st.fws_return_c * one,
+                    "flow_kg_s": st.fws_flow_kg_s * one,
+                    "pump_power_w": st.fws_pump_power_w * one,
+                }
+            ),
+        )
+        thermal |= _units(
+            ["CH01"],
+            self._noisy(
+                {
+                    "cooling_w": st.chiller_cooling_w * one,
+                    "power_w": st.chiller_power_w * one,
+                    "cop": st.chiller_cop * one,
+                }
+            ),
+        )
+        thermal |= _units(
+            ["HP01"],
+            self._noisy(
+                {
+                    "heat_delivered_w": st.hp_heat_w * one,
+                    "power_w": st.hp_power_w * one,
+                    "cop": st.hp_cop * one,
+                }
+            ),
+        )
+        thermal |= _units(["OUTDOOR"], self._noisy({"air_temp_c": st.outdoor_c * one}))
+        power = _units(
+            site.tx_ids,
+            self._noisy(
+                {
+                    "input_power_w": st.tx_in_w,
+                    "loss_w": st.tx_loss_w,
+                }
+            ),
+        )
+        power |= _units(
+            site.ups_ids,
+            self._noisy(
+                {
+                    "input_power_w": st.ups_in_w,
+                    "output_power_w": st.ups_out_w,
+                    "loss_w": st.ups_loss_w,
+                    "on_battery_bool": st.ups_on_battery.astype(np.float64),
+                    "battery_soc_frac": st.ups_soc,
+                }
+            ),
+        )
+        power |= _units(
+            site.pdu_ids,
+            self._noisy(
+                {
+                    "power_w": st.pdu_power_w,
+                    "loss_w": st.pdu_loss_w,
+                }
+            ),
+        )
+        site_pts = {
+            "it_power_w": st.it_power_w,
+            "facility_power_w": st.facility_power_w,
+            "mech_power_w": st.mech_power_w,
+        }
+        power |= _units(["SITE"], self._noisy({k: v * one for k, v in site_pts.items()}))
+        if st.it_power_w > 0.0:
+            k = self.kpis() if st is self._state else {}
+            for name in (
+                "pue",
+                "ere",
+                "cue_kg_kwh",
+                "heat_to_dh_w",
+                "free_cooling_share",
+                "cooling_cop",
+            ):
+                if name in k:
+                    power["SITE"][name] = k[name]
+        self._apply_sensor_faults(st.t_s, gpu, thermal, power)
+        return SimFrame(ts_ms, list(site.rack_ids), gpu, thermal, power, started)
+
+    def _apply_sensor_faults(
+        self,
+        t_s: float,
+        gpu: dict[str, np.ndarray],
+        thermal: dict[str, dict[str, float]],
+        power: dict[str, dict[str, float]],
+    ) -> None:
+        for i, f in enumerate(self._faults):
+            if not is_sensor_fault(f.spec) or t_s < f.spec.at_s:
+                continue
+            if f.gpu >= 0:
+                r = self.site.rack_ids.index(f.unit)
+                arr = gpu[f.point]
+                val = float(arr[r, f.gpu])
+                stuck = float(self._stuck.setdefault(i, val))
+                arr[r, f.gpu] = sensor_reading(f, t_s, val, stuck)
+                continue
+            units = thermal if f.unit in thermal else power
+            val = units[f.unit][f.point]
+            stuck = float(self._stuck.setdefault(i, val))
+            units[f.unit][f.point] = sensor_reading(f, t_s, val, stuck)
+
+    def _check_sensor_targets(self, frame: SimFrame) -> None:
+        for f in self._faults:
+            if not is_sensor_fault(f.spec):
+                continue
+            where = f"fault {f.spec.kind}:{f.spec.target}"
+            if f.gpu >= 0:
+                if f.unit not in self.site.rack_ids or f.gpu >= self.site.n_gpus:
+                    raise ConfigError(f"{where}: no GPU {f.unit}/G{f.gpu + 1:02d} in this site")
+                if f.point not in frame.gpu or f.point in ("energy_mj",):
+                    raise ConfigError(f"{where}: expected a GPU field of {sorted(frame.gpu)}")
+                continue
+            units = frame.thermal if f.unit in frame.thermal else frame.power
+            if f.unit not in units:
+                raise ConfigError(f"{where}: no unit {f.unit!r} in this site")
+            if f.point not in units[f.unit]:
+                raise ConfigError(
+                    f"{where}: unit {f.unit} has no point {f.point!r}; expected one of "
+                    f"{sorted(units[f.unit])}"
+                )

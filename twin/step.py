@@ -1,0 +1,348 @@
+"""One step of the facility model: ``step(site, state, inputs, dt_s) -> state``.
+
+It chains the pure model functions (gpu, rack, cdu, plant, power) in the direction heat
+flows: GPUs -> rack coolant -> CDUs -> facility water -> heat pump / dry coolers / chiller,
+and power flows backwards: racks -> PDUs -> UPS -> transformers. Coupling between stages uses
+the previous state (explicit), each stage integrates its own lags exactly, so any dt_s is
+stable. Physics and parameters: docs/physics.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from twin import cdu as cdu_m
+from twin import gpu as gpu_m
+from twin import plant as plant_m
+from twin import power as power_m
+from twin import rack as rack_m
+from twin.fluids import cp_j_kgk, density_kg_m3, get_fluid
+from twin.site import Site
+from twin.state import FacilityState, exp_relax
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+
+@dataclass(eq=False)
+class StepInputs:
+    """Everything outside the model for one step: workload, weather, setpoints, faults.
+
+    util, power_limit_w, fouling, gpu_stuck: (R, G); pump_health, pump_on: (C,);
+    dc_fan_ok: (D,); ups_mains_ok: (U,).
+    """
+
+    util: FloatArray  # GPU utilisation [1]
+    power_limit_w: FloatArray  # enforced power limit [W]
+    outdoor_c: float  # outdoor dry bulb [C]
+    day_of_year: float  # [d], for the district-heating season
+    fouling: FloatArray  # cold-plate resistance multiplier [1], 1 = clean
+    gpu_stuck: BoolArray  # GPU stuck in HW slowdown
+    pump_health: FloatArray  # CDU pump head/flow factor [1], 1 = new
+    pump_on: BoolArray  # CDU pump running
+    dc_fan_ok: BoolArray  # dry-cooler fans working
+    ups_mains_ok: BoolArray  # UPS rectifier input healthy
+    tcs_setpoint_c: float | None = None  # CDU supply setpoint [C]; None = site value
+    fws_setpoint_c: float | None = None  # facility supply setpoint [C]; None = site value
+
+
+def nominal_inputs(
+    site: Site, util: FloatArray, *, outdoor_c: float = 5.0, day_of_year: float = 100.0
+) -> StepInputs:
+    """Inputs with no faults, full power limits and the given utilisation (R, G)."""
+    r, g = site.n_racks, site.n_gpus
+    return StepInputs(
+        util=np.asarray(util, dtype=np.float64),
+        power_limit_w=np.full((r, g), site.gpu.tdp_w),
+        outdoor_c=outdoor_c,
+        day_of_year=day_of_year,
+        fouling=np.ones((r, g)),
+        gpu_stuck=np.zeros((r, g), dtype=bool),
+        pump_health=np.ones(len(site.cdu_ids)),
+        pump_on=np.ones(len(site.cdu_ids), dtype=bool),
+        dc_fan_ok=np.ones(len(site.dc_ids), dtype=bool),
+        ups_mains_ok=np.ones(len(site.ups_ids), dtype=bool),
+    )
+
+
+def rack_design_flow_kg_s(site: Site) -> float:
+    """Design coolant flow per rack [kg/s]: flow_l_min_per_kw * design kW at supply density."""
+    rho = float(density_kg_m3(get_fluid(site.tcs.fluid), site.tcs.supply_temp_c))
+    return site.tcs.flow_l_min_per_kw * site.rack.design_power_w / 1000.0 / 60_000.0 * rho
+
+
+def fws_design_flow_kg_s(site: Site) -> float:
+    """Design facility-water flow [kg/s] for the site's design IT heat at design_dt_k."""
+    cp = float(cp_j_kgk(get_fluid(site.fws.fluid), site.fws.supply_setpoint_c))
+    return site.it_design_w / (cp * site.fws.design_dt_k)
+
+
+def initial_state(site: Site, *, outdoor_c: float = 5.0) -> FacilityState:
+    """A cold-start state: idle GPUs, every loop at its setpoint, design flows."""
+    r, g = site.n_racks, site.n_gpus
+    n_c, n_d = len(site.cdu_ids), len(site.dc_ids)
+    n_u, n_t, n_p = len(site.ups_ids), len(site.tx_ids), len(site.pdu_ids)
+    sup, fws = site.tcs.supply_temp_c, site.fws.supply_setpoint_c
+    rack_flow = rack_design_flow_kg_s(site)
+    served = np.bincount(site.rack_cdu, minlength=n_c).astype(np.float64)
+    zeros_rg = np.zeros((r, g))
+    return FacilityState(
+        t_s=0.0,
+        gpu_temp_c=np.full((r, g), sup),
+        gpu_mem_temp_c=np.full((r, g), sup),
+        gpu_power_w=np.full((r, g), site.gpu.idle_w),
+        gpu_clock_frac=np.ones((r, g)),
+        gpu_util=zeros_rg.copy(),
+        gpu_power_limit_w=np.full((r, g), site.gpu.tdp_w),
+        gpu_energy_j=zeros_rg.copy(),
+        gpu_reasons=np.zeros((r, g), dtype=np.uint64),
+        gpu_temp_rate_k_s=zeros_rg.copy(),
+        gpu_heat_to_coolant_w=zeros_rg.copy(),
+        gpu_off=np.zeros((r, g), dtype=bool),
+        rack_inlet_c=np.full(r, sup),
+        rack_coolant_c=np.full(r, sup),
+        rack_flow_kg_s=np.full(r, rack_flow),
+        rack_power_w=np.zeros(r),
+        rack_heat_liquid_w=np.zeros(r),
+        rack_heat_air_w=np.zeros(r),
+        cdu_supply_c=np.full(n_c, sup),
+        cdu_return_c=np.full(n_c, sup),
+        cdu_fac_supply_c=np.full(n_c, fws),
+        cdu_fac_return_c=np.full(n_c, fws),
+        cdu_flow_kg_s=served * rack_flow,
+        cdu_fac_flow_kg_s=np.zeros(n_c),
+        cdu_pump_speed=np.full(n_c, 1.0 / site.cdu.flow_max_frac),
+        cdu_pump_power_w=np.zeros(n_c),
+        cdu_heat_w=np.zeros(n_c),
+        fws_supply_c=fws,
+        fws_return_c=fws,
+        fws_flow_kg_s=0.0,
+        fws_pump_power_w=0.0,
+        dc_fan_speed=np.zeros(n_d),
+        dc_fan_power_w=np.zeros(n_d),
+        dc_heat_w=np.zeros(n_d),
+        chiller_cooling_w=0.0,
+        chiller_power_w=0.0,
+        chiller_cop=0.0,
+        hp_heat_w=0.0,
+        hp_source_w=0.0,
+        hp_power_w=0.0,
+        hp_cop=0.0,
+        pdu_power_w=np.zeros(n_p),
+        pdu_loss_w=np.zeros(n_p),
+        ups_in_w=np.zeros(n_u),
+        ups_out_w=np.zeros(n_u),
+        ups_loss_w=np.zeros(n_u),
+        ups_on_battery=np.zeros(n_u, dtype=bool),
+        ups_soc=np.ones(n_u),
+        tx_in_w=np.zeros(n_t),
+        tx_loss_w=np.zeros(n_t),
+        mech_power_w=0.0,
+        it_power_w=0.0,
+        facility_power_w=0.0,
+        outdoor_c=outdoor_c,
+        weather_noise_k=0.0,
+    )
+
+
+def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> FacilityState:
+    """Advance ``state`` by ``dt_s`` [s] under ``inputs``; returns a new state."""
+    g, rk, cd = site.gpu, site.rack, site.cdu
+    tcs_fluid, fws_fluid = get_fluid(site.tcs.fluid), get_fluid(site.fws.fluid)
+    n_c = len(site.cdu_ids)
+    tcs_set = site.tcs.supply_temp_c if inputs.tcs_setpoint_c is None else inputs.tcs_setpoint_c
+    fws_set = site.fws.supply_setpoint_c if inputs.fws_setpoint_c is None else inputs.fws_setpoint_c
+
+    # --- GPUs, against the rack coolant of the previous state
+    design_flow = rack_design_flow_kg_s(site)
+    flow_frac = state.rack_flow_kg_s / design_flow
+    # clean plates (the usual case): one resistance per rack, broadcast over its GPUs
+    fouled = inputs.fouling.min() != 1.0 or inputs.fouling.max() != 1.0
+    r_gpu = gpu_m.cold_plate_resistance_k_w(
+        flow_frac[:, None], inputs.fouling if fouled else 1.0, g
+    )
+    t_cool = rack_m.gpu_coolant_c(state.rack_inlet_c, state.rack_coolant_c, flow_frac)[:, None]
+    off = gpu_m.shutdown_latch(state.gpu_off, state.gpu_temp_c, g)
+    decay = gpu_m.die_decay(r_gpu, dt_s, g)
+    power, clock, reasons = gpu_m.electrical(
+        inputs.util,
+        inputs.power_limit_w,
+        state.gpu_temp_c,
+        t_cool,
+        r_gpu,
+        inputs.gpu_stuck,
+        dt_s,
+        g,
+        decay,
+    )
+    any_off = bool(off.any())
+    if any_off:
+        power = np.where(off, 0.0, power)
+        reasons = np.where(off, gpu_m.REASON_HW_THERMAL | gpu_m.REASON_HW_SLOWDOWN, reasons)
+    die_c, q_gpu = gpu_m.die_temp_step(state.gpu_temp_c, power, t_cool, r_gpu, dt_s, g, decay)
+    mem_c = gpu_m.mem_temp_step(state.gpu_mem_temp_c, power, t_cool, dt_s, g)
+
+    # --- racks
+    util_on = np.where(off, 0.0, inputs.util) if any_off else inputs.util
+    other_w = rack_m.non_gpu_power_w(util_on.mean(axis=1), rk)
+    rack_ac = rack_m.rack_input_power_w(power.sum(axis=1), other_w, rk)
+    q_liq, q_air = rack_m.heat_split_w(q_gpu.sum(axis=1), other_w, rack_ac, rk)
+
+    # --- CDU pumps hold design flow; a worn pump runs faster, a tripped one delivers nothing
+    speed = cdu_m.pump_speed_frac(1.0, inputs.pump_health, cd)
+    speed = np.where(inputs.pump_on, speed, 0.0)
+    cdu_flow_frac = cdu_m.pump_flow_frac(speed, inputs.pump_health, inputs.pump_on, cd)
+    rack_flow = cdu_flow_frac[site.rack_cdu] * design_flow
+    inlet = state.cdu_supply_c[site.rack_cdu]
+    cp_rack = cp_j_kgk(tcs_fluid, state.rack_coolant_c)
+    cap = rk.coolant_volume_m3 * density_kg_m3(tcs_fluid, state.rack_coolant_c) * cp_rack
+    out_c, out_mean = rack_m.coolant_step(
+        state.rack_coolant_c, inlet, rack_flow, q_liq, cp_rack, cap, dt_s
+    )
+
+    # --- CDUs: mix rack returns, pass heat through the HX, control supply temperature
+    served = np.bincount(site.rack_cdu, minlength=n_c).astype(np.float64)
+    cdu_flow = np.bincount(site.rack_cdu, weights=rack_flow, minlength=n_c).astype(np.float64)
+    mixed = np.bincount(site.rack_cdu, weights=rack_flow * out_mean, minlength=n_c)
+    plain = np.bincount(site.rack_cdu, weights=out_c, minlength=n_c) / served
+    ret_c = np.where(cdu_flow > 0.0, mixed / np.where(cdu_flow > 0.0, cdu_flow, 1.0), plain)
+    cp_cdu = cp_j_kgk(tcs_fluid, ret_c)
+    q_hx = np.maximum(cdu_flow * cp_cdu * (ret_c - state.cdu_supply_c), 0.0)
+    target = cdu_m.supply_target_c(tcs_set, state.fws_supply_c, q_hx, cd)
+    supply_c = cdu_m.supply_step(state.cdu_supply_c, target, cdu_flow, cp_cdu, dt_s, cd)
+    design_m3_s = served * design_flow / float(density_kg_m3(tcs_fluid, tcs_set))
+    pump_w = cdu_m.pump_power_w(speed, inputs.pump_on, design_m3_s, cd)
+    cp_f = float(cp_j_kgk(fws_fluid, state.fws_supply_c))
+    fws_design = fws_design_flow_kg_s(site)
+    fac_design = fws_design * served / site.n_racks
+    fac_flow, fac_ret = cdu_m.facility_side(
+        q_hx, state.fws_supply_c, cp_f, site.fws.design_dt_k, fac_design, cd
+    )
+
+    # --- facility water: heat pump first, then dry coolers, then the trim chiller
+    fw = site.fws
+    q_fws = float(q_hx.sum())
+    fws_flow = max(float(fac_flow.sum()), fw.min_flow_frac * fws_design)
+    bypass = fws_flow - float(fac_flow.sum())
+    fws_ret = (float((fac_flow * fac_ret).sum()) + bypass * state.fws_supply_c) / fws_flow
+    m_cp = fws_flow * cp_f
+    hp = site.heat_pump
+    winter = float(plant_m.season_weight(inputs.day_of_year))
+    offtake = site.scale * (
+        winter * hp.offtake_max_winter_w + (1.0 - winter) * hp.offtake_max_summer_w
+    )
+    dh_supply = winter * hp.dh_supply_winter_c + (1.0 - winter) * hp.dh_supply_summer_c
+    hp_cop = float(plant_m.heat_pump_cop(dh_supply, hp))
+    avail = max(m_cp * (fws_ret - hp.source_out_c), 0.0)
+    hp_heat, hp_src, hp_w = (float(x) for x in plant_m.heat_pump(avail, offtake, hp_cop))
+    t_mid = fws_ret - hp_src / m_cp
+    dc_speed, dc_heat, t_dc = plant_m.dry_coolers(
+        q_fws - hp_src,
+        fws_flow,
+        cp_f,
+        t_mid,
+        inputs.outdoor_c,
+        fws_set,
+        inputs.dc_fan_ok,
+        site.dry_coolers,
+    )
+    dc_fan_w = plant_m.dry_cooler_fan_power_w(dc_speed, site.dry_coolers)
+    ch = site.trim_chiller
+    ch_cap = ch.capacity_frac_it * site.it_design_w
+    ch_q = min(max(m_cp * (t_dc - fws_set), 0.0), ch_cap)
+    ch_cop = float(
+        plant_m.chiller_cop(fws_set + ch.t_evap_offset_k, inputs.outdoor_c + ch.t_cond_offset_k, ch)
+    )
+    ch_w = ch_q / ch_cop if ch_q > 0.0 else 0.0
+    t_plant = t_dc - ch_q / m_cp
+    rho_f = float(density_kg_m3(fws_fluid, state.fws_supply_c))
+    volume = fw.volume_m3_per_mw * site.it_design_w / 1e6
+    fws_supply = float(exp_relax(state.fws_supply_c, t_plant, fws_flow / (volume * rho_f), dt_s))
+    fws_pump_w = float(plant_m.fws_pump_power_w(fws_flow, fws_design, rho_f, fw))
+
+    # --- power chain: racks -> PDUs -> UPS (per hall) -> transformers (per hall)
+    pw = site.power
+    n_h = site.n_halls
+    pdu_out = np.bincount(site.rack_pdu, weights=rack_ac, minlength=len(site.pdu_ids)).astype(
+        np.float64
+    )
+    pdu_loss = power_m.pdu_loss_w(pdu_out, pw)
+    hall_ups_load = np.bincount(site.pdu_hall, weights=pdu_out + pdu_loss, minlength=n_h)
+    mods = np.bincount(site.ups_hall, minlength=n_h).astype(np.float64)
+    ups_out = (hall_ups_load / mods)[site.ups_hall]
+    ups_in, ups_loss, on_batt, soc = power_m.ups_modules(
+        ups_out, inputs.ups_mains_ok, state.ups_soc, dt_s, pw
+    )
+    it_w = float(rack_ac.sum())
+    aux_w = (site.aux.lighting_bms_frac_it + site.aux.residual_air_fan_frac_it) * it_w
+    mech_w = float(pump_w.sum()) + fws_pump_w + float(dc_fan_w.sum()) + ch_w + aux_w
+    if hp.boundary == "site":
+        mech_w += hp_w
+    hall_it = np.bincount(site.rack_hall, weights=rack_ac, minlength=n_h)
+    hall_share = hall_it / max(it_w, 1e-9)
+    hall_tx_load = np.bincount(site.ups_hall, weights=ups_in, minlength=n_h) + mech_w * hall_share
+    txs = np.bincount(site.tx_hall, minlength=n_h).astype(np.float64)
+    tx_load = (hall_tx_load / txs)[site.tx_hall]
+    tx_loss = power_m.transformer_loss_w(tx_load, pw)
+    tx_in = tx_load + tx_loss
+
+    return FacilityState(
+        t_s=state.t_s + dt_s,
+        gpu_temp_c=die_c,
+        gpu_mem_temp_c=mem_c,
+        gpu_power_w=power,
+        gpu_clock_frac=clock,
+        gpu_util=np.asarray(inputs.util, dtype=np.float64),
+        gpu_power_limit_w=np.asarray(inputs.power_limit_w, dtype=np.float64),
+        gpu_energy_j=state.gpu_energy_j + power * dt_s,
+        gpu_reasons=reasons,
+        gpu_temp_rate_k_s=(die_c - state.gpu_temp_c) / dt_s,
+        gpu_heat_to_coolant_w=q_gpu,
+        gpu_off=off,
+        rack_inlet_c=supply_c[site.rack_cdu],
+        rack_coolant_c=out_c,
+        rack_flow_kg_s=rack_flow,
+        rack_power_w=rack_ac,
+        rack_heat_liquid_w=q_liq,
+        rack_heat_air_w=q_air,
+        cdu_supply_c=supply_c,
+        cdu_return_c=ret_c,
+        cdu_fac_supply_c=np.full(n_c, state.fws_supply_c),
+        cdu_fac_return_c=fac_ret,
+        cdu_flow_kg_s=cdu_flow,
+        cdu_fac_flow_kg_s=fac_flow,
+        cdu_pump_speed=speed,
+        cdu_pump_power_w=pump_w,
+        cdu_heat_w=q_hx,
+        fws_supply_c=fws_supply,
+        fws_return_c=fws_ret,
+        fws_flow_kg_s=fws_flow,
+        fws_pump_power_w=fws_pump_w,
+        dc_fan_speed=dc_speed,
+        dc_fan_power_w=dc_fan_w,
+        dc_heat_w=dc_heat,
+        chiller_cooling_w=ch_q,
+        chiller_power_w=ch_w,
+        chiller_cop=ch_cop if ch_q > 0.0 else 0.0,
+        hp_heat_w=hp_heat,
+        hp_source_w=hp_src,
+        hp_power_w=hp_w,
+        hp_cop=hp_cop,
+        pdu_power_w=pdu_out,
+        pdu_loss_w=pdu_loss,
+        ups_in_w=ups_in,
+        ups_out_w=ups_out,
+        ups_loss_w=ups_loss,
+        ups_on_battery=on_batt,
+        ups_soc=soc,
+        tx_in_w=tx_in,
+        tx_loss_w=tx_loss,
+        mech_power_w=mech_w,
+        it_power_w=it_w,
+        facility_power_w=float(tx_in.sum()),
+        outdoor_c=inputs.outdoor_c,
+        weather_noise_k=state.weather_noise_k,
+    )

@@ -1,0 +1,630 @@
+"""What-if: run the facility model forward from a given state under a changed condition.
+
+``run_whatif(site, state, scenarios, horizon_s, dt_s)`` steps twin/step.py from ``state``
+(a live twin's snapshot, or a warmed-up simulator state) with the inputs held as they are
+now, except for the scenarios, and reports when and where limits are crossed, PUE and heat
+reuse over the horizon (docs/whatif.md). Scenarios (:data:`SCENARIO_KINDS`):
+
+- ``pump_trip:CDU02`` (and any physical fault of twin/faults.py as ``KIND:TARGET[@T]``,
+  T seconds into the horizon, default 0): the fault acts through the model's fault inputs;
+- ``heatwave:+8K``: outdoor dry bulb offset [K] over the whole horizon;
+- ``load:+20%``: GPU utilisation scaled by 1.2 (capped at 100 %, so IT power rises less);
+- ``supply_setpoint:47``: technology-loop (rack) supply setpoint [C];
+- ``fws_setpoint:42``: facility-water supply setpoint [C];
+- ``ups_module_lost:UPS01``: the module is out of service; its hall's load shares over the
+  remaining modules.
+
+Inputs held from the starting state (a persistence forecast): GPU utilisation and power
+limits (``workload="hold"``; ``"plan"`` replays the simulator's seeded workload plan), the
+outdoor temperature anomaly over climatology, CDU pump health (inferred from speed and flow),
+tripped pumps and UPS modules on battery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from twin.errors import ConfigError
+from twin.faults import FAULT_KINDS, ResolvedFault, apply_physical, parse_fault, resolve
+from twin.site import Site
+from twin.state import FacilityState
+from twin.step import StepInputs, rack_design_flow_kg_s, step
+from twin.weather import climatology_c, day_of_year, local_hour
+from twin.workload import make_plan, utilisation
+
+FloatArray = npt.NDArray[np.float64]
+
+#: ASHRAE TC9.9 W45: facility-water supply at most 45 C (FACTS.md section 3).
+W45_SUPPLY_MAX_C = 45.0
+#: NVML clock-event reasons that mean thermal slowdown (FACTS.md section 7: 0x20, 0x40).
+_THERMAL_REASONS = np.uint64(0x20 | 0x40)
+#: Physical fault kinds usable as scenarios (sensor faults change readings, not the plant).
+FAULT_SCENARIOS = tuple(k for k, (form, _) in FAULT_KINDS.items() if form != "point")
+_FAULT_TARGET_EXAMPLE = {"gpu": "R0001/G05", "cdu": "CDU01", "dc": "DC01", "ups": "UPS01"}
+#: Scenario kinds with an example each (the error message for a wrong scenario lists them).
+SCENARIO_KINDS: dict[str, str] = {
+    "heatwave": "heatwave:+8K",
+    "load": "load:+20%",
+    "supply_setpoint": "supply_setpoint:47",
+    "fws_setpoint": "fws_setpoint:42",
+    "ups_module_lost": "ups_module_lost:UPS01",
+} | {k: f"{k}:{_FAULT_TARGET_EXAMPLE[FAULT_KINDS[k][0]]}" for k in FAULT_SCENARIOS}
+SCENARIO_KINDS["pump_trip"] = "pump_trip:CDU02"
+
+_NUMBER = r"([+-]?[0-9]+(?:\.[0-9]*)?)"
+_VALUE_RE = {
+    "heatwave": re.compile(rf"^{_NUMBER}\s*K?$"),
+    "load": re.compile(rf"^{_NUMBER}\s*%$"),
+    "supply_setpoint": re.compile(rf"^{_NUMBER}\s*C?$"),
+    "fws_setpoint": re.compile(rf"^{_NUMBER}\s*C?$"),
+}
+_HORIZON_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*(d|h|min|m|s)?")
+_UNIT_S = {"d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0, None: 1.0}
+
+
+class WhatIfError(ConfigError):
+    """A what-if request is invalid; the one-line message says what was expected."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One parsed change: ``kind``, a ``value`` (K, fraction or C) or a target."""
+
+    text: str
+    kind: str
+    value: float = 0.0
+    target: str = ""
+    fault: ResolvedFault | None = None
+
+
+def _expected() -> str:
+    return ", ".join(SCENARIO_KINDS[k] for k in sorted(SCENARIO_KINDS))
+
+
+def parse_scenario(text: str, site: Site) -> Scenario:
+    """Parse one scenario (see the module docstring); WhatIfError names what was expected."""
+    kind, sep, rest = text.strip().partition(":")
+    if not sep or kind not in SCENARIO_KINDS:
+        raise WhatIfError(f"scenario {text!r}: expected one of {_expected()}")
+    if kind in _VALUE_RE:
+        m = _VALUE_RE[kind].match(rest.strip())
+        if m is None:
+            raise WhatIfError(f"scenario {text!r}: expected e.g. {SCENARIO_KINDS[kind]}")
+        value = float(m.group(1))
+        if kind == "load":
+            if value <= -100.0:
+                raise WhatIfError(f"scenario {text!r}: expected a change above -100 %")
+            value /= 100.0
+        return Scenario(text, kind, value)
+    if kind == "ups_module_lost":
+        if rest not in site.ups_ids:
+            raise WhatIfError(
+                f"scenario {text!r}: expected a UPS module {site.ups_ids[0]}..{site.ups_ids[-1]}"
+            )
+        hall = site.ups_hall[site.ups_ids.index(rest)]
+        if np.count_nonzero(site.ups_hall == hall) < 2:
+            raise WhatIfError(f"scenario {text!r}: {rest} is the last module of its hall")
+        return Scenario(text, kind, target=rest)
+    spec_text = rest if "@" in rest else f"{rest}@0"
+    try:
+        spec = parse_fault(f"{kind}:{spec_text}")
+        fault = resolve(spec, site)
+    except ConfigError as exc:
+        raise WhatIfError(f"scenario {text!r}: {exc}") from None
+    return Scenario(text, kind, target=spec.target, fault=fault)
+
+
+def parse_horizon(text: str) -> float:
+    """Seconds in ``2h``, ``30m``, ``90min``, ``3600s``, ``1h30m`` or a bare number of seconds."""
+    s = text.strip().lower().replace(" ", "")
+    total, pos = 0.0, 0
+    for m in _HORIZON_RE.finditer(s):
+        if m.start() != pos or not m.group(0):
+            break
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s or total <= 0.0:
+        raise WhatIfError(f"horizon {text!r}: expected a duration like 2h, 30m, 90min or 3600s")
+    return total
+
+
+@dataclass(frozen=True)
+class LimitCrossing:
+    """A limit crossed during the run: where (unit ids, earliest first) and when."""
+
+    limit: str  # name, e.g. "gpu_slowdown"
+    description: str  # e.g. "GPU slowdown 89.0 C"
+    units: tuple[str, ...]  # units that crossed, earliest first
+    first_s: tuple[float, ...]  # [s after start] per unit
+    worst: float  # worst value reached (unit of the limit)
+
+
+@dataclass
+class WhatIfSeries:
+    """Time series of one run; every array is shaped (n_steps,), t_s [s after start]."""
+
+    t_s: FloatArray
+    it_power_w: FloatArray
+    facility_power_w: FloatArray
+    cooling_power_w: FloatArray  # pumps, dry-cooler fans, chiller [W]
+    heat_to_dh_w: FloatArray  # heat delivered to district heating [W]
+    max_gpu_temp_c: FloatArray
+    gpus_throttling: FloatArray  # count of GPUs in thermal slowdown
+    fws_supply_c: FloatArray
+    max_rack_inlet_c: FloatArray
+    max_ups_load_frac: FloatArray  # of module rating [1]
+    max_cdu_load_frac: FloatArray  # of CDU rating [1]
+    outdoor_c: FloatArray
+
+    @property
+    def pue(self) -> FloatArray:
+        """Instantaneous PUE [1]."""
+        return self.facility_power_w / np.maximum(self.it_power_w, 1e-9)
+
+    def energy_j(self, name: str) -> float:
+        """Energy [J] of power series ``name`` over the run (each step's power x its dt)."""
+        dt = np.diff(self.t_s, prepend=0.0)
+        return float(np.sum(getattr(self, name) * dt))
+
+    @property
+    def pue_over_horizon(self) -> float:
+        """Energy-weighted PUE [1] over the run."""
+        return self.energy_j("facility_power_w") / max(self.energy_j("it_power_w"), 1e-9)
+
+
+@dataclass
+class WhatIfResult:
+    """Outcome of :func:`run_whatif`; ``baseline`` is the same run without the scenarios."""
+
+    scenarios: tuple[Scenario, ...]
+    horizon_s: float
+    dt_s: float
+    start_ms: int
+    n_racks: int
+    series: WhatIfSeries
+    crossings: list[LimitCrossing]
+    limits: dict[str, str]
+    slowdown_c: float  # GPU slowdown temperature of the site [C]
+    baseline: WhatIfSeries | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """Human-readable text report."""
+        from twin.plot import format_summary
+
+        return format_summary(self)
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class _Setup:
+    site: Site
+    state: FacilityState
+    faults: list[ResolvedFault]
+    heat_offset_k: float = 0.0
+    load_factor: float = 1.0
+    tcs_setpoint_c: float | None = None
+    fws_setpoint_c: float | None = None
+
+
+def _drop_ups(site: Site, state: FacilityState, ups_id: str) -> tuple[Site, FacilityState]:
+    i = site.ups_ids.index(ups_id)
+    ids = site.ups_ids[:i] + site.ups_ids[i + 1 :]
+    new_site = replace(site, ups_ids=ids, ups_hall=np.delete(site.ups_hall, i))
+    st = state.copy()
+    for name in ("ups_in_w", "ups_out_w", "ups_loss_w", "ups_on_battery", "ups_soc"):
+        setattr(st, name, np.delete(getattr(st, name), i))
+    return new_site, st
+
+
+def _setup(site: Site, state: FacilityState, scenarios: Sequence[Scenario]) -> _Setup:
+    s = _Setup(site, state.copy(), [])
+    for sc in scenarios:
+        if sc.kind == "heatwave":
+            s.heat_offset_k += sc.value
+        elif sc.kind == "load":
+            s.load_factor *= 1.0 + sc.value
+        elif sc.kind == "supply_setpoint":
+            s.tcs_setpoint_c = sc.value
+        elif sc.kind == "fws_setpoint":
+            s.fws_setpoint_c = sc.value
+        elif sc.kind == "ups_module_lost":
+            s.site, s.state = _drop_ups(s.site, s.state, sc.target)
+        elif sc.fault is not None:
+            # fault times count from the what-if start: shift to the state's clock
+            spec = replace(sc.fault.spec, at_s=sc.fault.spec.at_s + state.t_s)
+            s.faults.append(resolve(spec, s.site))
+    return s
+
+
+def _held_inputs(site: Site, state: FacilityState) -> StepInputs:
+    """Inputs that keep the plant as the state shows it: pump health from speed vs flow."""
+    n_c = len(site.cdu_ids)
+    served = np.bincount(site.rack_cdu, minlength=n_c).astype(np.float64)
+    design = served * rack_design_flow_kg_s(site)
+    on = state.cdu_pump_speed > 0.0
+    flow_frac = state.cdu_flow_kg_s / np.maximum(design, 1e-9)
+    rated_frac = np.maximum(state.cdu_pump_speed, 1e-9) * site.cdu.flow_max_frac
+    health = np.where(on, np.clip(flow_frac / rated_frac, 0.05, 1.0), 1.0)
+    shape = state.gpu_util.shape
+    return StepInputs(
+        util=state.gpu_util.copy(),
+        power_limit_w=state.gpu_power_limit_w.copy(),
+        outdoor_c=state.outdoor_c,
+        day_of_year=0.0,
+        fouling=np.ones(shape),
+        gpu_stuck=np.zeros(shape, dtype=bool),
+        pump_health=health,
+        pump_on=on,
+        dc_fan_ok=np.ones(len(site.dc_ids), dtype=bool),
+        ups_mains_ok=~state.ups_on_battery,
+    )
+
+
+class _Recorder:
+    """Collects the series and the first crossing time of every limit per unit."""
+
+    def __init__(self, site: Site, n: int) -> None:
+        self.site = site
+        self.cols: dict[str, FloatArray] = {
+            f: np.zeros(n) for f in WhatIfSeries.__dataclass_fields__
+        }
+        self.first: dict[str, FloatArray] = {
+            "gpu_slowdown": np.full(site.n_racks, np.inf),
+            "gpu_shutdown": np.full(site.n_racks, np.inf),
+            "fws_w45": np.full(1, np.inf),
+            "ups_overload": np.full(len(site.ups_ids), np.inf),
+            "cdu_capacity": np.full(len(site.cdu_ids), np.inf),
+        }
+        self.worst = dict.fromkeys(self.first, -np.inf)
+
+    def record(self, k: int, t_s: float, st: FacilityState) -> None:
+        site = self.site
+        slow = (st.gpu_temp_c >= site.gpu.slowdown_c - 0.05) | (
+            (st.gpu_reasons & _THERMAL_REASONS) != 0
+        )
+        ups_frac = st.ups_out_w / site.power.ups_rated_w
+        cdu_frac = st.cdu_heat_w / site.cdu.rating_w
+        c = self.cols
+        c["t_s"][k] = t_s
+        c["it_power_w"][k] = st.it_power_w
+        c["facility_power_w"][k] = st.facility_power_w
+        c["cooling_power_w"][k] = (
+            st.cdu_pump_power_w.sum() + st.fws_pump_power_w + st.dc_fan_power_w.sum()
+        ) + st.chiller_power_w
+        c["heat_to_dh_w"][k] = st.hp_heat_w
+        c["max_gpu_temp_c"][k] = st.gpu_temp_c.max()
+        c["gpus_throttling"][k] = np.count_nonzero(slow)
+        c["fws_supply_c"][k] = st.fws_supply_c
+        c["max_rack_inlet_c"][k] = st.rack_inlet_c.max()
+        c["max_ups_load_frac"][k] = ups_frac.max(initial=0.0)
+        c["max_cdu_load_frac"][k] = cdu_frac.max(initial=0.0)
+        c["outdoor_c"][k] = st.outdoor_c
+        checks = {
+            "gpu_slowdown": (slow.any(axis=1), float(st.gpu_temp_c.max())),
+            "gpu_shutdown": (
+                (st.gpu_temp_c >= site.gpu.shutdown_c).any(axis=1),
+                float(st.gpu_temp_c.max()),
+            ),
+            "fws_w45": (np.array([st.fws_supply_c > W45_SUPPLY_MAX_C]), st.fws_supply_c),
+            "ups_overload": (ups_frac > 1.0, float(ups_frac.max(initial=0.0))),
+            "cdu_capacity": (cdu_frac > 1.0, float(cdu_frac.max(initial=0.0))),
+        }
+        for name, (crossed, value) in checks.items():
+            first = self.first[name]
+            first[crossed & np.isinf(first)] = t_s
+            self.worst[name] = max(self.worst[name], value)
+
+    def series(self) -> WhatIfSeries:
+        return WhatIfSeries(**self.cols)
+
+    def crossings(self, limits: dict[str, str]) -> list[LimitCrossing]:
+        site = self.site
+        ids = {
+            "gpu_slowdown": site.rack_ids,
+            "gpu_shutdown": site.rack_ids,
+            "fws_w45": ("FWS",),
+            "ups_overload": site.ups_ids,
+            "cdu_capacity": site.cdu_ids,
+        }
+        out = []
+        for name, first in self.first.items():
+            hit = np.flatnonzero(np.isfinite(first))
+            if hit.size:
+                order = hit[np.argsort(first[hit], kind="stable")]
+                out.append(
+                    LimitCrossing(
+                        name,
+                        limits[name],
+                        tuple(ids[name][i] for i in order),
+                        tuple(float(first[i]) for i in order),
+                        self.worst[name],
+                    )
+                )
+        return out
+
+
+def _limits(site: Site) -> dict[str, str]:
+    return {
+        "gpu_slowdown": f"GPU slowdown {site.gpu.slowdown_c:.1f} C",
+        "gpu_shutdown": f"GPU shutdown {site.gpu.shutdown_c:.1f} C",
+        "fws_w45": f"facility water supply above W45 ({W45_SUPPLY_MAX_C:.0f} C)",
+        "ups_overload": f"UPS module overload ({site.power.ups_rated_w / 1e6:.2f} MW)",
+        "cdu_capacity": f"CDU capacity ({site.cdu.rating_w / 1e6:.2f} MW)",
+    }
+
+
+def _progress(n: int, label: str, enabled: bool) -> Iterator[int]:
+    if not enabled:
+        yield from range(n)
+        return
+    from rich.progress import track
+
+    yield from track(range(n), description=label, transient=True)
+
+
+def _run(
+    setup: _Setup,
+    horizon_s: float,
+    dt_s: float,
+    start_ms: int,
+    workload: Literal["hold", "plan"],
+    seed: int,
+    progress: bool,
+    label: str,
+) -> tuple[WhatIfSeries, _Recorder]:
+    site, state = setup.site, setup.state
+    n = max(1, round(horizon_s / dt_s))
+    held = _held_inputs(site, state)
+    t0 = state.t_s
+    ts0_ms = start_ms - round(t0 * 1000)  # wall time of the state's t_s = 0
+    anomaly_k = state.outdoor_c - float(climatology_c(start_ms, site.weather))
+    plan = make_plan(site.n_racks, site.gpu.tdp_w, site.workload, np.random.default_rng(seed))
+    z_rng = np.random.default_rng([seed, 2])
+    rec = _Recorder(site, n)
+    for k in _progress(n, label, progress):
+        t_end = state.t_s + dt_s
+        ts_ms = ts0_ms + round(t_end * 1000)
+        if workload == "plan":
+            hour = float(local_hour(ts_ms, site.weather.utc_offset_h))
+            z = z_rng.standard_normal(held.util.shape)
+            util = utilisation(plan, t_end, hour, z, site.workload)
+        else:
+            util = held.util
+        inputs = replace(
+            held,
+            util=np.minimum(util * setup.load_factor, 1.0),
+            outdoor_c=float(climatology_c(ts_ms, site.weather)) + anomaly_k + setup.heat_offset_k,
+            day_of_year=float(day_of_year(ts_ms)),
+            fouling=np.ones_like(held.fouling),
+            gpu_stuck=np.zeros_like(held.gpu_stuck),
+            pump_health=held.pump_health.copy(),
+            pump_on=held.pump_on.copy(),
+            dc_fan_ok=held.dc_fan_ok.copy(),
+            ups_mains_ok=held.ups_mains_ok.copy(),
+            tcs_setpoint_c=setup.tcs_setpoint_c,
+            fws_setpoint_c=setup.fws_setpoint_c,
+        )
+        apply_physical(setup.faults, t_end, inputs)
+        state = step(site, state, inputs, dt_s)
+        rec.record(k, state.t_s - t0, state)
+    return rec.series(), rec
+
+
+def run_whatif(
+    site: Site,
+    start_state: FacilityState,
+    scenario: str | Sequence[str],
+    horizon_s: float,
+    dt_s: float = 5.0,
+    progress: bool = True,
+    *,
+    start_ms: int,
+    baseline: bool = True,
+    workload: Literal["hold", "plan"] = "hold",
+    seed: int = 0,
+) -> WhatIfResult:
+    """Run the model from ``start_state`` for ``horizon_s`` [s] in steps of ``dt_s`` [s].
+
+    scenario: one scenario text or several (applied together; none = baseline only).
+    start_ms: wall time of ``start_state`` [ms since epoch, UTC] (weather, season, time of
+    day). baseline: also run without the scenarios, for comparison. workload: ``"hold"``
+    keeps every GPU's utilisation as in the state; ``"plan"`` replays the simulator's
+    workload plan drawn from ``seed``.
+    """
+    texts = [scenario] if isinstance(scenario, str) else list(scenario)
+    if not (horizon_s > 0.0 and dt_s > 0.0):
+        raise WhatIfError(f"horizon and dt: expected > 0 s, got {horizon_s} and {dt_s}")
+    if workload not in ("hold", "plan"):
+        raise WhatIfError(f"workload: expected 'hold' or 'plan', got {workload!r}")
+    if start_state.gpu_temp_c.shape != (site.n_racks, site.n_gpus):
+        raise WhatIfError(
+            f"start state: expected {site.n_racks} racks x {site.n_gpus} GPUs for this site, "
+            f"got {start_state.gpu_temp_c.shape}"
+        )
+    parsed = tuple(parse_scenario(t, site) for t in texts)
+    setup = _setup(site, start_state, parsed)
+    label = ", ".join(texts) or "baseline"
+    series, rec = _run(setup, horizon_s, dt_s, start_ms, workload, seed, progress, label)
+    base = None
+    if baseline and parsed:
+        base, _ = _run(
+            _setup(site, start_state, ()),
+            horizon_s,
+            dt_s,
+            start_ms,
+            workload,
+            seed,
+            progress,
+            "baseline",
+        )
+    limits = _limits(setup.site)
+    notes = []
+    if setup.load_factor != 1.0:
+        it0 = float(start_state.it_power_w)
+        it1 = float(series.it_power_w[0])
+        notes.append(
+            f"load x{setup.load_factor:.2f}: GPU utilisation capped at 100 %, IT power "
+            f"{it0 / 1e6:.2f} -> {it1 / 1e6:.2f} MW ({(it1 / max(it0, 1e-9) - 1) * 100:+.1f} %)"
+        )
+    return WhatIfResult(
+        parsed,
+        horizon_s,
+        dt_s,
+        start_ms,
+        site.n_racks,
+        series,
+        rec.crossings(limits),
+        limits,
+        site.gpu.slowdown_c,
+        base,
+        notes,
+    )
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _parse_time_ms(text: str) -> int:
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise WhatIfError(
+            f"--start {text!r}: expected an ISO time like 2026-07-15T14:00Z"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return round(t.timestamp() * 1000)
+
+
+def _fetch_snapshot(url: str, timeout_s: float = 30.0) -> bytes:
+    import urllib.error
+    import urllib.request
+
+    full = url.rstrip("/") + "/api/snapshot"
+    if not full.startswith(("http://", "https://")):
+        raise WhatIfError(f"--from-url {url!r}: expected http://host:port")
+    try:
+        with urllib.request.urlopen(full, timeout=timeout_s) as resp:
+            return bytes(resp.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise WhatIfError(f"--from-url {url!r}: cannot fetch {full} ({exc})") from None
+
+
+def starting_point(
+    args: argparse.Namespace,
+) -> tuple[Site, FacilityState, int, Literal["hold", "plan"], str]:
+    """(site, state, wall time [ms], workload mode, description) from the CLI flags.
+
+    A snapshot (file or worker) gives the state; its ``meta`` may name the site file
+    (``site``), the rack count (``racks``) and the state's wall time (``ts_ms``). Without
+    one, a simulator of the site warms up for ``--warmup`` minutes before ``--start``.
+    """
+    import time
+
+    from twin.site import load_site
+    from twin.snapshot import load_snapshot, load_snapshot_bytes
+
+    if args.snapshot or args.from_url:
+        if args.snapshot:
+            snap, source = load_snapshot(args.snapshot), f"snapshot {args.snapshot}"
+        else:
+            snap = load_snapshot_bytes(_fetch_snapshot(args.from_url))
+            source = f"worker {args.from_url}"
+        if snap.state is None:
+            raise WhatIfError(f"{source}: holds no facility state")
+        racks = args.racks or int(snap.meta.get("racks") or snap.state.gpu_temp_c.shape[0])
+        site = load_site(args.site or snap.meta.get("site") or None, racks=racks)
+        ts_ms = snap.meta.get("ts_ms")
+        start_ms = int(ts_ms) if ts_ms is not None else round(time.time() * 1000)
+        return site, snap.state, start_ms, "hold", source
+    from twin.sim import Simulator
+
+    site = load_site(args.site, racks=args.racks)
+    start_ms = _parse_time_ms(args.start) if args.start else round(time.time() * 1000)
+    warm_s = max(float(args.warmup), 0.0) * 60.0
+    sim = Simulator(site, seed=args.seed, start_ms=start_ms - round(warm_s * 1000))
+    for _ in range(round(warm_s / 10.0)):
+        sim.step(10.0)
+    return site, sim.state, start_ms, "plan", f"fresh site warmed up {warm_s / 60:.0f} min"
+
+
+def add_whatif_parser(subparsers: Any) -> None:
+    """Register ``twin whatif`` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "whatif",
+        help="run the model forward under a changed condition and report limits, PUE, reuse",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--snapshot", metavar="FILE", help="start from a snapshot (.npz)")
+    src.add_argument(
+        "--from-url", metavar="URL", help="start from a running worker (GET URL/api/snapshot)"
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help=f"change to apply (repeatable): {_expected()}".replace("%", "%%"),
+    )
+    p.add_argument("--horizon", default="2h", help="how far to run: 2h, 30m, 3600s (default 2h)")
+    p.add_argument("--dt", type=float, default=5.0, help="model step [s] (default 5)")
+    p.add_argument("--racks", type=int, default=None, help="racks of the site (default: file)")
+    p.add_argument("--site", default=None, help="site file (default: Borlänge hall)")
+    p.add_argument("--out", default=None, metavar="PNG", help="write a plot to this file")
+    p.add_argument("--seed", type=int, default=0, help="workload seed of a fresh start")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=10.0,
+        metavar="MIN",
+        help="fresh start: simulated minutes to warm up (default 10)",
+    )
+    p.add_argument(
+        "--start",
+        default=None,
+        metavar="ISO",
+        help="fresh start: wall time, e.g. 2026-07-15T14:00Z (default: now)",
+    )
+    p.add_argument("--no-baseline", action="store_true", help="skip the comparison run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_whatif_cli)
+
+
+def run_whatif_cli(args: argparse.Namespace) -> int:
+    """``twin whatif``: print the summary (and write the plot); 0 on success."""
+    horizon_s = parse_horizon(str(args.horizon))
+    site, state, start_ms, workload, source = starting_point(args)
+    for text in args.scenario:  # fail fast, before any warm-up
+        parse_scenario(text, site)
+    result = run_whatif(
+        site,
+        state,
+        args.scenario,
+        horizon_s,
+        float(args.dt),
+        not args.no_progress,
+        start_ms=start_ms,
+        baseline=not args.no_baseline,
+        workload=workload,
+        seed=args.seed,
+    )
+    result.notes.insert(0, f"start: {source}")
+    print(result.summary())
+    if args.out:
+        from twin.plot import plot_whatif
+
+        print(f"plot: {plot_whatif(result, args.out)}")
+    return 0
