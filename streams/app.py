@@ -64,7 +64,7 @@ def _faust_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
-        datadir=str(settings.data_dir / "faust" / settings.app_id),
+        datadir=str(settings.state_dir / "faust" / settings.app_id),
         broker_session_timeout=settings.session_timeout_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
@@ -78,9 +78,25 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
+def new_runtime(settings: Settings) -> TwinRuntime:
+    """A runtime for the site of these settings (its rack design flow feeds the GPU fit)."""
+    from twin.site import load_site
+    from twin.step import rack_design_flow_kg_s
+
+    site = load_site(settings.site_path)
+    return TwinRuntime(
+        partitions=settings.partitions, rack_design_flow_kg_s=rack_design_flow_kg_s(site)
+    )
+
+
 def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> TwinWorker:
     """Build the app, its topics, tables, agents, timers and views around a runtime."""
-    rt = runtime if runtime is not None else TwinRuntime(partitions=settings.partitions)
+    rt = runtime if runtime is not None else new_runtime(settings)
+    if settings.restore_path is not None:
+        from streams.worker_snapshot import restore_runtime
+        from twin.snapshot import load_snapshot
+
+        restore_runtime(rt, load_snapshot(settings.restore_path))
     app = _faust_app(settings)
     names = settings.topics
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
@@ -95,6 +111,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     tables["value_type"] = bytes
     rack_table = app.Table("rack-state", **tables)
     unit_table = app.Table("unit-state", **tables)
+    model_table = app.Table("rack-model", **tables)
     limits = settings.limits
     sync_state: dict[str, frozenset[TP]] = {"assignment": frozenset()}
 
@@ -205,11 +222,18 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     async def checkpoint() -> None:
         if app.in_recovery:
             return
-        racks, units = rt.take_checkpoints()
+        racks, units = rt.take_checkpoints(owned)
         for rack, data in racks.items():
             put(rack_table, rack, data)
         for unit, data in units.items():
             put(unit_table, unit, data)
+
+    @app.timer(interval=settings.model_checkpoint_interval_s)
+    async def checkpoint_models() -> None:
+        if app.in_recovery:
+            return
+        for rack, data in rt.take_model_checkpoints(owned).items():
+            put(model_table, rack, data)
 
     @app.timer(interval=settings.publish_interval_s)
     async def publish_state() -> None:
@@ -238,6 +262,9 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         for unit, data in list(unit_table.data.items()):
             if owned(unit):
                 rt.restore_unit(data)
+        for rack, data in list(model_table.data.items()):
+            if owned(rack):
+                rt.restore_model(rack, data)
 
     @app.task
     async def state_view() -> None:
@@ -263,7 +290,13 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             lag[(tp.topic, tp.partition)] = max(0, int(hw) - pos)
         return lag
 
-    register_views(app, rt, settings, consumer_lag)
+    def snapshot() -> bytes:
+        from streams.worker_snapshot import runtime_snapshot
+        from twin.snapshot import snapshot_bytes
+
+        return snapshot_bytes(runtime_snapshot(rt))
+
+    register_views(app, rt, settings, consumer_lag, snapshot)
     return TwinWorker(app=app, runtime=rt, settings=settings)
 
 

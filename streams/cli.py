@@ -74,8 +74,21 @@ def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(env_default("data_dir", "var/twin")),
-        help="state and history directory (env TWIN_DATA_DIR, default var/twin)",
+        default=Path(env_default("data_dir", "data")),
+        help="Parquet history store, as the sink's (env TWIN_DATA_DIR, default data)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(env_default("state_dir", "var/twin")),
+        help="worker state directory (env TWIN_STATE_DIR, default var/twin)",
+    )
+    p.add_argument(
+        "--restore",
+        type=Path,
+        default=None,
+        metavar="SNAPSHOT",
+        help="start from a snapshot file (GET /api/snapshot of a worker)",
     )
     p.add_argument(
         "--topic-prefix",

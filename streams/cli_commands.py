@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 from typing import Any
 
 from streams.cli import add_broker_flag, add_common_worker_flags, add_sim_flags
@@ -26,7 +27,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         partitions=args.partitions,
         web_host=args.web_host,
         web_port=args.web_port,
-        data_dir=args.data_dir,
+        state_dir=args.state_dir,
+        history_dir=args.data_dir,
+        restore_path=args.restore,
+        site_path=getattr(args, "site", None),
         checkpoint_interval_s=args.checkpoint_interval,
         log_level=args.log_level,
         limits=Limits(max_message_bytes=args.max_message_bytes),
@@ -42,7 +46,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from streams.topics_admin import ensure_topics
 
     settings = settings_from_args(args)
-    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     asyncio.run(
         ensure_topics(
             settings.bootstrap,
@@ -96,7 +100,6 @@ def run_sim(args: argparse.Namespace) -> int:
             faults=args.fault,
             faults_log=args.faults_log,
             stop=stop,
-            progress=True,
         )
 
     stats = asyncio.run(go())
@@ -198,6 +201,7 @@ def register(sub: Any) -> None:
     )
     add_broker_flag(p)
     add_common_worker_flags(p)
+    p.add_argument("--site", type=Path, default=None, help="site TOML (default: Borlänge hall)")
     p.set_defaults(handler=run_worker)
 
     p = sub.add_parser(

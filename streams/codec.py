@@ -199,7 +199,7 @@ def decode_points_frame(
     data: bytes,
     *,
     key: bytes | None,
-    now_ms: int,
+    now_ms: int | None,
     limits: Limits = DEFAULT_LIMITS,
     replay: bool = False,
     contract: str = "telemetry.points",
@@ -230,7 +230,8 @@ def decode_points_frame(
         if lim is not None and not lim[0] <= values[i] <= lim[1]:
             raise DecodeError(f"{unit}/{point} out of range [{lim[0]}, {lim[1]}]: {values[i]}")
     ts_ms = batch.column("ts").cast(pa.int64()).to_numpy()
-    _check_ts(ts_ms, now_ms, limits, replay)
+    if now_ms is not None:
+        _check_ts(ts_ms, now_ms, limits, replay)
     return PointsFrame(unit=unit, ts_ms=ts_ms, points=points, values=values, batch=batch)
 
 

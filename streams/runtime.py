@@ -14,7 +14,12 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 
 from streams.codec import GpuFrame, PointsFrame
+from streams.rackmodel import RackModel, coolant_at_plates_c
 from streams.state import RackState, UnitState, facility_summary
+
+#: Design coolant flow of a Vera Rubin rack [kg/s]: 1.5 L/min/kW x 200 kW of PG25 at
+#: 1004 kg/m3 (FACTS.md section 8); workers pass the site's own value.
+DEFAULT_RACK_DESIGN_FLOW_KG_S = 5.02
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -54,6 +59,9 @@ class TwinRuntime:
 
     partitions: int
     clock_ms: Callable[[], int] = wall_clock_ms
+    rack_design_flow_kg_s: float = DEFAULT_RACK_DESIGN_FLOW_KG_S
+    models: dict[str, RackModel] = field(default_factory=dict)
+    dirty_models: set[str] = field(default_factory=set)
     racks: dict[str, RackState] = field(default_factory=dict)
     units: dict[str, UnitState] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
@@ -74,11 +82,25 @@ class TwinRuntime:
         if state is None:
             state = self.racks[frame.rack] = RackState(frame.rack)
         state.apply(frame)
+        self._update_model(frame)
         self.dirty_checkpoint_racks.add(frame.rack)
         self.dirty_publish.add(f"rack/{frame.rack}")
         self.counters.frame(topic)
         self.counters.samples_in += int(frame.ts_ms.size)
         self.last_latency_ms = float(self.clock_ms() - int(frame.ts_ms.max()))
+
+    def _update_model(self, frame: GpuFrame) -> None:
+        unit = self.units.get(frame.rack)
+        if unit is None:
+            return  # no manifold sensors (yet): nothing to fit against
+        coolant = coolant_at_plates_c(unit.values(), self.rack_design_flow_kg_s)
+        if coolant is None:
+            return
+        model = self.models.get(frame.rack)
+        if model is None:
+            model = self.models[frame.rack] = RackModel()
+        model.update(frame, coolant)
+        self.dirty_models.add(frame.rack)
 
     def apply_points(self, frame: PointsFrame, topic: str) -> None:
         """Apply a validated plant-unit frame to its unit."""
@@ -102,6 +124,11 @@ class TwinRuntime:
         if held is None or held.last_ts_ms < restored.last_ts_ms:
             self.racks[rack] = restored
 
+    def restore_model(self, rack: str, data: bytes) -> None:
+        """Seed a rack's fitted model from its checkpoint unless one is already running."""
+        if rack not in self.models:
+            self.models[rack] = RackModel.from_bytes(data)
+
     def restore_unit(self, data: bytes) -> None:
         """Seed a plant unit from its table checkpoint unless newer data is held."""
         restored = UnitState.from_bytes(data)
@@ -118,23 +145,47 @@ class TwinRuntime:
         for rack in [r for r in self.racks if not owned(r)]:
             del self.racks[rack]
             self.dirty_checkpoint_racks.discard(rack)
+        for rack in [r for r in self.models if not owned(r)]:
+            del self.models[rack]
+            self.dirty_models.discard(rack)
         for unit in [u for u in self.units if not owned(u)]:
             del self.units[unit]
             self.dirty_checkpoint_units.discard(unit)
 
     # --- outputs -------------------------------------------------------------------------
-    def take_checkpoints(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
-        """Racks and units changed since the last checkpoint, serialised; clears the marks."""
+    def take_checkpoints(
+        self, owned: Callable[[str], bool] = lambda _: True
+    ) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Owned racks and units changed since the last checkpoint, serialised.
+
+        Keys not owned (yet) keep their mark: a worker must not write a changelog partition
+        it has not been assigned.
+        """
         racks = {
-            r: self.racks[r].to_bytes() for r in self.dirty_checkpoint_racks if r in self.racks
+            r: self.racks[r].to_bytes()
+            for r in self.dirty_checkpoint_racks
+            if r in self.racks and owned(r)
         }
         units = {
-            u: self.units[u].to_bytes() for u in self.dirty_checkpoint_units if u in self.units
+            u: self.units[u].to_bytes()
+            for u in self.dirty_checkpoint_units
+            if u in self.units and owned(u)
         }
-        self.dirty_checkpoint_racks.clear()
-        self.dirty_checkpoint_units.clear()
+        self.dirty_checkpoint_racks.difference_update(racks)
+        self.dirty_checkpoint_units.difference_update(units)
         self.counters.checkpoints += len(racks) + len(units)
         return racks, units
+
+    def take_model_checkpoints(
+        self, owned: Callable[[str], bool] = lambda _: True
+    ) -> dict[str, bytes]:
+        """Owned racks whose fitted model changed since its last checkpoint, serialised."""
+        out = {
+            r: self.models[r].to_bytes() for r in self.dirty_models if r in self.models and owned(r)
+        }
+        self.dirty_models.difference_update(out)
+        self.counters.checkpoints += len(out)
+        return out
 
     def take_publications(self) -> dict[str, dict[str, Any]]:
         """twin.state documents of entities changed since the last publication."""
@@ -142,8 +193,12 @@ class TwinRuntime:
         for entity in self.dirty_publish:
             kind, _, name = entity.partition("/")
             if kind == "rack" and name in self.racks:
-                rs = self.racks[name]
-                docs[entity] = {"kind": "rack", "summary": rs.summary(), "detail": rs.detail()}
+                docs[entity] = {
+                    "kind": "rack",
+                    "summary": self._rack_summary(name),
+                    "detail": self.racks[name].detail(),
+                    "model": self.models[name].view() if name in self.models else None,
+                }
             elif kind == "unit" and name in self.units:
                 docs[entity] = {"kind": "unit", "summary": self.units[name].summary()}
         self.dirty_publish.clear()
@@ -165,8 +220,14 @@ class TwinRuntime:
             for e, d in self.view.items()
             if d.get("kind") == "rack" and "summary" in d
         }
-        out.update({r: s.summary() for r, s in self.racks.items()})
+        out.update({r: self._rack_summary(r) for r in self.racks})
         return dict(sorted(out.items()))
+
+    def _rack_summary(self, rack: str) -> dict[str, Any]:
+        summary = self.racks[rack].summary()
+        if rack in self.models:
+            summary.update(self.models[rack].summary())
+        return summary
 
     def unit_values(self) -> dict[str, dict[str, float]]:
         """Every known plant unit's latest point values."""
@@ -186,6 +247,14 @@ class TwinRuntime:
         if doc is not None and "detail" in doc:
             return dict(doc["detail"])
         return None
+
+    def rack_model(self, rack: str) -> dict[str, Any] | None:
+        """Fitted thermal parameters, expectations and residuals per GPU of one rack."""
+        if rack in self.models:
+            return self.models[rack].view()
+        doc = self.view.get(f"rack/{rack}")
+        model = doc.get("model") if doc is not None else None
+        return dict(model) if model else None
 
     def facility(self) -> dict[str, Any]:
         """Facility summary and every rack, as served on /api/state."""

@@ -89,11 +89,18 @@ class Settings:
     replication: int = 1
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    data_dir: Path = Path("var/twin")
+    #: Worker state (Faust data dir, snapshots).
+    state_dir: Path = Path("var/twin")
+    #: The Parquet history store (same as the sink's --data-dir), served by POST /api/sql.
+    history_dir: Path = Path("data")
     #: How often a changed rack is written to its Faust table (bounded changelog traffic).
     checkpoint_interval_s: float = 2.0
     #: How often changed racks and units are published to twin.state.
-    publish_interval_s: float = 1.0
+    publish_interval_s: float = 2.0
+    #: How often a rack's fitted thermal model is written to its table.
+    model_checkpoint_interval_s: float = 10.0
+    #: Site file (None: the Borlänge default shipped in twin/sites).
+    site_path: Path | None = None
     batch_max: int = 4096
     batch_window_s: float = 0.05
     #: Short group timeouts: the embedded broker holds JoinGroup for about half of them.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,8 +16,6 @@ import numpy as np
 from streams.codec import encode_frame, gpu_batch, points_batch
 from streams.producer import FramePublisher
 from streams.settings import Topics
-
-log = logging.getLogger(__name__)
 
 REPLAY_HEADER = ("twin-replay", b"sim")
 
@@ -50,47 +47,50 @@ def frames_of(sim_frame: Any) -> list[tuple[str, str, bytes]]:
     return out
 
 
-async def run_simulation(
+def make_simulator(
     *,
-    bootstrap: str,
-    topics: Topics,
     racks: int | None,
     site_path: Path | None,
     seed: int,
-    dt_s: float,
-    speed: float,
-    duration_s: float | None,
     faults: Sequence[str],
-    faults_log: Path | None,
-    stop: asyncio.Event,
-    progress: bool = False,
-) -> SimStats:
-    """Step the simulator and publish until ``duration_s`` of simulated time or ``stop``.
-
-    At ``speed`` 1 the samples carry wall-clock time. Faster runs start in the past (so no
-    sample is ever from the future) and mark frames as replayed history.
-    """
+    start_ms: int,
+) -> Any:
+    """A Simulator of the site starting at ``start_ms`` [ms since epoch] with these faults."""
     from twin.faults import parse_fault
     from twin.sim import Simulator
     from twin.site import load_site
 
     site = load_site(site_path, racks=racks)
-    now_ms = time.time_ns() // 1_000_000
-    fast = speed > 1.0
-    span_s = duration_s if duration_s is not None else 86_400.0
-    start_ms = now_ms - int(span_s * 1000) if fast else now_ms
     specs = [parse_fault(f) for f in faults]
-    sim = Simulator(site, seed=seed, start_ms=start_ms, faults=specs)
+    return Simulator(site, seed=seed, start_ms=start_ms, faults=specs)
+
+
+async def publish_simulation(
+    sim: Any,
+    *,
+    bootstrap: str,
+    topics: Topics,
+    dt_s: float,
+    speed: float,
+    duration_s: float | None,
+    stop: asyncio.Event,
+    faults_log: Path | None = None,
+    replay: bool = False,
+    stats: SimStats | None = None,
+) -> SimStats:
+    """Step ``sim`` and publish its readings until ``duration_s`` simulated or ``stop``."""
     topic_of = {"gpu": topics.gpu, "thermal": topics.thermal, "power": topics.power}
-    headers = [REPLAY_HEADER] if fast else None
-    stats = SimStats()
+    headers = [REPLAY_HEADER] if replay else None
+    stats = stats if stats is not None else SimStats()
     loop = asyncio.get_running_loop()
     t0 = loop.time()
+    ticks0 = stats.ticks
     fault_file = faults_log.open("a", encoding="utf-8") if faults_log else None
     try:
         async with FramePublisher(bootstrap) as pub:
             while not stop.is_set():
-                if duration_s is not None and stats.ticks * dt_s >= duration_s:
+                done = stats.ticks - ticks0
+                if duration_s is not None and done * dt_s >= duration_s:
                     break
                 frame = sim.step(dt_s)
                 stats.ticks += 1
@@ -108,10 +108,7 @@ async def run_simulation(
                     if fault_file is not None:
                         fault_file.write(doc.decode() + "\n")
                         fault_file.flush()
-                if progress and stats.ticks % max(1, int(10 / dt_s)) == 0:
-                    log.info("sim ticks=%d gpu_frames=%d", stats.ticks, stats.gpu_frames)
-                target = t0 + stats.ticks * dt_s / speed
-                delay = target - loop.time()
+                delay = t0 + (done + 1) * dt_s / speed - loop.time()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -120,3 +117,42 @@ async def run_simulation(
         if fault_file is not None:
             fault_file.close()
     return stats
+
+
+async def run_simulation(
+    *,
+    bootstrap: str,
+    topics: Topics,
+    racks: int | None,
+    site_path: Path | None,
+    seed: int,
+    dt_s: float,
+    speed: float,
+    duration_s: float | None,
+    faults: Sequence[str],
+    faults_log: Path | None,
+    stop: asyncio.Event,
+) -> SimStats:
+    """``twin sim``: build the simulator and publish until done.
+
+    At ``speed`` 1 the samples carry wall-clock time. Faster runs start in the past (so no
+    sample is ever from the future) and mark frames as replayed history.
+    """
+    now_ms = time.time_ns() // 1_000_000
+    fast = speed > 1.0
+    span_s = duration_s if duration_s is not None else 86_400.0
+    start_ms = now_ms - int(span_s * 1000) if fast else now_ms
+    sim = make_simulator(
+        racks=racks, site_path=site_path, seed=seed, faults=faults, start_ms=start_ms
+    )
+    return await publish_simulation(
+        sim,
+        bootstrap=bootstrap,
+        topics=topics,
+        dt_s=dt_s,
+        speed=speed,
+        duration_s=duration_s,
+        stop=stop,
+        faults_log=faults_log,
+        replay=fast,
+    )

@@ -6,6 +6,8 @@ other modules add their own routes through ``extra_views``.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -18,19 +20,71 @@ from streams.runtime import TwinRuntime
 from streams.settings import Settings
 
 LagFn = Callable[[], Awaitable[dict[tuple[str, int], int]]]
+SnapshotFn = Callable[[], bytes]
 
 _INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>dc-twin</title></head>
 <body><h1>dc-twin worker</h1><ul>
 <li><a href="/api/state">/api/state</a>: facility summary and every rack</li>
 <li>/api/racks/{rack}: latest values per GPU, e.g. <a href="/api/racks/R0001">R0001</a></li>
 <li><a href="/metrics">/metrics</a>: Prometheus</li>
-<li><a href="/healthz">/healthz</a></li></ul></body></html>"""
+<li><a href="/healthz">/healthz</a></li>
+<li>POST /api/sql {"sql": "SELECT ..."}: read-only SQL over the Parquet history</li>
+<li><a href="/api/snapshot">/api/snapshot</a>: the twin's state as .npz (for twin whatif)</li>
+</ul></body></html>"""
 
 
 def register_views(
-    app: faust.App, rt: TwinRuntime, settings: Settings, consumer_lag: LagFn
+    app: faust.App,
+    rt: TwinRuntime,
+    settings: Settings,
+    consumer_lag: LagFn,
+    snapshot: SnapshotFn,
 ) -> None:
     """Attach the API views to an app."""
+    sql_state: dict[str, Any] = {}
+
+    def sql_service() -> Any:
+        # Opened on first use: DuckDB views over the store of this worker's --data-dir.
+        if "svc" not in sql_state:
+            from storage.sql import SqlService
+
+            sql_state["svc"] = SqlService(settings.history_dir)
+        return sql_state["svc"]
+
+    @app.page("/api/snapshot")
+    class Snapshot(View):
+        async def get(self, request: Request) -> Response:
+            loop = asyncio.get_running_loop()
+            data = await loop.run_in_executor(None, snapshot)
+            return self.bytes(data, content_type="application/octet-stream")
+
+    @app.page("/api/sql")
+    class Sql(View):
+        async def post(self, request: Request) -> Response:
+            from storage.sql import SqlRefused, to_json_records
+
+            body = await request.read()
+            try:
+                doc = json.loads(body) if body[:1] in (b"{", b"[") else {"sql": body.decode()}
+                sql = doc["sql"] if isinstance(doc, dict) else None
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError):
+                sql = None
+            if not isinstance(sql, str) or not sql.strip():
+                return self.json(
+                    {"error": 'POST {"sql": "SELECT ..."} or the SQL as text'}, status=400
+                )
+            loop = asyncio.get_running_loop()
+            try:
+                table = await loop.run_in_executor(None, sql_service().query, sql)
+            except SqlRefused as exc:
+                return self.json({"error": str(exc)}, status=400)
+            return self.json(
+                {
+                    "columns": table.column_names,
+                    "rows": to_json_records(table),
+                    "row_count": table.num_rows,
+                }
+            )
 
     @app.page("/")
     class Index(View):
@@ -62,7 +116,10 @@ def register_views(
                 return self.json({"error": f"unknown rack {rack!r}"}, status=404)
             summary = rt.rack_summaries().get(rack, {})
             unit = rt.unit_values().get(rack, {})
-            return self.json({"rack": rack, "summary": summary, "coolant": unit, "gpus": detail})
+            model = rt.rack_model(rack)
+            return self.json(
+                {"rack": rack, "summary": summary, "coolant": unit, "gpus": detail, "model": model}
+            )
 
     @app.page("/api/units/{unit}")
     class Unit(View):

@@ -20,7 +20,8 @@ from streams.producer import FramePublisher
 from streams.settings import Topics
 from streams.topics_admin import ensure_topics
 from tests.streams.frames import gpu_columns, known_gpu_batch, with_column
-from tests.streams.workerproc import WorkerProcess, http_get
+from tests.streams.workerproc import WorkerProcess, http_get, http_post
+from twin.snapshot import load_snapshot_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -177,6 +178,16 @@ def test_state_equals_frames_dlq_and_survives_sigkill(spine: tuple[Broker, Topic
         assert status == 200
         assert 'twin_rack_power_watts{rack="R0001"}' in text
         assert "twin_frames_dlq_total" in text and "twin_consumer_lag_messages" in text
+
+        status, body = http_post(
+            worker.url + "/api/sql", b'{"sql": "SELECT count(*) AS n FROM gpu"}'
+        )
+        assert status == 200 and json.loads(body)["rows"] == [{"n": 0}]
+        status, body = http_post(worker.url + "/api/sql", b"COPY gpu TO '/tmp/x.csv'")
+        assert status == 400 and "error" in json.loads(body)
+        status, body = http_get(worker.url + "/api/snapshot")
+        snap = load_snapshot_bytes(body)
+        assert status == 200 and snap.meta["worker.racks"] == str(len(RACKS) + 1)
 
         before = {r: worker.get_json(f"/api/racks/{r}")[1]["gpus"] for r in RACKS}
         time.sleep(1.5)  # > checkpoint interval: every rack is in its table's changelog

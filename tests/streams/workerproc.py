@@ -27,6 +27,16 @@ def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+def http_post(url: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of a POST."""
+    req = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
 class WorkerProcess:
     """One `twin worker` subprocess with its own web port and log file."""
 
@@ -47,8 +57,10 @@ class WorkerProcess:
             prefix,
             "--app-id",
             app_id or f"{prefix}-twin",
+            "--state-dir",
+            str(data_dir / "state"),
             "--data-dir",
-            str(data_dir),
+            str(data_dir / "history"),
             "--checkpoint-interval",
             "0.3",
             "--max-message-bytes",

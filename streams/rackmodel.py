@@ -1,0 +1,116 @@
+"""Per-rack physics beside the measurements: online fit of each GPU's thermal R and C.
+
+Thin glue between decoded frames and twin.estimator: the maths lives in twin/. A rack's
+model is updated with the rack's whole frame at once (arrays over GPUs), with the coolant
+temperature at the cold plates taken from the rack's manifold sensors (telemetry.thermal,
+unit = rack id, co-partitioned with the rack's GPU frames).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streams.codec import GpuFrame
+from twin.estimator import ThermalEstimator
+from twin.rack import gpu_coolant_c
+
+
+def coolant_at_plates_c(points: Mapping[str, float], design_flow_kg_s: float) -> float | None:
+    """Cold-plate coolant temperature [C] of a rack from its manifold points, if measured."""
+    inlet = points.get("inlet_temp_c")
+    outlet = points.get("outlet_temp_c")
+    if inlet is None:
+        return None
+    if outlet is None:
+        return float(inlet)
+    flow = points.get("flow_kg_s", design_flow_kg_s)
+    return float(gpu_coolant_c(inlet, outlet, flow / design_flow_kg_s))
+
+
+@dataclass
+class RackModel:
+    """The online thermal fit of one rack's GPUs and its last expectations."""
+
+    estimator: ThermalEstimator = field(default_factory=lambda: ThermalEstimator(0))
+    last_ts_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    coolant_c: float = float("nan")
+    power_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def _grow(self, n: int) -> None:
+        extra = n - self.estimator.n_series
+        if extra <= 0:
+            return
+        self.estimator = self.estimator.grow(extra)
+        self.last_ts_ms = np.concatenate([self.last_ts_ms, np.zeros(extra, dtype=np.int64)])
+        self.power_w = np.concatenate([self.power_w, np.full(extra, np.nan)])
+
+    def update(self, frame: GpuFrame, coolant_c: float) -> None:
+        """Feed one frame [C, W] with the coolant at the plates [C]; GPUs absent are skipped."""
+        idx = frame.gpu.astype(np.intp)
+        self._grow(int(idx.max()) + 1)
+        n = self.estimator.n_series
+        die = np.full(n, np.nan)
+        power = np.full(n, np.nan)
+        dt_s = np.zeros(n)
+        die[idx] = frame.columns["temp_gpu_c"]
+        power[idx] = frame.columns["power_w"]
+        prev = self.last_ts_ms[idx]
+        dt_s[idx] = np.where(prev > 0, (frame.ts_ms - prev) / 1000.0, 0.0)
+        self.estimator.update(die, np.full(n, coolant_c), power, dt_s)
+        self.last_ts_ms[idx] = frame.ts_ms
+        self.power_w[idx] = frame.columns["power_w"]
+        self.coolant_c = coolant_c
+
+    def view(self) -> dict[str, Any]:
+        """Fitted parameters, expected steady die temperature and residuals, per GPU."""
+        est = self.estimator
+        expected = self.coolant_c + est.r_k_w * self.power_w
+        return {
+            "coolant_c": None if np.isnan(self.coolant_c) else self.coolant_c,
+            "r_k_w": _json(est.r_k_w),
+            "c_j_k": _json(est.c_j_k),
+            "tau_s": _json(est.tau_s),
+            "residual_k": _json(est.residual_k),
+            "expected_temp_gpu_c": _json(expected),
+            "updates": est.n_updates.tolist(),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Rack-level figures for twin.state and /api/state."""
+        res = self.estimator.residual_k
+        r = self.estimator.r_k_w
+        finite = res[np.isfinite(res)]
+        return {
+            "residual_max_abs_k": float(np.abs(finite).max()) if finite.size else None,
+            "r_k_w_mean": float(np.nanmean(r)) if np.isfinite(r).any() else None,
+        }
+
+    def to_bytes(self) -> bytes:
+        """Checkpoint: the estimator's arrays and the last sample times, as .npz bytes."""
+        buf = io.BytesIO()
+        arrays: dict[str, Any] = {f"est.{k}": v for k, v in self.estimator.snapshot().items()}
+        arrays |= {"last_ts_ms": self.last_ts_ms, "power_w": self.power_w}
+        arrays["coolant_c"] = np.array(self.coolant_c)
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RackModel:
+        """Restore a checkpoint written by :meth:`to_bytes`."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            snap = {k.removeprefix("est."): z[k] for k in z.files if k.startswith("est.")}
+            return cls(
+                estimator=ThermalEstimator.restore(snap),
+                last_ts_ms=z["last_ts_ms"].astype(np.int64),
+                coolant_c=float(z["coolant_c"]),
+                power_w=z["power_w"].astype(np.float64),
+            )
+
+
+def _json(a: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(x) else float(x) for x in a.tolist()]
