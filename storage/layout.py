@@ -16,15 +16,25 @@ from typing import Final, Literal
 
 import pyarrow as pa
 
-from streams.schema import GPU_SCHEMA, POINTS_SCHEMA, TOPIC_GPU, TOPIC_POWER, TOPIC_STATE, TS_TYPE
+from streams.schema import (
+    ALERT_SCHEMA,
+    GPU_SCHEMA,
+    KPI_SCHEMA,
+    POINTS_SCHEMA,
+    RESIDUAL_SCHEMA,
+    TOPIC_ALERTS,
+    TOPIC_GPU,
+    TOPIC_KPI,
+    TOPIC_POWER,
+    TOPIC_RESIDUALS,
+    TOPIC_STATE,
+    TS_TYPE,
+)
 from streams.schema import TOPIC_THERMAL as TOPIC_THERMAL_
 from twin.errors import ConfigError
 
 #: Topics of the twin's outputs. The streams package owns the producers; the names here are
 #: the defaults the sink subscribes to and can be overridden per table.
-TOPIC_KPI: Final = "twin.kpi"
-TOPIC_RESIDUALS: Final = "twin.residuals"
-TOPIC_ALERTS: Final = "twin.alerts"
 
 #: Footer key-value metadata keys written into every file.
 META_OFFSETS: Final = b"twin.offsets"  # JSON {topic: {partition: [[first, last], ...]}}
@@ -81,38 +91,6 @@ class TableDef:
     def table_dir(self, data_dir: Path) -> Path:
         return data_dir / self.name
 
-
-KPI_SCHEMA: Final = pa.schema(
-    [
-        pa.field("ts", TS_TYPE, nullable=False),
-        pa.field("scope", pa.string(), nullable=False),  # "site", a hall or a rack id
-        pa.field("name", pa.string(), nullable=False),  # KPI name with unit suffix (pue_frac)
-        pa.field("value", pa.float64(), nullable=False),
-    ]
-)
-
-RESIDUAL_SCHEMA: Final = pa.schema(
-    [
-        pa.field("ts", TS_TYPE, nullable=False),
-        pa.field("entity", pa.string(), nullable=False),  # rack, CDU or plant unit id
-        pa.field("quantity", pa.string(), nullable=False),  # name with unit suffix
-        pa.field("measured", pa.float64(), nullable=True),  # reading [unit of quantity]
-        pa.field("expected", pa.float64(), nullable=True),  # model estimate [same unit]
-        pa.field("residual", pa.float64(), nullable=False),  # measured - expected
-    ]
-)
-
-ALERT_SCHEMA: Final = pa.schema(
-    [
-        pa.field("ts", TS_TYPE, nullable=False),
-        pa.field("entity", pa.string(), nullable=False),
-        pa.field("alert_id", pa.string(), nullable=True),
-        pa.field("kind", pa.string(), nullable=True),
-        pa.field("severity", pa.string(), nullable=True),
-        pa.field("state", pa.string(), nullable=True),  # firing, acknowledged, resolved
-        pa.field("message", pa.string(), nullable=True),
-    ]
-)
 
 STATE_SCHEMA: Final = pa.schema(
     [

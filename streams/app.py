@@ -235,11 +235,17 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         for rack, data in rt.take_model_checkpoints(owned).items():
             put(model_table, rack, data)
 
+    residual_topic = app.topic(names.residuals, partitions=settings.partitions, **raw)
+    kpi_topic = app.topic(names.kpi, **raw)
+
     @app.timer(interval=settings.publish_interval_s)
     async def publish_state() -> None:
         docs = rt.take_publications()
         if owned("facility") and (rt.racks or rt.view):
             docs["facility"] = {"kind": "facility", "summary": rt.facility()["facility"]}
+            await kpi_topic.send(key=b"site", value=encode_frame(rt.kpi_batch()))
+        for rack, batch in rt.take_residuals().items():
+            await residual_topic.send(key=rack.encode(), value=encode_frame(batch))
         for entity, doc in docs.items():
             await state_topic.send(
                 key=entity.encode(), value=json.dumps(doc, separators=(",", ":")).encode()

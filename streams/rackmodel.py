@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from streams.codec import GpuFrame
+from streams.schema import RESIDUAL_SCHEMA, TS_TYPE
 from twin.estimator import ThermalEstimator
 from twin.rack import gpu_coolant_c
 
@@ -40,6 +42,7 @@ class RackModel:
     last_ts_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     coolant_c: float = float("nan")
     power_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    temp_gpu_c: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def _grow(self, n: int) -> None:
         extra = n - self.estimator.n_series
@@ -48,6 +51,7 @@ class RackModel:
         self.estimator = self.estimator.grow(extra)
         self.last_ts_ms = np.concatenate([self.last_ts_ms, np.zeros(extra, dtype=np.int64)])
         self.power_w = np.concatenate([self.power_w, np.full(extra, np.nan)])
+        self.temp_gpu_c = np.concatenate([self.temp_gpu_c, np.full(extra, np.nan)])
 
     def update(self, frame: GpuFrame, coolant_c: float) -> None:
         """Feed one frame [C, W] with the coolant at the plates [C]; GPUs absent are skipped."""
@@ -64,7 +68,27 @@ class RackModel:
         self.estimator.update(die, np.full(n, coolant_c), power, dt_s)
         self.last_ts_ms[idx] = frame.ts_ms
         self.power_w[idx] = frame.columns["power_w"]
+        self.temp_gpu_c[idx] = frame.columns["temp_gpu_c"]
         self.coolant_c = coolant_c
+
+    def residual_batch(self, rack: str) -> pa.RecordBatch:
+        """twin.residuals rows of the last update: each GPU's die temperature, measured vs
+        the model's one-step prediction [C]; GPUs without a residual are left out."""
+        res = self.estimator.residual_k
+        ok = np.flatnonzero(np.isfinite(res) & np.isfinite(self.temp_gpu_c))
+        measured = self.temp_gpu_c[ok].astype(np.float64)
+        ts = int(self.last_ts_ms.max()) if self.last_ts_ms.size else 0
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array(np.full(ok.size, ts, dtype=np.int64)).cast(TS_TYPE),
+                pa.array([f"{rack}/G{i:02d}" for i in ok.tolist()], type=pa.string()),
+                pa.array(["temp_gpu_c"] * ok.size, type=pa.string()),
+                pa.array(measured),
+                pa.array(measured - res[ok]),
+                pa.array(res[ok]),
+            ],
+            schema=RESIDUAL_SCHEMA,
+        )
 
     def view(self) -> dict[str, Any]:
         """Fitted parameters, expected steady die temperature and residuals, per GPU."""
@@ -94,7 +118,11 @@ class RackModel:
         """Checkpoint: the estimator's arrays and the last sample times, as .npz bytes."""
         buf = io.BytesIO()
         arrays: dict[str, Any] = {f"est.{k}": v for k, v in self.estimator.snapshot().items()}
-        arrays |= {"last_ts_ms": self.last_ts_ms, "power_w": self.power_w}
+        arrays |= {
+            "last_ts_ms": self.last_ts_ms,
+            "power_w": self.power_w,
+            "temp_gpu_c": self.temp_gpu_c,
+        }
         arrays["coolant_c"] = np.array(self.coolant_c)
         np.savez(buf, **arrays)
         return buf.getvalue()
@@ -109,6 +137,7 @@ class RackModel:
                 last_ts_ms=z["last_ts_ms"].astype(np.int64),
                 coolant_c=float(z["coolant_c"]),
                 power_w=z["power_w"].astype(np.float64),
+                temp_gpu_c=z["temp_gpu_c"].astype(np.float64),
             )
 
 

@@ -11,10 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from aiokafka.partitioner import murmur2
 
 from streams.codec import GpuFrame, PointsFrame
 from streams.rackmodel import RackModel, coolant_at_plates_c
+from streams.schema import KPI_SCHEMA, TS_TYPE
 from streams.state import RackState, UnitState, facility_summary
 
 #: Design coolant flow of a Vera Rubin rack [kg/s]: 1.5 L/min/kW x 200 kW of PG25 at
@@ -62,6 +65,7 @@ class TwinRuntime:
     rack_design_flow_kg_s: float = DEFAULT_RACK_DESIGN_FLOW_KG_S
     models: dict[str, RackModel] = field(default_factory=dict)
     dirty_models: set[str] = field(default_factory=set)
+    dirty_residuals: set[str] = field(default_factory=set)
     racks: dict[str, RackState] = field(default_factory=dict)
     units: dict[str, UnitState] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
@@ -101,6 +105,7 @@ class TwinRuntime:
             model = self.models[frame.rack] = RackModel()
         model.update(frame, coolant)
         self.dirty_models.add(frame.rack)
+        self.dirty_residuals.add(frame.rack)
 
     def apply_points(self, frame: PointsFrame, topic: str) -> None:
         """Apply a validated plant-unit frame to its unit."""
@@ -148,6 +153,7 @@ class TwinRuntime:
         for rack in [r for r in self.models if not owned(r)]:
             del self.models[rack]
             self.dirty_models.discard(rack)
+            self.dirty_residuals.discard(rack)
         for unit in [u for u in self.units if not owned(u)]:
             del self.units[unit]
             self.dirty_checkpoint_units.discard(unit)
@@ -204,6 +210,31 @@ class TwinRuntime:
         self.dirty_publish.clear()
         self.counters.published += len(docs)
         return docs
+
+    def take_residuals(self) -> dict[str, pa.RecordBatch]:
+        """twin.residuals batches of racks whose model was updated since the last call."""
+        out = {
+            r: self.models[r].residual_batch(r) for r in self.dirty_residuals if r in self.models
+        }
+        self.dirty_residuals.clear()
+        return {r: b for r, b in out.items() if b.num_rows}
+
+    def kpi_batch(self) -> pa.RecordBatch:
+        """twin.kpi rows of the facility now: every numeric facility figure, scope site."""
+        fac = self.facility()["facility"]
+        names = [
+            k for k, v in fac.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        n = len(names)
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array(np.full(n, self.clock_ms(), dtype=np.int64)).cast(TS_TYPE),
+                pa.array(["site"] * n, type=pa.string()),
+                pa.array(names, type=pa.string()),
+                pa.array([float(fac[k]) for k in names], type=pa.float64()),
+            ],
+            schema=KPI_SCHEMA,
+        )
 
     def absorb_view(self, entity: str, doc: dict[str, Any] | None) -> None:
         """Keep the latest twin.state document of an entity (None = tombstone)."""

@@ -17,6 +17,9 @@ TOPIC_INGEST: Final = "telemetry.ingest"
 TOPIC_DLQ: Final = "telemetry.dlq"
 TOPIC_STATE: Final = "twin.state"
 TOPIC_FAULTS: Final = "twin.faults"
+TOPIC_KPI: Final = "twin.kpi"
+TOPIC_RESIDUALS: Final = "twin.residuals"
+TOPIC_ALERTS: Final = "twin.alerts"
 
 TELEMETRY_TOPICS: Final = (TOPIC_GPU, TOPIC_THERMAL, TOPIC_POWER)
 
@@ -60,6 +63,41 @@ POINTS_SCHEMA: Final = pa.schema(
         pa.field("value", pa.float64(), nullable=False),  # reading in the point's SI unit
     ],
     metadata={"contract": "telemetry.points/v1"},
+)
+
+#: twin.kpi: facility KPIs, one row per (scope, name) at an instant. Key: scope.
+KPI_SCHEMA: Final = pa.schema(
+    [
+        pa.field("ts", TS_TYPE, nullable=False),
+        pa.field("scope", pa.string(), nullable=False),  # "site", a hall or a rack id
+        pa.field("name", pa.string(), nullable=False),  # KPI name with unit suffix (pue_frac)
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+
+#: twin.residuals: measured minus the model's expectation, per sensor. Key: rack or unit.
+RESIDUAL_SCHEMA: Final = pa.schema(
+    [
+        pa.field("ts", TS_TYPE, nullable=False),
+        pa.field("entity", pa.string(), nullable=False),  # rack, CDU or plant unit id
+        pa.field("quantity", pa.string(), nullable=False),  # name with unit suffix
+        pa.field("measured", pa.float64(), nullable=True),  # reading [unit of quantity]
+        pa.field("expected", pa.float64(), nullable=True),  # model estimate [same unit]
+        pa.field("residual", pa.float64(), nullable=False),  # measured - expected
+    ]
+)
+
+#: twin.alerts: alert lifecycle events. Key: entity.
+ALERT_SCHEMA: Final = pa.schema(
+    [
+        pa.field("ts", TS_TYPE, nullable=False),
+        pa.field("entity", pa.string(), nullable=False),
+        pa.field("alert_id", pa.string(), nullable=True),
+        pa.field("kind", pa.string(), nullable=True),
+        pa.field("severity", pa.string(), nullable=True),
+        pa.field("state", pa.string(), nullable=True),  # firing, acknowledged, resolved
+        pa.field("message", pa.string(), nullable=True),
+    ]
 )
 
 #: Clock-event (throttle) reason bits of NVML (FACTS.md section 7).

@@ -10,11 +10,14 @@ from pathlib import Path
 from streams.codec import DEFAULT_LIMITS, Limits
 from streams.schema import (
     DEFAULT_PARTITIONS,
+    TOPIC_ALERTS,
     TOPIC_DLQ,
     TOPIC_FAULTS,
     TOPIC_GPU,
     TOPIC_INGEST,
+    TOPIC_KPI,
     TOPIC_POWER,
+    TOPIC_RESIDUALS,
     TOPIC_STATE,
     TOPIC_THERMAL,
 )
@@ -76,6 +79,21 @@ class Topics:
     def faults(self) -> str:
         """twin.faults"""
         return self._n(TOPIC_FAULTS)
+
+    @property
+    def kpi(self) -> str:
+        """twin.kpi"""
+        return self._n(TOPIC_KPI)
+
+    @property
+    def residuals(self) -> str:
+        """twin.residuals"""
+        return self._n(TOPIC_RESIDUALS)
+
+    @property
+    def alerts(self) -> str:
+        """twin.alerts"""
+        return self._n(TOPIC_ALERTS)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 def topic_specs(topics: Topics, partitions: int, replication: int = 1) -> list[NewTopic]:
     """The twin's topics: keyed telemetry co-partitioned, twin.state compacted."""
     r = replication
-    specs = [NewTopic(name, partitions, r) for name in (topics.gpu, topics.thermal, topics.power)]
+    keyed = (topics.gpu, topics.thermal, topics.power, topics.residuals)
+    specs = [NewTopic(name, partitions, r) for name in keyed]
     specs.append(NewTopic(topics.state, partitions, r, topic_configs={"cleanup.policy": "compact"}))
-    specs += [NewTopic(n, 1, r) for n in (topics.ingest, topics.dlq, topics.faults)]
+    single = (topics.ingest, topics.dlq, topics.faults, topics.kpi, topics.alerts)
+    specs += [NewTopic(n, 1, r) for n in single]
     return specs
 
 

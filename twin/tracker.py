@@ -70,6 +70,7 @@ WARMUP_DT_S = 60.0
 #: (twin/cdu.py CduParams, est.).
 PUMP_STOPPED_FRAC = 0.01
 _EXTRA = "tracker."
+_HW_BITS = REASON_HW_SLOWDOWN | REASON_HW_THERMAL
 
 
 class TrackerError(TwinError):
@@ -247,28 +248,40 @@ class FacilityTracker:
         r = self._rack_index.get(rack)
         if r is None:
             return
-        idx = np.asarray(gpu).astype(np.int64, copy=False).reshape(-1)
+        idx = np.asarray(gpu).reshape(-1)
         util = np.asarray(util_pct, dtype=np.float64).reshape(-1)
         limit = np.asarray(power_limit_w, dtype=np.float64).reshape(-1)
-        if not util.size == limit.size == idx.size:
+        bits = None if clock_event_reasons is None else np.asarray(clock_event_reasons).ravel()
+        n = idx.size
+        if util.size != n or limit.size != n or (bits is not None and bits.size != n):
             raise TrackerError(
-                f"rack {rack}: expected gpu, util_pct and power_limit_w of one length, got "
-                f"{idx.size}, {util.size}, {limit.size}"
+                f"rack {rack}: expected gpu, util_pct, power_limit_w (and clock_event_reasons) "
+                f"of one length, got {n}, {util.size}, {limit.size}"
+                + ("" if bits is None else f", {bits.size}")
             )
-        ok = (idx >= 0) & (idx < self.site.n_gpus)
-        u_ok = ok & np.isfinite(util)
-        self._util[r, idx[u_ok]] = np.clip(util[u_ok], 0.0, 100.0) / 100.0
-        l_ok = ok & np.isfinite(limit) & (limit > 0.0)
-        self._power_limit_w[r, idx[l_ok]] = limit[l_ok]
-        if clock_event_reasons is not None:
-            bits = np.asarray(clock_event_reasons).astype(np.uint64).reshape(-1)
-            if bits.size != idx.size:
-                raise TrackerError(
-                    f"rack {rack}: expected clock_event_reasons of length {idx.size}, "
-                    f"got {bits.size}"
-                )
-            stuck = ((bits & REASON_HW_SLOWDOWN) != 0) & ((bits & REASON_HW_THERMAL) == 0)
-            self._gpu_stuck[r, idx[ok]] = stuck[ok]
+        if n == 0:
+            return
+        # hot path (one call per rack frame): whole-array checks first, masks only when needed
+        if int(idx.max()) >= self.site.n_gpus or (idx.dtype.kind != "u" and int(idx.min()) < 0):
+            ok = (idx >= 0) & (idx < self.site.n_gpus)
+            idx, util, limit = idx[ok], util[ok], limit[ok]
+            bits = None if bits is None else bits[ok]
+            if idx.size == 0:
+                return
+        u_row, l_row = self._util[r], self._power_limit_w[r]
+        if math.isfinite(float(util.sum())):
+            u_row[idx] = np.minimum(np.maximum(util, 0.0), 100.0) * 0.01
+        else:
+            u_ok = np.isfinite(util)
+            u_row[idx[u_ok]] = np.minimum(np.maximum(util[u_ok], 0.0), 100.0) * 0.01
+        if math.isfinite(float(limit.sum())) and float(limit.min()) > 0.0:
+            l_row[idx] = limit
+        else:
+            l_ok = np.isfinite(limit) & (limit > 0.0)
+            l_row[idx[l_ok]] = limit[l_ok]
+        if bits is not None:
+            b = bits.astype(np.uint64, copy=False)
+            self._gpu_stuck[r][idx] = (b & _HW_BITS) == REASON_HW_SLOWDOWN
 
     def observe_rack_mean(
         self, rack: str, util_pct_mean: float, *, power_limit_w: float | None = None
@@ -355,6 +368,8 @@ class FacilityTracker:
                 return
             if self._warm:
                 self._warm_up(ts)
+            else:  # a restored state without its time: its clock runs on from here
+                self.start_ms = ts - round(self._state.t_s * 1000.0)
             self._ts_ms = ts
             self._state.t_s = (ts - self.start_ms) / 1000.0
             self._started = True

@@ -68,3 +68,29 @@ def test_runtime_fits_only_racks_with_manifold_sensors() -> None:
     assert "R1" in rt.models and rt.models["R1"].coolant_c == 50.0
     assert set(rt.take_model_checkpoints()) == {"R1"}
     assert rt.rack_model("R1") is not None
+
+
+def test_residual_rows_are_measured_minus_expected() -> None:
+    model = RackModel()
+    for frame in _frames(4, 50, r_k_w=0.02, c_j_k=500.0, coolant_c=46.0):
+        model.update(frame, 46.0)
+    batch = model.residual_batch("R1")
+    assert batch.num_rows == 4
+    assert batch.column("entity").to_pylist() == ["R1/G00", "R1/G01", "R1/G02", "R1/G03"]
+    m, e, r = (batch.column(c).to_numpy() for c in ("measured", "expected", "residual"))
+    np.testing.assert_allclose(m - e, r, atol=1e-9)
+    assert set(batch.column("quantity").to_pylist()) == {"temp_gpu_c"}
+
+
+def test_kpi_batch_carries_the_facility_figures() -> None:
+    rt = TwinRuntime(partitions=8, clock_ms=lambda: T0)
+    pts = points_batch(T0, "SITE", {"it_power_w": 1e6, "facility_power_w": 1.1e6})
+    rt.apply_points(decode_points_frame(encode_frame(pts), key=b"SITE", now_ms=None), "p")
+    kpi = dict(
+        zip(
+            rt.kpi_batch().column("name").to_pylist(),
+            rt.kpi_batch().column("value").to_pylist(),
+            strict=True,
+        )
+    )
+    assert kpi["pue"] == 1.1 and kpi["it_power_w"] == 1e6
