@@ -20,11 +20,13 @@ import faust
 from faust.types import TP, EventT
 
 from streams.codec import DecodeError, decode_gpu_frame, decode_points_frame, encode_frame
+from streams.facility import FacilityModel
 from streams.ingest_json import convert_json
 from streams.runtime import TwinRuntime, partition_for
 from streams.settings import Settings
 from streams.stateview import follow_state
 from streams.web import register_views
+from twin.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +80,10 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
-def new_runtime(settings: Settings) -> TwinRuntime:
-    """A runtime for the site of these settings (its rack design flow feeds the GPU fit)."""
-    from twin.site import load_site
+def new_runtime(settings: Settings, site: Site) -> TwinRuntime:
+    """A runtime for this site (its rack design flow feeds the GPU fit)."""
     from twin.step import rack_design_flow_kg_s
 
-    site = load_site(settings.site_path)
     return TwinRuntime(
         partitions=settings.partitions, rack_design_flow_kg_s=rack_design_flow_kg_s(site)
     )
@@ -91,12 +91,19 @@ def new_runtime(settings: Settings) -> TwinRuntime:
 
 def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> TwinWorker:
     """Build the app, its topics, tables, agents, timers and views around a runtime."""
-    rt = runtime if runtime is not None else new_runtime(settings)
+    from twin.site import load_site
+
+    site = load_site(settings.site_path, racks=settings.racks)
+    rt = runtime if runtime is not None else new_runtime(settings, site)
+    facility: dict[str, FacilityModel] = {}
     if settings.restore_path is not None:
         from streams.worker_snapshot import restore_runtime
         from twin.snapshot import load_snapshot
 
-        restore_runtime(rt, load_snapshot(settings.restore_path))
+        snap = load_snapshot(settings.restore_path)
+        restore_runtime(rt, snap)
+        if snap.state is not None and snap.state.gpu_temp_c.shape[0] == site.n_racks:
+            facility["model"] = FacilityModel.from_snapshot(site, snap)
     app = _faust_app(settings)
     names = settings.topics
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
@@ -242,7 +249,11 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     async def publish_state() -> None:
         docs = rt.take_publications()
         if owned("facility") and (rt.racks or rt.view):
-            docs["facility"] = {"kind": "facility", "summary": rt.facility()["facility"]}
+            docs["facility"] = {
+                "kind": "facility",
+                "summary": rt.facility()["facility"],
+                "model": rt.model_view,
+            }
             await kpi_topic.send(key=b"site", value=encode_frame(rt.kpi_batch()))
         for rack, batch in rt.take_residuals().items():
             await residual_topic.send(key=rack.encode(), value=encode_frame(batch))
@@ -296,11 +307,34 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             lag[(tp.topic, tp.partition)] = max(0, int(hw) - pos)
         return lag
 
+    @app.timer(interval=settings.model_interval_s)
+    async def facility_model() -> None:
+        # One worker runs the facility model: the owner of the "facility" key.
+        if app.in_recovery or not owned("facility"):
+            facility.pop("model", None)
+            rt.model_view = None
+            return
+        if not rt.racks and not rt.view:
+            return
+        now = rt.clock_ms()
+        if "model" not in facility:
+            facility["model"] = FacilityModel(
+                site, site_file=str(settings.site_path or ""), start_ms=now
+            )
+        fm = facility["model"]
+        fm.observe(rt)
+        fm.advance(now)
+        rt.model_view = fm.view(rt)
+        for unit, batch in fm.residual_batches(rt).items():
+            await residual_topic.send(key=unit.encode(), value=encode_frame(batch))
+
     def snapshot() -> bytes:
         from streams.worker_snapshot import runtime_snapshot
         from twin.snapshot import snapshot_bytes
 
-        return snapshot_bytes(runtime_snapshot(rt))
+        fm = facility.get("model")
+        base = fm.snapshot() if fm is not None else None
+        return snapshot_bytes(runtime_snapshot(rt, base))
 
     register_views(app, rt, settings, consumer_lag, snapshot)
     return TwinWorker(app=app, runtime=rt, settings=settings)

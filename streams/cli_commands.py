@@ -31,6 +31,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         history_dir=args.data_dir,
         restore_path=args.restore,
         site_path=getattr(args, "site", None),
+        racks=getattr(args, "racks", None),
         checkpoint_interval_s=args.checkpoint_interval,
         log_level=args.log_level,
         limits=Limits(max_message_bytes=args.max_message_bytes),
@@ -202,6 +203,12 @@ def register(sub: Any) -> None:
     add_broker_flag(p)
     add_common_worker_flags(p)
     p.add_argument("--site", type=Path, default=None, help="site TOML (default: Borlänge hall)")
+    p.add_argument(
+        "--racks",
+        type=int,
+        default=None,
+        help="racks of the site (default: the site file's), as given to twin sim",
+    )
     p.set_defaults(handler=run_worker)
 
     p = sub.add_parser(

@@ -133,6 +133,8 @@ class Demo:
         ]  # fmt: skip
         if a.site is not None:
             worker += ["--site", str(a.site)]
+        if a.racks is not None:
+            worker += ["--racks", str(a.racks)]
         if restore is not None:
             worker += ["--restore", str(restore)]
         sink = [

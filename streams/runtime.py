@@ -66,6 +66,9 @@ class TwinRuntime:
     models: dict[str, RackModel] = field(default_factory=dict)
     dirty_models: set[str] = field(default_factory=set)
     dirty_residuals: set[str] = field(default_factory=set)
+    #: The facility model's latest view (KPIs, headroom, expected points) when this worker
+    #: runs it (streams/facility.py).
+    model_view: dict[str, Any] | None = None
     racks: dict[str, RackState] = field(default_factory=dict)
     units: dict[str, UnitState] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
@@ -291,9 +294,17 @@ class TwinRuntime:
         """Facility summary and every rack, as served on /api/state."""
         racks = self.rack_summaries()
         units = self.unit_values()
-        return {
+        out: dict[str, Any] = {
             "ts_ms": self.clock_ms(),
             "facility": facility_summary(list(racks.values()), units),
             "racks": racks,
             "units": units,
         }
+        view = self.model_view
+        if view is None:
+            doc = self.view.get("facility")
+            view = doc.get("model") if doc else None
+        if view is not None:
+            out["facility"]["model"] = view["kpis"]
+            out["model"] = view
+        return out

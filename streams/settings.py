@@ -119,6 +119,10 @@ class Settings:
     model_checkpoint_interval_s: float = 10.0
     #: Site file (None: the Borlänge default shipped in twin/sites).
     site_path: Path | None = None
+    #: Racks of the site (None: the site file's); the facility model is sized by it.
+    racks: int | None = None
+    #: How often the facility model steps to now [s].
+    model_interval_s: float = 5.0
     batch_max: int = 4096
     batch_window_s: float = 0.05
     #: Short group timeouts: the embedded broker holds JoinGroup for about half of them.

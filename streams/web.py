@@ -127,7 +127,9 @@ def register_views(
             values = rt.unit_values().get(unit)
             if values is None:
                 return self.json({"error": f"unknown unit {unit!r}"}, status=404)
-            return self.json({"unit": unit, "points": values})
+            view = rt.model_view or {}
+            expected = view.get("units", {}).get(unit)
+            return self.json({"unit": unit, "points": values, "model": expected})
 
     @app.page("/metrics")
     class Metrics(View):

@@ -3,6 +3,7 @@ including a recycle of the embedded broker (snapshot, restart, restore)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -31,11 +32,31 @@ def test_demo_recycles_its_broker_and_loses_nothing(tmp_path: Path) -> None:
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
     racks_seen = 0
+    api = f"http://127.0.0.1:{port}"
+    checked: dict[str, object] = {}
     deadline = time.monotonic() + 150
     while proc.poll() is None and time.monotonic() < deadline:
-        status, body = http_get(f"http://127.0.0.1:{port}/api/state", timeout_s=2)
+        status, body = http_get(api + "/api/state", timeout_s=2)
         if status == 200:
             racks_seen = max(racks_seen, body.count(b'"gpus":72'))
+            doc = json.loads(body)
+            if "model" in doc and "pue" not in checked:
+                # the facility model runs beside the measurements
+                checked["pue"] = (doc["facility"].get("pue"), doc["model"]["kpis"]["pue"])
+                checked["headroom"] = doc["model"]["headroom"]["R0001"]["headroom_k"]
+        if "pue" in checked and "whatif" not in checked:
+            status, body = http_get(api + "/api/racks/R0003", timeout_s=2)
+            model = json.loads(body).get("model") if status == 200 else None
+            if model and model["r_k_w"][0] is not None:
+                checked["r_k_w"] = model["r_k_w"][0]
+                png = tmp_path / "whatif.png"
+                wi = subprocess.run(
+                    [sys.executable, "-m", "streams", "whatif", "--from-url", api,
+                     "--scenario", "pump_trip:CDU01", "--horizon", "10m", "--out", str(png),
+                     "--no-progress"],
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                checked["whatif"] = (wi.returncode, wi.stdout + wi.stderr, png.exists())
         time.sleep(1)
     proc.wait(60)
     reader.join(10)
@@ -43,6 +64,13 @@ def test_demo_recycles_its_broker_and_loses_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "/api/state" in out  # the banner names the URLs
     assert racks_seen >= 8, out
+    measured_pue, model_pue = checked["pue"]  # type: ignore[misc]
+    assert measured_pue is not None and abs(model_pue - measured_pue) < 0.02 * measured_pue
+    assert isinstance(checked["headroom"], float)
+    assert 0.005 < checked["r_k_w"] < 0.05  # type: ignore[operator]
+    rc, text, png_written = checked["whatif"]  # type: ignore[misc]
+    assert rc == 0 and png_written, text
+    assert "R0001" in text or "slowdown" in text, text
     m = re.search(r"(\d+) GPU samples published, (\d+) broker recycles", out)
     assert m, out
     published, recycles = int(m.group(1)), int(m.group(2))
