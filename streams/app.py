@@ -71,7 +71,11 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
-        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
+        # Frames are ~5 KB: fetch big (16 MiB a partition) and buffer deep, or the worker
+        # waits on round trips instead of working (bench/bench_pipeline.py).
+        stream_buffer_maxsize=max(16_384, settings.batch_max * 4),
+        consumer_max_fetch_size=16 << 20,
+        broker_max_poll_records=20_000,
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         producer_linger=0.005,

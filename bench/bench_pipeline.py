@@ -1,0 +1,280 @@
+"""End-to-end pipeline benchmark: GPU samples/s through one worker, and telemetry-to-API latency.
+
+    .venv/bin/python bench/bench_pipeline.py [--racks 64,1250] [--frames 40000]
+        [--latency-seconds 60] [--broker tansu|kafka]
+
+For each site size, in one run on one machine (broker, worker and this script share it):
+
+1. Throughput. ``--frames`` telemetry.gpu frames (one rack, one instant, 72 GPUs a
+   message) are produced first. A plain aiokafka consumer reads them all (the raw consume
+   rate: no decode, no state); then a real ``twin worker`` subprocess consumes the same
+   frames (decode, validate, state, fit, checkpoints) and its /metrics counter
+   ``twin_gpu_samples_in`` is polled until it has taken them all. The ratio of the two
+   rates is the pipeline's overhead.
+2. Latency. Frames stamped with the wall clock are published at 1 Hz for every rack, as a
+   live site would; a poller reads /api/racks/{rack} round-robin every few ms and records,
+   each time a rack's newest sample changes, now minus that sample's timestamp: the time
+   from measurement to visible in the API. p50 and p99 are printed.
+
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.brokers import start_broker
+from streams.brokers.ports import free_port
+from streams.codec import encode_frame, gpu_batch
+from streams.producer import FramePublisher
+from streams.settings import Topics
+from streams.topics_admin import ensure_topics
+
+GPUS = 72
+SAMPLES = re.compile(rb"^twin_gpu_samples_in_total (\S+)$", re.M)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def rack_ids(n: int) -> list[str]:
+    return [f"R{i:04d}" for i in range(1, n + 1)]
+
+
+def columns(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Plausible NVML-resolution readings of one rack."""
+    return {
+        "power_w": np.round(rng.uniform(900, 1800, n), 3).astype(np.float32),
+        "energy_mj": rng.integers(0, 10**12, n).astype(np.uint64),
+        "temp_gpu_c": rng.integers(55, 80, n).astype(np.float32),
+        "temp_mem_c": rng.integers(60, 85, n).astype(np.float32),
+        "sm_clock_mhz": rng.integers(1500, 1980, n).astype(np.uint16),
+        "util_pct": rng.integers(60, 101, n).astype(np.float32),
+        "clock_event_reasons": np.zeros(n, dtype=np.uint64),
+        "xid": np.zeros(n, dtype=np.uint32),
+        "power_limit_w": np.full(n, 1800.0, dtype=np.float32),
+    }
+
+
+async def produce_backlog(bootstrap: str, topics: Topics, racks: list[str], seconds: int) -> int:
+    rng = np.random.default_rng(0)
+    t0 = now_ms() - seconds * 1000
+    n = 0
+    async with FramePublisher(bootstrap, linger_ms=20) as pub:
+        for s in range(seconds):
+            for rack in racks:
+                value = encode_frame(gpu_batch(t0 + s * 1000, rack, columns(rng, GPUS)))
+                await pub.send(topics.gpu, rack, value)
+                n += 1
+        await pub.flush()
+    return n
+
+
+async def raw_consume(bootstrap: str, topic: str, expected: int, partitions: int) -> float:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        got = 0
+        t0 = time.perf_counter()
+        while got < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            got += sum(len(v) for v in batches.values())
+        return time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+
+
+def samples_in(api: str) -> int:
+    try:
+        with urllib.request.urlopen(api + "/metrics", timeout=5) as r:
+            m = SAMPLES.search(r.read())
+            return int(float(m.group(1))) if m else 0
+    except OSError:
+        return 0
+
+
+def start_worker(
+    url: str, prefix: str, port: int, racks: int, state: Path
+) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable, "-m", "streams", "worker", "--broker", url, "--web-port", str(port),
+        "--topic-prefix", prefix, "--app-id", f"{prefix}twin", "--state-dir", str(state),
+        "--data-dir", str(state / "history"), "--racks", str(racks),
+    ]  # fmt: skip
+    log = (state / "worker.log").open("ab")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_healthy(api: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(api + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("worker did not become healthy")
+
+
+async def live_load(bootstrap: str, topics: Topics, racks: list[str], seconds: int) -> None:
+    rng = np.random.default_rng(1)
+    templates = [columns(rng, GPUS) for _ in range(8)]
+    async with FramePublisher(bootstrap, linger_ms=2) as pub:
+        t_next = time.monotonic()
+        for s in range(seconds):
+            ts = now_ms()
+            for i, rack in enumerate(racks):
+                cols = templates[(i + s) % len(templates)]
+                await pub.send(topics.gpu, rack, encode_frame(gpu_batch(ts, rack, cols)))
+            t_next += 1.0
+            await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+        await pub.flush()
+
+
+def poll_latency(api: str, racks: list[str], stop: threading.Event, out: list[float]) -> None:
+    seen: dict[str, int] = {}
+    i = 0
+    while not stop.is_set():
+        rack = racks[i % len(racks)]
+        i += 1
+        try:
+            with urllib.request.urlopen(f"{api}/api/racks/{rack}", timeout=5) as r:
+                doc = json.loads(r.read())
+        except OSError:
+            time.sleep(0.05)
+            continue
+        ts = max(doc["gpus"]["ts_ms"])
+        if rack in seen and ts != seen[rack]:
+            out.append(now_ms() - ts)
+        seen[rack] = ts
+        time.sleep(0.005)
+
+
+def run_size(
+    broker: object, n_racks: int, seconds: int, latency_s: int, partitions: int
+) -> dict[str, float]:
+    bootstrap: str = broker.bootstrap  # type: ignore[attr-defined]
+    url: str = broker.url  # type: ignore[attr-defined]
+    prefix = f"bench{n_racks}."
+    topics = Topics(prefix)
+    racks = rack_ids(n_racks)
+    asyncio.run(ensure_topics(bootstrap, topics, partitions))
+    t0 = time.perf_counter()
+    frames = asyncio.run(produce_backlog(bootstrap, topics, racks, seconds))
+    produce_s = time.perf_counter() - t0
+    samples = frames * GPUS
+    raw_s = asyncio.run(raw_consume(bootstrap, topics.gpu, frames, partitions))
+    state = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    worker = start_worker(url, prefix, port, n_racks, state)
+    try:
+        wait_healthy(api)
+        t_first = t_last = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            got = samples_in(api)
+            t = time.perf_counter()
+            if got > 0 and t_first is None:
+                t_first, first_n = t, got
+            if got >= samples:
+                t_last = t
+                break
+            time.sleep(0.1)
+        if t_first is None or t_last is None:
+            raise SystemExit(f"worker did not take all {samples} samples (log: {state})")
+        pipe_rate = (samples - first_n) / max(t_last - t_first, 1e-9)
+        lat: list[float] = []
+        stop = threading.Event()
+        poller = threading.Thread(target=poll_latency, args=(api, racks[:32], stop, lat))
+        poller.start()
+        asyncio.run(live_load(bootstrap, topics, racks, latency_s))
+        time.sleep(2)
+        stop.set()
+        poller.join()
+        lat_arr = np.array(lat[5:] or [np.nan])
+        return {
+            "racks": n_racks,
+            "frames": frames,
+            "samples": samples,
+            "produce_samples_s": samples / produce_s,
+            "raw_samples_s": samples / raw_s,
+            "pipeline_samples_s": pipe_rate,
+            "ratio": pipe_rate / (samples / raw_s),
+            "live_samples_s": n_racks * GPUS,
+            "lat_n": float(len(lat)),
+            "lat_p50_ms": float(np.percentile(lat_arr, 50)),
+            "lat_p99_ms": float(np.percentile(lat_arr, 99)),
+        }
+    finally:
+        worker.terminate()
+        worker.wait(60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--racks", default="64,1250", help="comma list of site sizes")
+    ap.add_argument(
+        "--frames",
+        type=int,
+        default=40_000,
+        help="backlog size in frames (rounded up to whole seconds of the site)",
+    )
+    ap.add_argument("--latency-seconds", type=int, default=60)
+    ap.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
+    ap.add_argument("--partitions", type=int, default=8)
+    args = ap.parse_args()
+    broker = start_broker(args.broker)
+    try:
+        rows = [
+            run_size(
+                broker, int(r), -(-args.frames // int(r)), args.latency_seconds, args.partitions
+            )
+            for r in args.racks.split(",")
+        ]
+    finally:
+        broker.stop()
+    print(
+        f"\npipeline on {args.broker}, one worker, 2-core machine shared by broker, worker "
+        "and load generator"
+    )
+    print(
+        f"{'racks':>6} {'samples':>10} {'raw consume/s':>14} {'pipeline/s':>12} {'ratio':>6} "
+        f"{'live need/s':>12} {'headroom':>9} {'p50 ms':>7} {'p99 ms':>7} {'n':>5}"
+    )
+    for r in rows:
+        print(
+            f"{r['racks']:>6} {r['samples']:>10} {r['raw_samples_s']:>14,.0f} "
+            f"{r['pipeline_samples_s']:>12,.0f} {r['ratio']:>6.2f} {r['live_samples_s']:>12,} "
+            f"{r['pipeline_samples_s'] / r['live_samples_s']:>8.1f}x "
+            f"{r['lat_p50_ms']:>7.0f} {r['lat_p99_ms']:>7.0f} {r['lat_n']:>5.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
