@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,51 +154,44 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         except Exception as exc:  # the DLQ must never stop the worker
             log.error("dlq send failed topic=%s offset=%s: %r", msg.topic, msg.offset, exc)
 
-    @app.agent(gpu_topic, name="gpu-frames")
-    async def gpu_frames(stream: Any) -> None:
+    async def consume_frames(stream: Any, apply: Callable[[bytes, int, Any], None]) -> None:
+        # Whole batches: Faust's per-event cost is paid once, the frame work is numpy.
         async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
             now = rt.clock_ms()
             for ev in events:
                 msg = ev.message
-                replay = REPLAY_HEADER in _headers(msg)
                 try:
-                    frame = decode_gpu_frame(
-                        msg.value or b"", key=msg.key, now_ms=now, limits=limits, replay=replay
-                    )
+                    apply(msg.value or b"", now, msg)
                 except DecodeError as exc:
                     await dead_letter(ev, exc.reason)
-                else:
-                    rt.apply_gpu(frame, names.gpu)
                 rt.record_position(msg.topic, msg.partition, msg.offset)
 
-    async def points_agent(stream: Any, contract: str) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
-            now = rt.clock_ms()
-            for ev in events:
-                msg = ev.message
-                replay = REPLAY_HEADER in _headers(msg)
-                try:
-                    frame = decode_points_frame(
-                        msg.value or b"",
-                        key=msg.key,
-                        now_ms=now,
-                        limits=limits,
-                        replay=replay,
-                        contract=contract,
-                    )
-                except DecodeError as exc:
-                    await dead_letter(ev, exc.reason)
-                else:
-                    rt.apply_points(frame, contract)
-                rt.record_position(msg.topic, msg.partition, msg.offset)
+    def apply_gpu(value: bytes, now: int, msg: Any) -> None:
+        replay = REPLAY_HEADER in _headers(msg)
+        frame = decode_gpu_frame(value, key=msg.key, now_ms=now, limits=limits, replay=replay)
+        rt.apply_gpu(frame, names.gpu)
+
+    def points_applier(contract: str) -> Callable[[bytes, int, Any], None]:
+        def apply(value: bytes, now: int, msg: Any) -> None:
+            replay = REPLAY_HEADER in _headers(msg)
+            frame = decode_points_frame(
+                value, key=msg.key, now_ms=now, limits=limits, replay=replay, contract=contract
+            )
+            rt.apply_points(frame, contract)
+
+        return apply
+
+    @app.agent(gpu_topic, name="gpu-frames")
+    async def gpu_frames(stream: Any) -> None:
+        await consume_frames(stream, apply_gpu)
 
     @app.agent(thermal_topic, name="thermal-frames")
     async def thermal_frames(stream: Any) -> None:
-        await points_agent(stream, names.thermal)
+        await consume_frames(stream, points_applier(names.thermal))
 
     @app.agent(power_topic, name="power-frames")
     async def power_frames(stream: Any) -> None:
-        await points_agent(stream, names.power)
+        await consume_frames(stream, points_applier(names.power))
 
     topic_of = {names.gpu: gpu_topic, names.thermal: thermal_topic, names.power: power_topic}
     from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL

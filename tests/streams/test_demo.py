@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage.sql import SqlService
+from streams.brokers import Broker
 from streams.brokers.ports import free_port
 from tests.streams.workerproc import http_get
 
@@ -83,3 +84,19 @@ def test_demo_recycles_its_broker_and_loses_nothing(tmp_path: Path) -> None:
         .values()
     )
     assert n == distinct == published, (n, distinct, published, out)
+
+
+def test_demo_on_an_existing_broker(broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+    argv = [
+        sys.executable, "-m", "streams", "demo", "--broker", broker.url, "--duration", "25",
+        "--racks", "4", "--web-port", str(free_port()), "--topic-prefix", topic_prefix,
+        "--app-id", f"{topic_prefix}-twin", "--state-dir", str(tmp_path / "state"),
+        "--data-dir", str(tmp_path / "data"),
+    ]  # fmt: skip
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"broker     {broker.url} (external)" in r.stdout
+    m = re.search(r"(\d+) GPU samples published, 0 broker recycles", r.stdout)
+    assert m, r.stdout
+    n = SqlService(tmp_path / "data").query("SELECT count(*) AS n FROM gpu").column("n")[0]
+    assert n.as_py() == int(m.group(1)) > 0
