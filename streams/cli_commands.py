@@ -88,7 +88,7 @@ def run_sim(args: argparse.Namespace) -> int:
     async def go() -> Any:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await ensure_topics(bootstrap, topics, args.partitions)
+        await ensure_topics(bootstrap, topics, args.partitions, replication=args.replication)
         return await run_simulation(
             bootstrap=bootstrap,
             topics=topics,
@@ -144,7 +144,7 @@ def run_collect_nvml(args: argparse.Namespace) -> int:
     async def go() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await ensure_topics(bootstrap, topics, args.partitions)
+        await ensure_topics(bootstrap, topics, args.partitions, replication=args.replication)
         async with FramePublisher(bootstrap) as pub:
 
             async def publish(key: str, value: bytes) -> None:
@@ -224,6 +224,12 @@ def register(sub: Any) -> None:
     p.add_argument("--topic-prefix", default=env_or("topic_prefix", ""))
     p.add_argument("--partitions", type=int, default=int(env_or("partitions", "8")))
     p.add_argument(
+        "--replication",
+        type=int,
+        default=int(env_or("replication", "1")),
+        help="replication factor of topics it creates (env TWIN_REPLICATION)",
+    )
+    p.add_argument(
         "--log-level",
         default=env_or("log_level", "warning"),
         choices=["debug", "info", "warning", "error"],
@@ -253,6 +259,12 @@ def register(sub: Any) -> None:
     n.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     n.add_argument("--topic-prefix", default=env_or("topic_prefix", ""))
     n.add_argument("--partitions", type=int, default=int(env_or("partitions", "8")))
+    n.add_argument(
+        "--replication",
+        type=int,
+        default=int(env_or("replication", "1")),
+        help="replication factor of topics it creates (env TWIN_REPLICATION)",
+    )
     n.add_argument("--log-level", default="warning")
     n.set_defaults(handler=run_collect_nvml)
 
