@@ -1,5 +1,6 @@
 # Sourced by demo.sh and test.sh: create .venv (once) and install the project into it.
-# Usage: . scripts/setup.sh [extras]   e.g. ". scripts/setup.sh dev"
+# Usage: SETUP_EXTRAS=dev . scripts/setup.sh   (a sourced script sees its caller's "$@",
+# so the extras come in a variable)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -9,7 +10,7 @@ python="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
-extras="${1:-}"
+extras="${SETUP_EXTRAS:-}"
 target="."
 [[ -n "$extras" ]] && target=".[$extras]"
 # Quiet pip, but keep its errors visible.

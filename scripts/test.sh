@@ -3,7 +3,7 @@
 # checks every contributor runs: ruff (lint, format), mypy and the whole pytest suite,
 # integration tests on the embedded broker and on Apache Kafka.
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/setup.sh" dev
+SETUP_EXTRAS=dev . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 bash scripts/kafka.sh fetch
 ruff check .
 ruff format --check .
