@@ -13,7 +13,13 @@ fi
 extras="${SETUP_EXTRAS:-}"
 target="."
 [[ -n "$extras" ]] && target=".[$extras]"
-# Quiet pip, but keep its errors visible.
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e "$target"
+# Keep the install quiet; show its log only when it fails.
+log="$(mktemp)"
+if ! { .venv/bin/python -m pip install --upgrade pip \
+       && .venv/bin/python -m pip install -e "$target"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "installing dc-twin into .venv failed (log above)" >&2
+    exit 1
+fi
+rm -f "$log"
 export PATH="$root/.venv/bin:$PATH"
