@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,15 @@ def run_sim(args: argparse.Namespace) -> int:
     bootstrap = parse_broker_url(args.broker)
     topics = Topics(args.topic_prefix)
 
+    from rich.progress import Progress
+
+    total = int(args.duration / args.dt) if args.duration else None
+    progress = Progress(disable=not sys.stderr.isatty() or total is None, transient=True)
+    task = progress.add_task("simulating", total=total)
+
+    def tick(stats: Any) -> None:
+        progress.update(task, completed=stats.ticks)
+
     async def go() -> Any:
         stop = asyncio.Event()
         _stop_on_signals(stop)
@@ -101,9 +111,11 @@ def run_sim(args: argparse.Namespace) -> int:
             faults=args.fault,
             faults_log=args.faults_log,
             stop=stop,
+            on_tick=tick,
         )
 
-    stats = asyncio.run(go())
+    with progress:
+        stats = asyncio.run(go())
     print(
         f"sim: {stats.ticks} steps, {stats.gpu_frames} GPU frames, "
         f"{stats.point_frames} plant frames, {stats.faults} faults injected"
@@ -268,7 +280,7 @@ def register(sub: Any) -> None:
     n.add_argument("--log-level", default="warning")
     n.set_defaults(handler=run_collect_nvml)
 
-    _register_optional(sub)
+    _register_others(sub)
 
 
 def env_or(name: str, default: str) -> str:
@@ -284,21 +296,15 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def _register_optional(sub: Any) -> None:
-    # Commands owned by storage/ and twin/ register themselves when present.
-    with contextlib.suppress(ImportError):
-        from storage.cli_sql import add_sql_parser
+def _register_others(sub: Any) -> None:
+    # Commands whose code lives in storage/ and twin/; imported here, when the parser is
+    # built, so that `twin --help` does not load DuckDB or matplotlib before it is needed.
+    from storage.cli_sink import add_sink_parser
+    from storage.cli_sql import add_sql_parser
+    from storage.replay import add_replay_parser
+    from twin.whatif import add_whatif_parser
 
-        add_sql_parser(sub)
-    with contextlib.suppress(ImportError):
-        from storage.cli_sink import add_sink_parser
-
-        add_sink_parser(sub)
-    with contextlib.suppress(ImportError):
-        from storage.replay import add_replay_parser
-
-        add_replay_parser(sub)
-    with contextlib.suppress(ImportError):
-        from twin.whatif import add_whatif_parser
-
-        add_whatif_parser(sub)
+    add_sink_parser(sub)
+    add_sql_parser(sub)
+    add_replay_parser(sub)
+    add_whatif_parser(sub)

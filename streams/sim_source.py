@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,8 +77,12 @@ async def publish_simulation(
     faults_log: Path | None = None,
     replay: bool = False,
     stats: SimStats | None = None,
+    on_tick: Callable[[SimStats], None] | None = None,
 ) -> SimStats:
-    """Step ``sim`` and publish its readings until ``duration_s`` simulated or ``stop``."""
+    """Step ``sim`` and publish its readings until ``duration_s`` simulated or ``stop``.
+
+    ``on_tick`` is called after each step (progress display).
+    """
     topic_of = {"gpu": topics.gpu, "thermal": topics.thermal, "power": topics.power}
     headers = [REPLAY_HEADER] if replay else None
     stats = stats if stats is not None else SimStats()
@@ -101,6 +105,8 @@ async def publish_simulation(
                     else:
                         stats.point_frames += 1
                 stats.gpu_samples += int(next(iter(frame.gpu.values())).size)
+                if on_tick is not None:
+                    on_tick(stats)
                 for fault in frame.faults_started:
                     stats.faults += 1
                     doc = json.dumps(fault, default=str).encode()
@@ -132,6 +138,7 @@ async def run_simulation(
     faults: Sequence[str],
     faults_log: Path | None,
     stop: asyncio.Event,
+    on_tick: Callable[[SimStats], None] | None = None,
 ) -> SimStats:
     """``twin sim``: build the simulator and publish until done.
 
@@ -155,4 +162,5 @@ async def run_simulation(
         stop=stop,
         faults_log=faults_log,
         replay=fast,
+        on_tick=on_tick,
     )
