@@ -242,9 +242,12 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     residual_topic = app.topic(names.residuals, partitions=settings.partitions, **raw)
     kpi_topic = app.topic(names.kpi, **raw)
 
+    ticks = {"publish": 0}
+
     @app.timer(interval=settings.publish_interval_s)
     async def publish_state() -> None:
-        docs = rt.take_publications()
+        ticks["publish"] += 1
+        docs = rt.take_publications(detail=ticks["publish"] % settings.detail_every == 1)
         if owned("facility") and (rt.racks or rt.view):
             docs["facility"] = {
                 "kind": "facility",

@@ -196,18 +196,21 @@ class TwinRuntime:
         self.counters.checkpoints += len(out)
         return out
 
-    def take_publications(self) -> dict[str, dict[str, Any]]:
-        """twin.state documents of entities changed since the last publication."""
+    def take_publications(self, *, detail: bool = True) -> dict[str, dict[str, Any]]:
+        """twin.state documents of entities changed since the last publication.
+
+        ``detail=False`` leaves out the per-GPU lists of racks (the bulk of the bytes): a
+        worker publishes them every few intervals only, summaries every interval.
+        """
         docs: dict[str, dict[str, Any]] = {}
         for entity in self.dirty_publish:
             kind, _, name = entity.partition("/")
             if kind == "rack" and name in self.racks:
-                docs[entity] = {
-                    "kind": "rack",
-                    "summary": self._rack_summary(name),
-                    "detail": self.racks[name].detail(),
-                    "model": self.models[name].view() if name in self.models else None,
-                }
+                doc: dict[str, Any] = {"kind": "rack", "summary": self._rack_summary(name)}
+                if detail:
+                    doc["detail"] = self.racks[name].detail()
+                    doc["model"] = self.models[name].view() if name in self.models else None
+                docs[entity] = doc
             elif kind == "unit" and name in self.units:
                 docs[entity] = {"kind": "unit", "summary": self.units[name].summary()}
         self.dirty_publish.clear()
@@ -243,8 +246,14 @@ class TwinRuntime:
         """Keep the latest twin.state document of an entity (None = tombstone)."""
         if doc is None:
             self.view.pop(entity, None)
-        else:
-            self.view[entity] = doc
+            return
+        previous = self.view.get(entity)
+        if previous is not None and doc.get("kind") == "rack":
+            # Summary-only documents keep the last per-GPU detail published for the rack.
+            for key in ("detail", "model"):
+                if key not in doc and key in previous:
+                    doc[key] = previous[key]
+        self.view[entity] = doc
 
     # --- queries -------------------------------------------------------------------------
     def rack_summaries(self) -> dict[str, dict[str, Any]]:

@@ -115,6 +115,9 @@ class Settings:
     checkpoint_interval_s: float = 2.0
     #: How often changed racks and units are published to twin.state.
     publish_interval_s: float = 2.0
+    #: Every how many publications a rack's per-GPU detail goes to twin.state (other
+    #: workers' /api/racks/{rack} is that stale at most; the owner's is live).
+    detail_every: int = 5
     #: How often a rack's fitted thermal model is written to its table.
     model_checkpoint_interval_s: float = 10.0
     #: Site file (None: the Borlänge default shipped in twin/sites).

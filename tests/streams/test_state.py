@@ -97,3 +97,18 @@ def test_partition_for_matches_java_murmur2() -> None:
 
     for key in ("R0001", "R1250", "CDU01", "facility"):
         assert partition_for(key, 8) == DefaultPartitioner()(key.encode(), list(range(8)), [])
+
+
+def test_summary_only_publications_keep_the_last_detail() -> None:
+    rt = TwinRuntime(partitions=8, clock_ms=lambda: NOW)
+    rt.apply_gpu(_frame("R1", NOW, n=2), "telemetry.gpu")
+    full = rt.take_publications(detail=True)["rack/R1"]
+    assert "detail" in full
+    rt.apply_gpu(_frame("R1", NOW + 1000, n=2, seed=5), "telemetry.gpu")
+    brief = rt.take_publications(detail=False)["rack/R1"]
+    assert "detail" not in brief
+    other = TwinRuntime(partitions=8, clock_ms=lambda: NOW)
+    other.absorb_view("rack/R1", full)
+    other.absorb_view("rack/R1", brief)
+    assert other.rack_detail("R1") == full["detail"]
+    assert other.rack_summaries()["R1"]["ts_ms"] == NOW + 1000
