@@ -16,13 +16,33 @@ from twin.errors import TwinError
 FORMATS = ("table", "csv", "json", "parquet")
 
 
+def _positive(kind: type[float] | type[int]) -> Any:
+    def parse(value: str) -> float | int:
+        try:
+            x = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not x > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+        return x
+
+    return parse
+
+
 def _fill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("query", help="one SELECT statement over the store's views")
     p.add_argument("--format", choices=FORMATS, default=env("TWIN_SQL_FORMAT", "table"))
     p.add_argument("--out", type=Path, default=None, help="write to FILE instead of stdout")
     p.add_argument("--data-dir", type=data_dir_arg, default=env("TWIN_DATA_DIR", DEFAULT_DATA_DIR))
-    p.add_argument("--timeout", type=float, default=float(env("TWIN_SQL_TIMEOUT_S", "30")))
-    p.add_argument("--max-rows", type=int, default=int(env("TWIN_SQL_MAX_ROWS", "100000")))
+    p.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=float(env("TWIN_SQL_TIMEOUT_S", "30")),
+        help="time limit per query [s]",
+    )
+    p.add_argument(
+        "--max-rows", type=_positive(int), default=int(env("TWIN_SQL_MAX_ROWS", "100000"))
+    )
 
 
 def add_sql_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -47,7 +67,14 @@ def _rich_table(table: pa.Table) -> None:
     Console().print(t)
 
 
+def _error(message: object) -> None:
+    # DuckDB's messages span lines (caret under the token, candidate lists): one line for
+    # scripts that read the last line of stderr.
+    print("twin sql: " + " ".join(str(message).split()), file=sys.stderr)
+
+
 def run_sql(args: argparse.Namespace) -> int:
+    """Run the query; 0 on success, 2 on a refused or failed query, 1 if --out fails."""
     try:
         svc = SqlService(args.data_dir, timeout_s=args.timeout, max_rows=args.max_rows)
         try:
@@ -55,13 +82,21 @@ def run_sql(args: argparse.Namespace) -> int:
         finally:
             svc.close()
     except TwinError as exc:
-        print(f"twin sql: {exc}", file=sys.stderr)
+        _error(exc)
         return 2
+    try:
+        return _emit(args, result)
+    except OSError as exc:
+        _error(f"cannot write {args.out}: {exc.strerror or exc}")
+        return 1
+
+
+def _emit(args: argparse.Namespace, result: pa.Table) -> int:
     if args.format == "parquet":
         data = to_parquet_bytes(result)
         if args.out is None:
             if sys.stdout.isatty():
-                print("twin sql: --format parquet needs --out FILE or a pipe", file=sys.stderr)
+                _error("--format parquet needs --out FILE or a pipe")
                 return 2
             sys.stdout.buffer.write(data)
         else:

@@ -1,7 +1,8 @@
 """``twin replay``: re-publish a time range of the store as the original telemetry frames.
 
 One Arrow IPC RecordBatch per message, keyed by rack (telemetry.gpu) or unit (thermal and
-power), in time order, optionally paced at ``speed`` x real time.
+power), in time order, optionally paced at ``speed`` x real time. Every message carries the
+``twin-replay`` header: the worker refuses frames older than its age limit unless marked so.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import datetime as dt
 import heapq
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+from aiokafka.errors import KafkaError
 
 from storage.cliutil import (
     DEFAULT_BROKER,
@@ -42,6 +44,9 @@ REPLAYED = {
 
 Message = tuple[int, str, bytes, bytes]  # (ts [ms], topic, key, value)
 
+#: Header of every replayed message; streams.app accepts old frames only with it.
+REPLAY_HEADER = ("twin-replay", b"store")
+
 
 def _parse_time(s: str) -> dt.datetime:
     try:
@@ -54,9 +59,14 @@ def _parse_time(s: str) -> dt.datetime:
 def read_range(
     data_dir: Path, tdef: TableDef, t0: dt.datetime, t1: dt.datetime, key: str
 ) -> pa.Table:
-    """Rows of ``tdef`` with t0 <= ts < t1, ordered by (ts, key)."""
+    """Rows of ``tdef`` with t0 <= ts < t1, ordered by (ts, key, then its other sort keys).
+
+    The trailing sort keys (gpu, point) give each frame its rows in the order a source
+    sends them, and make a replay deterministic.
+    """
     parts = list_parts(tdef.table_dir(data_dir))
-    day0, day1 = t0.date(), t1.date()
+    # Partitions are UTC days; a bound given in another zone may fall on another date.
+    day0, day1 = t0.astimezone(dt.UTC).date(), t1.astimezone(dt.UTC).date()
     parts = [p for p in parts if day0 <= dt.date.fromisoformat(p.parent.name[5:]) <= day1]
     if not parts:
         return tdef.schema.empty_table()
@@ -65,9 +75,11 @@ def read_range(
     try:
         con.execute("SET TimeZone = 'UTC'")
         cols = ", ".join(f'"{n}"' for n in tdef.schema.names)
+        keys = ["ts", key, *(k for k in tdef.sort_keys if k not in ("ts", key))]
+        order = ", ".join(f'"{k}"' for k in keys)
         table = con.sql(
             f"SELECT {cols} FROM read_parquet({files}) WHERE ts >= $t0 AND ts < $t1 "
-            f'ORDER BY ts, "{key}"',
+            f"ORDER BY {order}",
             params={"t0": t0, "t1": t1},
         ).to_arrow_table()
     finally:
@@ -104,32 +116,51 @@ def _frame_starts(ts: Any, keys: Any) -> list[int]:
 
 
 async def publish(
-    bootstrap: str, messages: list[Message], speed: float, progress: bool = True
+    bootstrap: str,
+    messages: list[Message],
+    speed: float,
+    progress: bool = True,
+    *,
+    topic_prefix: str = "",
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> int:
-    """Send ``messages`` paced at ``speed`` x real time (0: as fast as possible)."""
+    """Send ``messages`` paced at ``speed`` x real time (0: as fast as possible).
+
+    A message of stored instant ``ts`` leaves no earlier than ``(ts - ts_first) / speed``
+    seconds of ``clock`` after the first. ``topic_prefix`` is prepended to every topic, as
+    the worker's ``--topic-prefix``. The progress bar (on stderr) is drawn only if
+    ``progress``.
+    """
     from aiokafka import AIOKafkaProducer
+    from rich.console import Console
     from rich.progress import Progress
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
-    await producer.start()
-    sent = 0
+    delivered: list[asyncio.Future[Any]] = []
     try:
-        with Progress(disable=not progress, transient=False) as bar:
+        await producer.start()
+        # stderr, so that a progress bar never mixes with piped stdout.
+        with Progress(console=Console(stderr=True), disable=not progress) as bar:
             task = bar.add_task("replaying", total=len(messages))
-            wall0 = time.monotonic()
+            wall0 = clock()
             ts0 = messages[0][0] if messages else 0
             for ts, topic, key, value in messages:
                 if speed > 0:
-                    lag = (ts - ts0) / 1000.0 / speed - (time.monotonic() - wall0)
+                    lag = (ts - ts0) / 1000.0 / speed - (clock() - wall0)
                     if lag > 0:
-                        await asyncio.sleep(lag)
-                await producer.send(topic, value=value, key=key)
-                sent += 1
+                        await sleep(lag)
+                fut = await producer.send(
+                    topic_prefix + topic, value=value, key=key, headers=[REPLAY_HEADER]
+                )
+                delivered.append(fut)
                 bar.advance(task)
             await producer.flush()
+        # flush() does not raise a failed delivery; the futures do.
+        await asyncio.gather(*delivered)
     finally:
         await producer.stop()
-    return sent
+    return len(delivered)
 
 
 def _fill_parser(p: argparse.ArgumentParser) -> None:
@@ -138,6 +169,11 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=float(env("TWIN_REPLAY_SPEED", "0")))
     p.add_argument("--broker", default=env("TWIN_BROKER", DEFAULT_BROKER))
     p.add_argument("--data-dir", type=data_dir_arg, default=env("TWIN_DATA_DIR", DEFAULT_DATA_DIR))
+    p.add_argument(
+        "--topic-prefix",
+        default=env("TWIN_TOPIC_PREFIX", ""),
+        help="prefix of every target topic, as given to the worker (env TWIN_TOPIC_PREFIX)",
+    )
 
 
 def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -160,10 +196,24 @@ def run_replay(args: argparse.Namespace) -> int:
             raise ConfigError(f"--speed must be >= 0, got {args.speed}")
         bootstrap = parse_broker_url(args.broker)
         messages = list(replay_messages(args.data_dir, t0, t1))
-        sent = asyncio.run(publish(bootstrap, messages, args.speed, sys.stderr.isatty()))
+        if not messages:
+            print(f"twin replay: nothing stored in [{t0}, {t1})", file=sys.stderr)
+            return 0
+        sent = asyncio.run(
+            publish(
+                bootstrap,
+                messages,
+                args.speed,
+                sys.stderr.isatty(),
+                topic_prefix=args.topic_prefix,
+            )
+        )
     except TwinError as exc:
         print(f"twin replay: {exc}", file=sys.stderr)
         return 2
+    except KafkaError as exc:
+        print(f"twin replay: broker {args.broker}: {exc}", file=sys.stderr)
+        return 1
     print(f"replayed {sent} messages", file=sys.stderr)
     return 0
 

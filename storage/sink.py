@@ -37,7 +37,7 @@ from storage.offsets import (
     file_offsets,
     resume_offset,
 )
-from storage.writer import BufferedWriter, StoreUnavailable, WriterOptions
+from storage.writer import BufferedWriter, StorageError, StoreUnavailable, WriterOptions
 from twin.errors import ConfigError, DecodeError, TwinError
 
 log = logging.getLogger("storage.sink")
@@ -141,7 +141,16 @@ class ParquetSink:
         self._committed: dict[tuple[str, int], int] = {}
         self._paused_since: float | None = None
         self._last_retry = 0.0
-        self.stats = {"rows": 0, "messages": 0, "skipped_durable": 0, "bad": 0, "files": 0}
+        self._assigning = False
+        self._failed: BaseException | None = None
+        self.stats = {
+            "rows": 0,
+            "messages": 0,
+            "skipped_durable": 0,
+            "redelivered": 0,
+            "bad": 0,
+            "files": 0,
+        }
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -200,6 +209,10 @@ class ParquetSink:
                 log.error("maintenance failed (retried next pass): %s", exc)
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        if self._failed is not None:
+            # aiokafka logs and swallows listener errors; a sink that cannot place its
+            # partitions must stop (and be restarted) rather than read from unknown offsets.
+            raise StorageError(f"partition assignment failed: {self._failed}") from self._failed
         if self._paused_since is not None:
             await self._retry_paused(consumer)
         batches = await consumer.getmany(timeout_ms=200)
@@ -221,6 +234,11 @@ class ParquetSink:
 
     def _handle(self, tp: TopicPartition, rec: ConsumerRecord) -> None:
         key = (tp.topic, tp.partition)
+        pos = self._position.get(key)
+        if pos is not None and rec.offset < pos:
+            # Offsets only grow within an assignment: this record is buffered or stored.
+            self.stats["redelivered"] += 1
+            return
         self._position[key] = rec.offset + 1
         durable = self._durable.get(key)
         if durable is not None and rec.offset in durable:
@@ -315,7 +333,8 @@ class ParquetSink:
             "store writable again after %.0f s, resuming", self._clock() - self._paused_since
         )
         self._paused_since = None
-        consumer.resume(*consumer.assignment())
+        if not self._assigning:  # else _on_assigned resumes once its seeks are done
+            consumer.resume(*consumer.assignment())
         await self._commit(consumer)
 
     @property
@@ -343,6 +362,24 @@ class ParquetSink:
         consumer = self._consumer
         if consumer is None or not assigned:
             return
+        # aiokafka sets the assignment before it awaits this callback, and getmany() hands
+        # out records of the new partitions (read from the committed offset) meanwhile: hold
+        # them back until the seeks below, or they would be read once more after them.
+        consumer.pause(*assigned)
+        self._assigning = True
+        try:
+            await self._place(consumer, assigned)
+        except Exception as exc:
+            log.error("partition assignment failed, stopping: %s", exc)
+            self._failed = exc
+            return
+        finally:
+            self._assigning = False
+        if self._paused_since is None:
+            consumer.resume(*assigned)
+
+    async def _place(self, consumer: AIOKafkaConsumer, assigned: list[TopicPartition]) -> None:
+        """Seek each partition to the first record the store lacks."""
         async with self._store_lock:
             self._durable = await asyncio.to_thread(self.index.load)
         earliest = await consumer.beginning_offsets(assigned)
@@ -363,5 +400,3 @@ class ParquetSink:
                 committed,
                 pos,
             )
-        if self._paused_since is not None:
-            consumer.pause(*assigned)

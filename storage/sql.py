@@ -124,9 +124,10 @@ class SqlService:
     # ---- views ---------------------------------------------------------------------------
 
     def _glob(self, name: str) -> str:
+        # DuckDB's * matches dot files: "[!.]" keeps a writer's .tmp- files out of queries.
         if name == "site_racks":
-            return str(self.data_dir / "site_racks" / "*.parquet")
-        return str(self.data_dir / name / "date=*" / "*.parquet")
+            return str(self.data_dir / "site_racks" / "[!.]*.parquet")
+        return str(self.data_dir / name / "date=*" / "[!.]*.parquet")
 
     def _files_exist(self, name: str) -> bool:
         d = self.data_dir / name
