@@ -9,6 +9,7 @@ needs 79.3 s of wall time per 60 s simulated; its neural surrogate 4.1 ms per 60
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import numpy as np
@@ -22,8 +23,10 @@ FMU_S_PER_MIN = 79.3
 SURROGATE_S_PER_MIN = 4.1e-3
 
 
-def time_step(racks: int, dt_s: float, repeat: int) -> tuple[float, float]:
-    """(best, median) wall time [s] of one physics step of dt_s for ``racks`` racks."""
+def time_step(racks: int, dt_s: float, repeat: int) -> tuple[float, float, float]:
+    """(best, median) wall time [s] of one physics step of dt_s for ``racks`` racks, and the
+    minor page faults per step (fresh memory costs ~1 us a page on a VM; a load-independent
+    figure on a shared machine)."""
     base = load_site()
     site = scale_site(base, racks, max_racks=max(racks, base.info.max_racks))
     rng = np.random.default_rng(0)
@@ -36,11 +39,13 @@ def time_step(racks: int, dt_s: float, repeat: int) -> tuple[float, float]:
     state = initial_state(site)
     state = step(site, state, inputs, dt_s)
     times = []
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeat):
         t0 = time.perf_counter()
         state = step(site, state, inputs, dt_s)
         times.append(time.perf_counter() - t0)
-    return float(np.min(times)), float(np.median(times))
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / repeat
+    return float(np.min(times)), float(np.median(times)), faults
 
 
 def main() -> None:
@@ -48,15 +53,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
 
-    print("physics step (twin.step.step), wall time best / median")
+    print("physics step (twin.step.step), wall time best / median, page faults per step")
     for racks in (64, 1250, 10_000):
         for dt in (1.0, 60.0):
-            best, med = time_step(
+            best, med, faults = time_step(
                 racks, dt, args.repeat if racks <= 1250 else max(3, args.repeat // 4)
             )
             print(
                 f"  {racks:>6} racks x 72 GPUs = {racks * 72:>7} GPUs, dt={dt:>4.0f} s: "
-                f"{best * 1e3:8.2f} / {med * 1e3:8.2f} ms"
+                f"{best * 1e3:8.2f} / {med * 1e3:8.2f} ms, {faults:6.0f} faults"
             )
 
     campus = load_site(racks=1250)
@@ -73,7 +78,7 @@ def main() -> None:
         f"  wall {wall:.2f} s for 86,400 s simulated = {86_400 / wall:,.0f}x faster than real time"
     )
     print(f"  {per_min * 1e3:.2f} ms per simulated minute (Simulator.step incl. frame building)")
-    phys_best, phys = time_step(1250, 60.0, args.repeat)
+    phys_best, phys, _ = time_step(1250, 60.0, args.repeat)
     print(
         f"  physics only: {phys * 1e3:.2f} ms per simulated minute (best {phys_best * 1e3:.2f} ms)"
     )

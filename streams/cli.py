@@ -58,8 +58,37 @@ def add_broker_flag(p: argparse.ArgumentParser, *, required: bool = False) -> No
     )
 
 
+def add_topic_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of everything that creates or uses the twin's topics, and the log level."""
+    p.add_argument(
+        "--topic-prefix",
+        default=env_default("topic_prefix", ""),
+        help="prefix of every topic name, to share a broker (env TWIN_TOPIC_PREFIX)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=int(env_default("partitions", "8")),
+        help="partitions of the keyed topics (env TWIN_PARTITIONS)",
+    )
+    p.add_argument(
+        "--replication",
+        type=int,
+        default=int(env_default("replication", "1")),
+        help="replication factor of the twin's topics and changelogs "
+        "(env TWIN_REPLICATION; 3 on a 3-node cluster)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=env_default("log_level", "warning"),
+        choices=["debug", "info", "warning", "error"],
+        help="log level",
+    )
+
+
 def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by worker and demo."""
+    add_topic_flags(p)
     p.add_argument(
         "--web-port",
         type=_port,
@@ -91,20 +120,9 @@ def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
         help="start from a snapshot file (GET /api/snapshot of a worker)",
     )
     p.add_argument(
-        "--topic-prefix",
-        default=env_default("topic_prefix", ""),
-        help="prefix of every topic name, to share a broker (env TWIN_TOPIC_PREFIX)",
-    )
-    p.add_argument(
         "--app-id",
         default=env_default("app_id", "dc-twin"),
         help="Faust application id = consumer group (env TWIN_APP_ID)",
-    )
-    p.add_argument(
-        "--partitions",
-        type=int,
-        default=int(env_default("partitions", "8")),
-        help="partitions of the keyed topics (env TWIN_PARTITIONS)",
     )
     p.add_argument(
         "--checkpoint-interval",
@@ -117,19 +135,6 @@ def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         default=int(env_default("max_message_bytes", str(1 << 20))),
         help="larger telemetry messages go to the DLQ (env TWIN_MAX_MESSAGE_BYTES)",
-    )
-    p.add_argument(
-        "--replication",
-        type=int,
-        default=int(env_default("replication", "1")),
-        help="replication factor of the twin's topics and changelogs "
-        "(env TWIN_REPLICATION; 3 on a 3-node cluster)",
-    )
-    p.add_argument(
-        "--log-level",
-        default=env_default("log_level", "warning"),
-        choices=["debug", "info", "warning", "error"],
-        help="log level",
     )
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streams.cli import add_broker_flag, add_common_worker_flags, add_sim_flags
+from streams.cli import add_broker_flag, add_common_worker_flags, add_sim_flags, add_topic_flags
 from streams.codec import Limits
 from streams.settings import Settings, Topics, parse_broker_url
 from twin.errors import ConfigError
@@ -233,19 +233,7 @@ def register(sub: Any) -> None:
     add_sim_flags(p)
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
     p.add_argument("--duration", type=float, default=None, help="simulated seconds to run")
-    p.add_argument("--topic-prefix", default=env_or("topic_prefix", ""))
-    p.add_argument("--partitions", type=int, default=int(env_or("partitions", "8")))
-    p.add_argument(
-        "--replication",
-        type=int,
-        default=int(env_or("replication", "1")),
-        help="replication factor of topics it creates (env TWIN_REPLICATION)",
-    )
-    p.add_argument(
-        "--log-level",
-        default=env_or("log_level", "warning"),
-        choices=["debug", "info", "warning", "error"],
-    )
+    add_topic_flags(p)
     p.set_defaults(handler=run_sim)
 
     p = sub.add_parser(
@@ -269,15 +257,7 @@ def register(sub: Any) -> None:
     n.add_argument("--rack", default=env_or("rack", _hostname()), help="rack id (key)")
     n.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     n.add_argument("--duration", type=float, default=None, help="stop after S seconds")
-    n.add_argument("--topic-prefix", default=env_or("topic_prefix", ""))
-    n.add_argument("--partitions", type=int, default=int(env_or("partitions", "8")))
-    n.add_argument(
-        "--replication",
-        type=int,
-        default=int(env_or("replication", "1")),
-        help="replication factor of topics it creates (env TWIN_REPLICATION)",
-    )
-    n.add_argument("--log-level", default="warning")
+    add_topic_flags(n)
     n.set_defaults(handler=run_collect_nvml)
 
     _register_others(sub)

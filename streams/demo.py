@@ -24,14 +24,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
 
+from streams.httpclient import http_get
 from streams.settings import Topics, parse_broker_url
 from streams.sim_source import SimStats, make_simulator, publish_simulation
 from streams.topics_admin import ensure_topics
@@ -69,16 +68,6 @@ class DemoState:
     stats: SimStats = field(default_factory=SimStats)
     recycles: int = 0
     peak_broker_rss_mb: float = 0.0
-
-
-def _http(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
 
 
 class Demo:
@@ -154,7 +143,7 @@ class Demo:
                         f"{child.name} exited with {child.proc.returncode}; "
                         f"see {self.logs / (child.name + '.log')}"
                     )
-            status, _ = await loop.run_in_executor(None, _http, self.api + "/healthz")
+            status, _ = await loop.run_in_executor(None, http_get, self.api + "/healthz")
             if status == 200:
                 return
             await asyncio.sleep(0.5)
@@ -162,7 +151,7 @@ class Demo:
 
     async def _snapshot(self) -> Path | None:
         loop = asyncio.get_running_loop()
-        status, body = await loop.run_in_executor(None, _http, self.api + "/api/snapshot", 60.0)
+        status, body = await loop.run_in_executor(None, http_get, self.api + "/api/snapshot", 60.0)
         if status != 200:
             self.console.print(f"[yellow]snapshot failed (HTTP {status}); restarting empty")
             return None
@@ -275,7 +264,7 @@ class Demo:
             raise sim_task.exception()  # type: ignore[misc]
 
     def _status(self, st: DemoState, elapsed_s: float, rss_mb: float) -> None:
-        status, body = _http(self.api + "/api/state")
+        status, body = http_get(self.api + "/api/state")
         fac: dict[str, Any] = json.loads(body)["facility"] if status == 200 else {}
         pue = fac.get("pue")
         pue_s = f"{pue:.3f}" if isinstance(pue, float) else "-"

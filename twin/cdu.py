@@ -51,7 +51,7 @@ def pump_speed_frac(target_flow_frac: Any, health: Any, p: CduParams) -> FloatAr
     """
     h = np.maximum(np.asarray(health, dtype=np.float64), 1e-6)
     speed = np.asarray(target_flow_frac) / (h * p.flow_max_frac)
-    return np.clip(speed, p.min_speed_frac, 1.0)
+    return np.minimum(np.maximum(speed, p.min_speed_frac), 1.0)
 
 
 def pump_flow_frac(speed: Any, health: Any, running: Any, p: CduParams) -> FloatArray:

@@ -84,6 +84,9 @@ def ups_modules(
     s0 = np.asarray(soc, dtype=np.float64)
     coeff = p.ups_eco_loss_coeff if p.ups_mode == "eco" else p.ups_loss_coeff
     loss_norm = ups_loss_w(out, p.ups_rated_w, coeff)
+    if out.shape == ok.shape == s0.shape and ok.all() and (s0 == 1.0).all():
+        # mains healthy, batteries full (the usual case): no charge, no drain
+        return out + loss_norm, loss_norm, np.zeros(out.shape, dtype=bool), s0.copy()
     loss_dc = ups_loss_w(out, p.ups_rated_w, p.ups_loss_coeff)
     energy_j = p.ups_rated_w * p.battery_autonomy_s
     drain = (out + loss_dc) * dt_s / energy_j

@@ -48,7 +48,7 @@ class RackParams:
 
 def non_gpu_power_w(util_mean: Any, p: RackParams) -> FloatArray:
     """DC power [W] of CPUs, switches and the rest, linear in the rack's mean GPU util [1]."""
-    u = np.clip(np.asarray(util_mean, dtype=np.float64), 0.0, 1.0)
+    u = np.minimum(np.maximum(np.asarray(util_mean, dtype=np.float64), 0.0), 1.0)
     idle = p.cpus * p.cpu_idle_w + p.switch_trays * p.switch_idle_w + p.misc_idle_w
     full = p.cpus * p.cpu_max_w + p.switch_trays * p.switch_max_w + p.misc_max_w
     return idle + (full - idle) * u
@@ -101,6 +101,6 @@ def gpu_coolant_c(inlet_c: Any, outlet_c: Any, flow_frac: Any) -> FloatArray:
     With design flow, the mean of inlet and outlet; as flow stops, the stagnant rack coolant
     (outlet) temperature. flow_frac [1] = flow / design flow.
     """
-    w = np.clip(np.asarray(flow_frac, dtype=np.float64), 0.0, 1.0)
+    w = np.minimum(np.maximum(np.asarray(flow_frac, dtype=np.float64), 0.0), 1.0)
     out = np.asarray(outlet_c, dtype=np.float64)
     return out - 0.5 * w * (out - np.asarray(inlet_c))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,11 @@ class SimFrame:
 
 
 def _units(ids: Sequence[str], points: dict[str, NDArray[Any]]) -> dict[str, dict[str, float]]:
-    cols = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in points.items()}
-    names = list(cols)
-    return {
-        uid: dict(zip(names, vals, strict=True))
-        for uid, *vals in zip(ids, *cols.values(), strict=True)
-    }
+    names = list(points)
+    # one (n_units, n_points) tolist and map(dict, ...) instead of a list per point zipped per
+    # unit: ~2.5x faster for the 1,250 racks of a campus frame (each row has every name)
+    rows = np.stack([np.asarray(v, dtype=np.float64) for v in points.values()], axis=1).tolist()
+    return dict(zip(ids, map(dict, map(zip, repeat(names), rows)), strict=True))
 
 
 class Simulator:
@@ -84,6 +84,9 @@ class Simulator:
         if site.carbon.model == "csv":
             self._carbon_csv = load_hourly_csv(Path(site.carbon.csv_path), "gco2_per_kwh")
         shape = (site.n_racks, site.n_gpus)
+        # workspaces for the per-step draws (the frames keep converted copies, never these)
+        self._z_util = np.empty(shape)
+        self._z_noise = np.empty((3, *shape))
         # energy counters count from driver load, some time before the simulation (FACTS s.7)
         self._energy0_mj = self._rng.integers(10**9, 10**12, size=shape, dtype=np.uint64)
         self._faults = [resolve(f, site) for f in faults]
@@ -103,7 +106,7 @@ class Simulator:
         site = self.site
         ts_ms = self.start_ms + round(t_s * 1000)
         hour = float(_local_hour(ts_ms, site.weather.utc_offset_h))
-        z = self._rng.standard_normal((site.n_racks, site.n_gpus))
+        z = self._rng.standard_normal(out=self._z_util)  # = standard_normal((R, G))
         util = utilisation(self._plan, t_s, hour, z, site.workload)
         inputs = StepInputs(
             util=util,
@@ -171,7 +174,9 @@ class Simulator:
             "facility_power_w": st.facility_power_w,
             "reused_w": reused,
             "carbon_g_per_kwh": g,
-            "min_headroom_k": float(self.rack_headroom()["headroom_k"].min()),
+            "min_headroom_k": float(
+                kpi_m.thermal_headroom_k(st.gpu_temp_c, site.gpu.slowdown_c).min()
+            ),
         }
 
     def rack_headroom(self) -> dict[str, np.ndarray]:
@@ -203,26 +208,50 @@ class Simulator:
     def _read(self, st: FacilityState, started: list[dict[str, Any]]) -> SimFrame:
         site = self.site
         ts_ms = self.start_ms + round(st.t_s * 1000)
-        rng = self._noise_rng
         shape = st.gpu_temp_c.shape
-        noisy = self.sensor_noise
-        temp = st.gpu_temp_c + (rng.normal(0.0, 0.3, shape) if noisy else 0.0)
-        mem = st.gpu_mem_temp_c + (rng.normal(0.0, 0.3, shape) if noisy else 0.0)
-        pw = st.gpu_power_w * (1.0 + rng.normal(0.0, 0.005, shape)) if noisy else st.gpu_power_w
+        if self.sensor_noise:
+            # one draw, in the order of three normal() calls (the same stream): die and HBM
+            # noise sd 0.3 K, power 0.5 %; normal(0, sd) is sd * standard_normal exactly
+            z = self._noise_rng.standard_normal(out=self._z_noise)
+            temp, mem, pw = z
+            temp *= 0.3
+            temp += st.gpu_temp_c
+            mem *= 0.3
+            mem += st.gpu_mem_temp_c
+            pw *= 0.005
+            pw += 1.0
+            pw *= st.gpu_power_w
+            pw *= 1000.0
+        else:
+            temp, mem, pw = st.gpu_temp_c.copy(), st.gpu_mem_temp_c.copy(), st.gpu_power_w * 1000.0
+        for a in (temp, mem, pw):
+            np.round(a, out=a)
+        pw /= 1000.0
+        energy_mj = np.floor(st.gpu_energy_j * 1000.0).astype(np.uint64)
+        energy_mj += self._energy0_mj
+        clock_mhz = sm_clock_mhz(st.gpu_clock_frac, st.gpu_util, site.gpu)
+        clock_mhz /= 15.0
+        np.round(clock_mhz, out=clock_mhz)
+        clock_mhz *= 15.0
+        any_off = bool(st.gpu_off.any())
+        util_pct = (np.where(st.gpu_off, 0.0, st.gpu_util) if any_off else st.gpu_util) * 100.0
+        np.round(util_pct, out=util_pct)
         gpu: dict[str, np.ndarray] = {
             # NVML: power in mW, temperatures as integers, energy counter in mJ (FACTS s.7)
-            "power_w": (np.round(pw * 1000.0) / 1000.0).astype(np.float32),
-            "energy_mj": self._energy0_mj + np.floor(st.gpu_energy_j * 1000.0).astype(np.uint64),
-            "temp_gpu_c": np.round(temp).astype(np.float32),
-            "temp_mem_c": np.round(mem).astype(np.float32),
+            "power_w": pw.astype(np.float32),
+            "energy_mj": energy_mj,
+            "temp_gpu_c": temp.astype(np.float32),
+            "temp_mem_c": mem.astype(np.float32),
             # clocks move in ~15 MHz bins (est.)
-            "sm_clock_mhz": (
-                np.round(sm_clock_mhz(st.gpu_clock_frac, st.gpu_util, site.gpu) / 15.0) * 15.0
-            ).astype(np.uint16),
-            "util_pct": np.round(np.where(st.gpu_off, 0.0, st.gpu_util) * 100.0).astype(np.float32),
+            "sm_clock_mhz": clock_mhz.astype(np.uint16),
+            "util_pct": util_pct.astype(np.float32),
             "clock_event_reasons": st.gpu_reasons.astype(np.uint64),
             # XID 79, "GPU has fallen off the bus", for a GPU lost to thermal shutdown (est.)
-            "xid": np.where(st.gpu_off, 79, 0).astype(np.uint32),
+            "xid": (
+                np.where(st.gpu_off, 79, 0).astype(np.uint32)
+                if any_off
+                else np.zeros(shape, dtype=np.uint32)
+            ),
             "power_limit_w": st.gpu_power_limit_w.astype(np.float32),
         }
         thermal = _units(

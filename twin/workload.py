@@ -94,5 +94,6 @@ def utilisation(
     daily = np.cos(2.0 * np.pi * (hour_local - p.inference_peak_hour) / 24.0)
     infer = p.inference_base_util + p.inference_amp_util * daily
     base = np.select([plan.kind == TRAINING, plan.kind == INFERENCE], [train, infer], 0.0)
-    jitter = np.where(plan.kind == IDLE, 0.0, p.util_jitter)[:, None] * np.asarray(z)
-    return np.clip(base[:, None] + jitter, 0.0, 1.0)
+    util = np.where(plan.kind == IDLE, 0.0, p.util_jitter)[:, None] * np.asarray(z)
+    util += base[:, None]
+    return np.clip(util, 0.0, 1.0, out=util)

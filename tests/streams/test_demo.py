@@ -16,7 +16,7 @@ import pytest
 from storage.sql import SqlService
 from streams.brokers import Broker
 from streams.brokers.ports import free_port
-from tests.streams.workerproc import http_get
+from streams.httpclient import http_get
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

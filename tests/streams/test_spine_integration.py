@@ -16,11 +16,12 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.brokers import Broker
 from streams.codec import encode_frame, points_batch
+from streams.httpclient import http_get, http_post
 from streams.producer import FramePublisher
 from streams.settings import Topics
 from streams.topics_admin import ensure_topics
 from tests.streams.frames import gpu_columns, known_gpu_batch, with_column
-from tests.streams.workerproc import WorkerProcess, http_get, http_post
+from tests.streams.workerproc import WorkerProcess
 from twin.snapshot import load_snapshot_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

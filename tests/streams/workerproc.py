@@ -8,33 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from streams.brokers.ports import free_port
-
-
-def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """(status, body) of a GET; status 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
-
-
-def http_post(url: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, bytes]:
-    """(status, body) of a POST."""
-    req = urllib.request.Request(url, data=body, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
+from streams.httpclient import http_get
 
 
 class WorkerProcess:
