@@ -52,6 +52,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from twin import kpi as kpi_m
+from twin import sensors
 from twin.errors import TwinError
 from twin.gpu import REASON_HW_SLOWDOWN, REASON_HW_THERMAL
 from twin.site import Site
@@ -77,123 +78,28 @@ class TrackerError(TwinError):
     """An observation the tracker cannot use (shapes that disagree, a bad step size)."""
 
 
-def _units(ids: tuple[str, ...] | list[str], points: dict[str, Any]) -> dict[str, dict[str, float]]:
-    cols = [np.asarray(v, dtype=np.float64).tolist() for v in points.values()]
-    names = list(points)
-    return {uid: dict(zip(names, vals, strict=True)) for uid, *vals in zip(ids, *cols, strict=True)}
-
-
 def state_kpis(site: Site, state: FacilityState, ts_ms: int) -> dict[str, float]:
     """KPIs of ``state`` (same keys and definitions as :meth:`twin.sim.Simulator.kpis`).
 
     carbon_g_per_kwh and cue_kg_kwh are left out for a site whose carbon model is a CSV
     file: reading it is I/O, which this module does not do.
     """
-    st = state
-    reused = st.hp_heat_w if site.heat_pump.boundary == "site" else st.hp_source_w
-    free = float(st.dc_heat_w.sum()) + st.hp_source_w
-    cooling_w = float(st.cdu_pump_power_w.sum()) + st.fws_pump_power_w
-    cooling_w += float(st.dc_fan_power_w.sum()) + st.chiller_power_w
-    out = {
-        "pue": float(kpi_m.pue(st.facility_power_w, st.it_power_w)),
-        "ere": float(kpi_m.ere(st.facility_power_w, reused, st.it_power_w)),
-        "heat_to_dh_w": st.hp_heat_w,
-        "free_cooling_share": float(kpi_m.free_cooling_share(free, st.chiller_cooling_w)),
-        "cooling_cop": float(kpi_m.cooling_cop(float(st.cdu_heat_w.sum()), cooling_w)),
-        "it_power_w": st.it_power_w,
-        "facility_power_w": st.facility_power_w,
-        "reused_w": reused,
-        "min_headroom_k": float(kpi_m.thermal_headroom_k(st.gpu_temp_c, site.gpu.slowdown_c).min()),
-    }
+    carbon = None
     if site.carbon.model in kpi_m.CARBON_MODELS:
         hour = local_hour(ts_ms, site.weather.utc_offset_h)
-        g = float(kpi_m.carbon_intensity_g_per_kwh(day_of_year(ts_ms), hour, site.carbon))
-        out["carbon_g_per_kwh"] = g
-        out["cue_kg_kwh"] = float(kpi_m.cue_kg_per_kwh(st.facility_power_w, st.it_power_w, g))
-    return out
+        carbon = float(kpi_m.carbon_intensity_g_per_kwh(day_of_year(ts_ms), hour, site.carbon))
+    return sensors.state_kpis(site, state, carbon)
 
 
 def state_points(site: Site, state: FacilityState, ts_ms: int) -> dict[str, dict[str, float]]:
     """What each plant sensor reads when ``state`` is the truth: unit id -> point -> value,
     with the unit ids and point names of :class:`twin.sim.SimFrame` ``thermal`` and ``power``
     (merged: their unit ids do not overlap). SITE carries the KPI points when IT runs."""
-    st = state
-    pts = _units(
-        site.rack_ids,
-        {
-            "inlet_temp_c": st.rack_inlet_c,
-            "outlet_temp_c": st.rack_coolant_c,
-            "flow_kg_s": st.rack_flow_kg_s,
-            "heat_to_liquid_w": st.rack_heat_liquid_w,
-            "heat_to_air_w": st.rack_heat_air_w,
-        },
-    )
-    pts |= _units(
-        site.cdu_ids,
-        {
-            "supply_temp_c": st.cdu_supply_c,
-            "return_temp_c": st.cdu_return_c,
-            "facility_supply_temp_c": st.cdu_fac_supply_c,
-            "facility_return_temp_c": st.cdu_fac_return_c,
-            "flow_kg_s": st.cdu_flow_kg_s,
-            "pump_speed_frac": st.cdu_pump_speed,
-            "pump_power_w": st.cdu_pump_power_w,
-        },
-    )
-    pts |= _units(
-        site.dc_ids,
-        {
-            "fan_speed_frac": st.dc_fan_speed,
-            "fan_power_w": st.dc_fan_power_w,
-            "heat_rejected_w": st.dc_heat_w,
-        },
-    )
-    pts["FWS"] = {
-        "supply_temp_c": float(st.fws_supply_c),
-        "return_temp_c": float(st.fws_return_c),
-        "flow_kg_s": float(st.fws_flow_kg_s),
-        "pump_power_w": float(st.fws_pump_power_w),
-    }
-    pts["CH01"] = {
-        "cooling_w": float(st.chiller_cooling_w),
-        "power_w": float(st.chiller_power_w),
-        "cop": float(st.chiller_cop),
-    }
-    pts["HP01"] = {
-        "heat_delivered_w": float(st.hp_heat_w),
-        "power_w": float(st.hp_power_w),
-        "cop": float(st.hp_cop),
-    }
-    pts["OUTDOOR"] = {"air_temp_c": float(st.outdoor_c)}
-    pts |= _units(site.tx_ids, {"input_power_w": st.tx_in_w, "loss_w": st.tx_loss_w})
-    pts |= _units(
-        site.ups_ids,
-        {
-            "input_power_w": st.ups_in_w,
-            "output_power_w": st.ups_out_w,
-            "loss_w": st.ups_loss_w,
-            "on_battery_bool": st.ups_on_battery.astype(np.float64),
-            "battery_soc_frac": st.ups_soc,
-        },
-    )
-    pts |= _units(site.pdu_ids, {"power_w": st.pdu_power_w, "loss_w": st.pdu_loss_w})
-    pts["SITE"] = {
-        "it_power_w": float(st.it_power_w),
-        "facility_power_w": float(st.facility_power_w),
-        "mech_power_w": float(st.mech_power_w),
-    }
-    if st.it_power_w > 0.0:
-        k = state_kpis(site, st, ts_ms)
-        for name in (
-            "pue",
-            "ere",
-            "cue_kg_kwh",
-            "heat_to_dh_w",
-            "free_cooling_share",
-            "cooling_cop",
-        ):
-            if name in k:
-                pts["SITE"][name] = k[name]
+    pts: dict[str, dict[str, float]] = {}
+    for _kind, ids, group in sensors.point_groups(site, state):
+        pts |= sensors.units(ids, group)
+    if state.it_power_w > 0.0:
+        sensors.add_site_kpis(pts["SITE"], state_kpis(site, state, ts_ms))
     return pts
 
 
