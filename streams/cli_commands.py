@@ -282,7 +282,7 @@ def _register_others(sub: Any) -> None:
     from storage.cli_sink import add_sink_parser
     from storage.cli_sql import add_sql_parser
     from storage.replay import add_replay_parser
-    from twin.whatif import add_whatif_parser
+    from twin.whatif_cli import add_whatif_parser
 
     add_sink_parser(sub)
     add_sql_parser(sub)

@@ -18,12 +18,11 @@ from twin.state import FacilityState
 from twin.step import initial_state, nominal_inputs, step
 from twin.whatif import (
     WhatIfError,
-    add_whatif_parser,
     parse_horizon,
     parse_scenario,
     run_whatif,
-    run_whatif_cli,
 )
+from twin.whatif_cli import add_whatif_parser, run_whatif_cli
 
 JULY_15_14H_MS = 1_784_124_000_000  # 2026-07-15 14:00 UTC
 
