@@ -114,7 +114,13 @@ async def publish_simulation(
                     if fault_file is not None:
                         fault_file.write(doc.decode() + "\n")
                         fault_file.flush()
-                delay = t0 + (done + 1) * dt_s / speed - loop.time()
+                if speed == 1.0 and not replay:
+                    # Real time: the next sample is due at its own timestamp. After a pause
+                    # (a broker recycle) the simulator catches up at full speed, as a
+                    # collector with a buffer would, so the history has no gap.
+                    delay = (frame.ts_ms + dt_s * 1000) / 1000 - time.time()
+                else:
+                    delay = t0 + (done + 1) * dt_s / speed - loop.time()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=delay)
