@@ -43,30 +43,39 @@ def remove_replaced(table_dir: Path) -> int:
     return n
 
 
-def compact_partition(
-    tdef: TableDef, part_dir: Path, options: WriterOptions | None = None
-) -> Path | None:
-    """Merge the files of ``part_dir`` smaller than the row-group target; None if < 2."""
-    opts = options or WriterOptions()
-    small = [
-        p
-        for p in sorted(part_dir.glob("*.parquet"))
-        if not p.name.startswith(".") and pq.read_metadata(p).num_rows < opts.row_group_rows
-    ]
-    if len(small) < 2:
-        return None
-    table = pa.concat_tables([pq.read_table(p, schema=tdef.schema) for p in small])
-    offsets = merge_offsets(file_offsets(p) for p in small)
+#: Most rows merged into one file at a time: bounds compaction's memory (about 60 B a GPU
+#: row in Arrow, so ~250 MB) whatever a partition holds.
+MAX_MERGE_ROWS = 4_000_000
+
+
+def _merge_groups(small: list[tuple[Path, int]], max_rows: int) -> list[list[Path]]:
+    """Consecutive small files in groups of at most ``max_rows`` rows (groups of 2+ only)."""
+    groups: list[list[Path]] = []
+    current: list[Path] = []
+    rows = 0
+    for path, n in small:
+        if current and rows + n > max_rows:
+            groups.append(current)
+            current, rows = [], 0
+        current.append(path)
+        rows += n
+    groups.append(current)
+    return [g for g in groups if len(g) >= 2]
+
+
+def _merge(tdef: TableDef, part_dir: Path, files: list[Path], opts: WriterOptions) -> Path:
+    table = pa.concat_tables([pq.read_table(p, schema=tdef.schema) for p in files])
+    offsets = merge_offsets(file_offsets(p) for p in files)
     merged = write_file(
         tdef,
         table,
         part_dir,
         offsets=offsets,
-        replaces=[p.name for p in small],
+        replaces=[p.name for p in files],
         options=opts,
         name=new_part_name("compact"),
     )
-    for p in small:
+    for p in files:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     fsync_dir(part_dir)
@@ -74,10 +83,30 @@ def compact_partition(
         "compacted table=%s dir=%s files=%d rows=%d",
         tdef.name,
         part_dir.name,
-        len(small),
+        len(files),
         table.num_rows,
     )
     return merged
+
+
+def compact_partition(
+    tdef: TableDef,
+    part_dir: Path,
+    options: WriterOptions | None = None,
+    *,
+    max_rows: int = MAX_MERGE_ROWS,
+) -> list[Path]:
+    """Merge the files of ``part_dir`` smaller than the row-group target, at most
+    ``max_rows`` rows into one file; returns the merged files (none if < 2 small files)."""
+    opts = options or WriterOptions()
+    small = []
+    for p in sorted(part_dir.glob("*.parquet")):
+        if p.name.startswith("."):
+            continue
+        n = pq.read_metadata(p).num_rows
+        if n < opts.row_group_rows:
+            small.append((p, n))
+    return [_merge(tdef, part_dir, g, opts) for g in _merge_groups(small, max_rows)]
 
 
 def compact_table(
@@ -87,6 +116,6 @@ def compact_table(
     remove_replaced(table_dir)
     out = []
     for d in sorted(table_dir.glob("date=*")):
-        if d.is_dir() and (p := compact_partition(tdef, d, options)) is not None:
-            out.append(p)
+        if d.is_dir():
+            out += compact_partition(tdef, d, options)
     return out

@@ -133,6 +133,10 @@ def _recompute_hour(
     return written
 
 
+#: DuckDB memory for recomputing rollup hours (it spills to its temp dir beyond that).
+ROLLUP_MEMORY_LIMIT = "512MB"
+
+
 def update_rollups(data_dir: Path, sources: Iterable[str] = tuple(SOURCES)) -> list[Path]:
     """Bring every rollup up to date with the source files; returns the files written."""
     data_dir = Path(data_dir)
@@ -140,6 +144,9 @@ def update_rollups(data_dir: Path, sources: Iterable[str] = tuple(SOURCES)) -> l
     written: list[Path] = []
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    # The sink runs this in its own process beside its buffers: keep DuckDB small.
+    con.execute(f"SET memory_limit = '{ROLLUP_MEMORY_LIMIT}'")
+    con.execute("SET threads = 1")
     try:
         for source in sources:
             parts = list_parts(data_dir / source)

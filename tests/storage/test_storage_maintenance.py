@@ -143,3 +143,14 @@ def test_retention(tmp_path: Path) -> None:
     removed = apply_retention(tmp_path, TABLES, today, {"gpu": 7})
     assert removed == [date_dir(tmp_path, "gpu", dt.date(2026, 11, 1))]
     assert [p.parent.name for p in list_parts(tmp_path / "gpu")] == ["date=2026-11-27"]
+
+
+def test_merge_groups_bound_the_rows_merged_at_once() -> None:
+    from pathlib import Path
+
+    from storage.compact import _merge_groups
+
+    files = [(Path(f"f{i}"), n) for i, n in enumerate([300, 300, 300, 900, 100, 100])]
+    groups = _merge_groups(files, max_rows=700)
+    # [f0,f1] (600), [f2] alone is dropped, [f3] alone dropped, [f4,f5] (200)
+    assert [[p.name for p in g] for g in groups] == [["f0", "f1"], ["f4", "f5"]]
