@@ -8,11 +8,12 @@ good one and the reason it was refused is precise enough for the dead-letter top
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
 
-from streams.schema import GPU_FLOAT_FIELDS, GPU_SCHEMA, POINTS_SCHEMA
+from streams.schema import GPU_SCHEMA, POINTS_SCHEMA
 from twin.errors import DecodeError
 
 
@@ -104,6 +105,16 @@ def _check_range(name: str, values: np.ndarray, lo: float, hi: float) -> None:
         raise DecodeError(f"{name} out of range [{lo}, {hi}]: {values[i]} at row {i}")
 
 
+_GPU_RANGES: Final = (
+    ("power_w", "power_w"),
+    ("power_limit_w", "power_w"),
+    ("temp_gpu_c", "temp_c"),
+    ("temp_mem_c", "temp_c"),
+    ("util_pct", "util_pct"),
+)
+_ARANGE: Final = np.arange(1 << 16, dtype=np.uint16)
+
+
 @dataclass(frozen=True)
 class GpuFrame:
     """A decoded, validated telemetry.gpu frame as numpy columns (one row per GPU)."""
@@ -112,6 +123,7 @@ class GpuFrame:
     ts_ms: np.ndarray  # int64 [ms since epoch]
     columns: dict[str, np.ndarray]  # every GPU_SCHEMA field except ts and rack
     batch: pa.RecordBatch
+    raw: bytes | None = None  # the message it was decoded from
 
     @property
     def gpu(self) -> np.ndarray:
@@ -147,29 +159,31 @@ def decode_gpu_frame(
     if key is not None and key.decode("utf-8", "replace") != rack:
         raise DecodeError(f"message key {key!r} differs from rack {rack!r} in the frame")
     cols = {
-        f.name: batch.column(i).to_numpy(zero_copy_only=False)
-        for i, f in enumerate(batch.schema)
-        if f.name not in ("ts", "rack")
+        name: batch.column(i).to_numpy(zero_copy_only=False)
+        for i, name in enumerate(GPU_SCHEMA.names)
+        if name != "rack"
     }
-    ts_ms = batch.column("ts").cast(pa.int64()).to_numpy()
-    for name in GPU_FLOAT_FIELDS:
+    ts_ms = cols.pop("ts").view(np.int64)
+    for name, limit in _GPU_RANGES:
+        lo, hi = getattr(limits, limit)
         col = cols[name]
-        finite = np.isfinite(col)
-        if not finite.all():
-            i = int(np.argmin(finite))
-            raise DecodeError(f"{name} is not finite ({col[i]}) for gpu {cols['gpu'][i]}")
-    _check_range("power_w", cols["power_w"], *limits.power_w)
-    _check_range("power_limit_w", cols["power_limit_w"], *limits.power_w)
-    _check_range("temp_gpu_c", cols["temp_gpu_c"], *limits.temp_c)
-    _check_range("temp_mem_c", cols["temp_mem_c"], *limits.temp_c)
-    _check_range("util_pct", cols["util_pct"], *limits.util_pct)
-    if np.unique(cols["gpu"]).size != n:
-        raise DecodeError("duplicate gpu index in one frame")
-    if int(cols["gpu"].max()) >= limits.max_gpus_per_frame:
-        raise DecodeError(f"gpu index {int(cols['gpu'].max())} >= {limits.max_gpus_per_frame}")
+        # One test catches NaN and inf too (comparisons with NaN are false); find out which
+        # rule failed only when one did.
+        if not ((col >= lo) & (col <= hi)).all():
+            finite = np.isfinite(col)
+            if not finite.all():
+                i = int(np.argmin(finite))
+                raise DecodeError(f"{name} is not finite ({col[i]}) for gpu {cols['gpu'][i]}")
+            _check_range(name, col, lo, hi)
+    gpu = cols["gpu"]
+    if not np.array_equal(gpu, _ARANGE[:n]):  # the usual frame: GPUs 0..n-1 in order
+        if np.unique(gpu).size != n:
+            raise DecodeError("duplicate gpu index in one frame")
+        if int(gpu.max()) >= limits.max_gpus_per_frame:
+            raise DecodeError(f"gpu index {int(gpu.max())} >= {limits.max_gpus_per_frame}")
     if now_ms is not None:
         _check_ts(ts_ms, now_ms, limits, replay)
-    return GpuFrame(rack=rack, ts_ms=ts_ms, columns=cols, batch=batch)
+    return GpuFrame(rack=rack, ts_ms=ts_ms, columns=cols, batch=batch, raw=data)
 
 
 @dataclass(frozen=True)
@@ -229,7 +243,7 @@ def decode_points_frame(
         lim = _point_limits(point, limits)
         if lim is not None and not lim[0] <= values[i] <= lim[1]:
             raise DecodeError(f"{unit}/{point} out of range [{lim[0]}, {lim[1]}]: {values[i]}")
-    ts_ms = batch.column("ts").cast(pa.int64()).to_numpy()
+    ts_ms = batch.column("ts").to_numpy().view(np.int64)
     if now_ms is not None:
         _check_ts(ts_ms, now_ms, limits, replay)
     return PointsFrame(unit=unit, ts_ms=ts_ms, points=points, values=values, batch=batch)

@@ -51,8 +51,8 @@ class FacilityModel:
                     rack, idx, v["util_pct"][idx], v["power_limit_w"][idx],
                     clock_event_reasons=v["clock_event_reasons"][idx],
                 )  # fmt: skip
-        for rack, summary in rt.rack_summaries().items():
-            if rack not in rt.racks and "util_mean_pct" in summary:
+        for rack, summary in rt.viewed_rack_summaries().items():
+            if "util_mean_pct" in summary:
                 tr.observe_rack_mean(rack, float(summary["util_mean_pct"]))
         for unit, points in rt.unit_values().items():
             tr.observe_points(unit, points)

@@ -266,6 +266,33 @@ class TwinRuntime:
         out.update({r: self._rack_summary(r) for r in self.racks})
         return dict(sorted(out.items()))
 
+    def rack_summary(self, rack: str) -> dict[str, Any] | None:
+        """One rack's summary (live if owned, else from the view); None if unknown."""
+        if rack in self.racks:
+            return self._rack_summary(rack)
+        doc = self.view.get(f"rack/{rack}")
+        return dict(doc["summary"]) if doc is not None and "summary" in doc else None
+
+    def unit_points(self, unit: str) -> dict[str, float] | None:
+        """One plant unit's latest points (live if owned, else from the view)."""
+        if unit in self.units:
+            return self.units[unit].values()
+        doc = self.view.get(f"unit/{unit}")
+        return dict(doc["summary"]["points"]) if doc is not None and "summary" in doc else None
+
+    def viewed_rack_summaries(self) -> dict[str, dict[str, Any]]:
+        """Summaries of the racks other workers own (from twin.state)."""
+        return {
+            e.partition("/")[2]: d["summary"]
+            for e, d in self.view.items()
+            if d.get("kind") == "rack" and "summary" in d and e.partition("/")[2] not in self.racks
+        }
+
+    def known_racks(self) -> int:
+        """How many racks this worker knows, owned or viewed."""
+        viewed = {e for e, d in self.view.items() if d.get("kind") == "rack"}
+        return len(viewed | {f"rack/{r}" for r in self.racks})
+
     def _rack_summary(self, rack: str) -> dict[str, Any]:
         summary = self.racks[rack].summary()
         if rack in self.models:

@@ -45,6 +45,9 @@ class RackState:
     ts_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     values: dict[str, np.ndarray] = field(default_factory=dict)
     frames: int = 0
+    #: The last frame when it alone holds the whole state (all GPUs, all newest): the
+    #: checkpoint is then those bytes, with nothing to re-encode.
+    whole_frame: bytes | None = None
 
     def _grow(self, n: int) -> None:
         old = self.present.size
@@ -69,6 +72,8 @@ class RackState:
         for f in _GPU_FIELDS:
             self.values[f.name][idx] = frame.columns[f.name][take]
         self.frames += 1
+        whole = idx.size == self.present.size and (idx.size == 0 or bool(self.present.all()))
+        self.whole_frame = frame.raw if whole and isinstance(take, slice) else None
         return int(idx.size)
 
     @property
@@ -93,6 +98,8 @@ class RackState:
 
     def to_bytes(self) -> bytes:
         """Checkpoint: the held readings as one Arrow IPC frame."""
+        if self.whole_frame is not None:
+            return self.whole_frame
         return encode_frame(self.to_batch())
 
     @classmethod

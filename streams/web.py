@@ -99,7 +99,10 @@ def register_views(
                 "status": "ok" if ready else "starting",
                 "assigned_partitions": len(app.consumer.assignment()),
                 "racks_owned": len(rt.racks),
-                "racks_known": len(rt.rack_summaries()),
+                "racks_known": rt.known_racks(),
+                "gpu_samples_in": rt.counters.samples_in,
+                "frames_in": sum(rt.counters.frames_in.values()),
+                "frames_dlq": sum(rt.counters.dlq.values()),
             }
             return self.json(body, status=200 if ready else 503)
 
@@ -114,8 +117,8 @@ def register_views(
             detail = rt.rack_detail(rack)
             if detail is None:
                 return self.json({"error": f"unknown rack {rack!r}"}, status=404)
-            summary = rt.rack_summaries().get(rack, {})
-            unit = rt.unit_values().get(rack, {})
+            summary = rt.rack_summary(rack) or {}
+            unit = rt.unit_points(rack) or {}
             model = rt.rack_model(rack)
             return self.json(
                 {"rack": rack, "summary": summary, "coolant": unit, "gpus": detail, "model": model}
@@ -124,7 +127,7 @@ def register_views(
     @app.page("/api/units/{unit}")
     class Unit(View):
         async def get(self, request: Request, unit: str) -> Response:
-            values = rt.unit_values().get(unit)
+            values = rt.unit_points(unit)
             if values is None:
                 return self.json({"error": f"unknown unit {unit!r}"}, status=404)
             view = rt.model_view or {}
