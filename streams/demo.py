@@ -254,7 +254,10 @@ class Demo:
                         f"{child.name} exited with {child.proc.returncode}; "
                         f"see {self.logs / (child.name + '.log')}"
                     )
-            if self.own_broker and rss > self.args.recycle_mb:
+            # Only the memory-only embedded broker needs recycling; Apache Kafka keeps its
+            # log on disk with retention.
+            recyclable = self.own_broker and getattr(st.broker, "kind", "") == "tansu"
+            if recyclable and rss > self.args.recycle_mb:
                 recycle.set()
                 return
             if loop.time() - last_status >= 30.0:
