@@ -7,7 +7,7 @@ For each site size, in one run on one machine (broker, worker and this script sh
 
 1. Throughput. ``--frames`` telemetry.gpu frames (one rack, one instant, 72 GPUs a
    message) are produced first, with everything else the simulator publishes beside
-   them (rack-manifold, CDU, plant and power frames: about as many messages again).
+   them (rack-manifold, CDU, plant and power frames, every 5 s as a BMS polls).
    A plain aiokafka consumer reads the GPU frames (the raw consume rate: no decode, no
    state); then a real ``twin worker`` subprocess consumes all of it (decode, validate,
    state, thermal fits, facility model, checkpoints, twin.state) and its counter of GPU
@@ -77,7 +77,7 @@ async def produce_backlog(bootstrap: str, topics: Topics, racks: list[str], seco
     """``seconds`` of the simulator's telemetry (GPU frames and every plant and rack-manifold
     frame, as ``twin sim`` publishes them), stamped over the last ``seconds``; returns the
     number of GPU frames."""
-    from streams.sim_source import frames_of, make_simulator
+    from streams.sim_source import DEFAULT_PLANT_DT_S, frames_of, make_simulator
 
     sim = make_simulator(
         racks=len(racks), site_path=None, seed=0, faults=(), start_ms=now_ms() - seconds * 1000
@@ -85,8 +85,9 @@ async def produce_backlog(bootstrap: str, topics: Topics, racks: list[str], seco
     topic_of = {"gpu": topics.gpu, "thermal": topics.thermal, "power": topics.power}
     n = 0
     async with FramePublisher(bootstrap, linger_ms=20) as pub:
-        for _ in range(seconds):
-            for kind, key, value in frames_of(sim.step(1.0)):
+        for s in range(seconds):
+            plant = s % round(DEFAULT_PLANT_DT_S) == 0
+            for kind, key, value in frames_of(sim.step(1.0), plant=plant):
                 await pub.send(topic_of[kind], key, value)
                 n += kind == "gpu"
         await pub.flush()

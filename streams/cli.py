@@ -148,7 +148,13 @@ def add_sim_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--site", type=Path, default=None, help="site TOML (default: Borlänge hall)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the simulator")
-    p.add_argument("--dt", type=_positive_float, default=1.0, help="sample interval [s]")
+    p.add_argument("--dt", type=_positive_float, default=1.0, help="GPU sample interval [s]")
+    p.add_argument(
+        "--plant-dt",
+        type=_positive_float,
+        default=5.0,
+        help="seconds between plant readings (CDUs, rack manifolds, power chain; default 5)",
+    )
     p.add_argument(
         "--fault",
         action="append",

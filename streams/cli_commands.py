@@ -112,6 +112,7 @@ def run_sim(args: argparse.Namespace) -> int:
             faults_log=args.faults_log,
             stop=stop,
             on_tick=tick,
+            plant_dt_s=args.plant_dt,
         )
 
     with progress:

@@ -210,6 +210,7 @@ class Demo:
                     publish_simulation(
                         sim, bootstrap=st.bootstrap, topics=topics, dt_s=a.dt, speed=1.0,
                         duration_s=None, stop=sim_stop, faults_log=a.faults_log, stats=st.stats,
+                        plant_dt_s=a.plant_dt,
                     )
                 )  # fmt: skip
                 await self._watch(st, stop, recycle, sim_task, t_start)

@@ -31,16 +31,24 @@ class SimStats:
     faults: int = 0
 
 
-def frames_of(sim_frame: Any) -> list[tuple[str, str, bytes]]:
+#: Seconds between plant readings (CDUs, rack manifolds, dry coolers, power chain). BMS and
+#: DCIM points are polled every few seconds, not at NVML's 1 Hz (est.: 5 s).
+DEFAULT_PLANT_DT_S = 5.0
+
+
+def frames_of(sim_frame: Any, *, plant: bool = True) -> list[tuple[str, str, bytes]]:
     """(topic kind, key, Arrow IPC bytes) of every frame in one simulator step.
 
     The GPU arrays are (n_racks, n_gpus); each rack becomes one telemetry.gpu frame.
+    ``plant=False`` leaves out the thermal and power frames (between plant polls).
     """
     out: list[tuple[str, str, bytes]] = []
     gpu: dict[str, np.ndarray] = sim_frame.gpu
     for i, rack in enumerate(sim_frame.rack_ids):
         cols = {name: arr[i] for name, arr in gpu.items()}
         out.append(("gpu", rack, encode_frame(gpu_batch(sim_frame.ts_ms, rack, cols))))
+    if not plant:
+        return out
     for kind, units in (("thermal", sim_frame.thermal), ("power", sim_frame.power)):
         for unit, points in units.items():
             out.append((kind, unit, encode_frame(points_batch(sim_frame.ts_ms, unit, points))))
@@ -78,8 +86,11 @@ async def publish_simulation(
     replay: bool = False,
     stats: SimStats | None = None,
     on_tick: Callable[[SimStats], None] | None = None,
+    plant_dt_s: float = DEFAULT_PLANT_DT_S,
 ) -> SimStats:
     """Step ``sim`` and publish its readings until ``duration_s`` simulated or ``stop``.
+
+    GPU frames go out every step; plant frames every ``plant_dt_s`` [s] of simulated time.
 
     ``on_tick`` is called after each step (progress display).
     """
@@ -98,7 +109,8 @@ async def publish_simulation(
                     break
                 frame = sim.step(dt_s)
                 stats.ticks += 1
-                for kind, key, value in frames_of(frame):
+                plant = (stats.ticks - 1) % max(1, round(plant_dt_s / dt_s)) == 0
+                for kind, key, value in frames_of(frame, plant=plant):
                     await pub.send(topic_of[kind], key, value, headers)
                     if kind == "gpu":
                         stats.gpu_frames += 1
@@ -145,6 +157,7 @@ async def run_simulation(
     faults_log: Path | None,
     stop: asyncio.Event,
     on_tick: Callable[[SimStats], None] | None = None,
+    plant_dt_s: float = DEFAULT_PLANT_DT_S,
 ) -> SimStats:
     """``twin sim``: build the simulator and publish until done.
 
@@ -169,4 +182,5 @@ async def run_simulation(
         faults_log=faults_log,
         replay=fast,
         on_tick=on_tick,
+        plant_dt_s=plant_dt_s,
     )
