@@ -85,9 +85,9 @@ def test_demo_recycles_its_broker_and_loses_nothing(tmp_path: Path) -> None:
     )
     assert n == distinct == published, (n, distinct, published, out)
     # ... and without a gap: the simulator catches up after each recycle.
-    instants, span = svc.query(
-        "SELECT count(DISTINCT ts), (epoch_ms(max(ts)) - epoch_ms(min(ts))) // 1000 + 1 FROM gpu"
-    ).to_pylist()[0].values()
+    span_sql = "(epoch_ms(max(ts)) - epoch_ms(min(ts))) // 1000 + 1"
+    row = svc.query(f"SELECT count(DISTINCT ts) AS n, {span_sql} AS span FROM gpu").to_pylist()[0]
+    instants, span = row["n"], row["span"]
     assert instants == span, (instants, span)
 
 
