@@ -66,6 +66,7 @@ class TwinRuntime:
     models: dict[str, RackModel] = field(default_factory=dict)
     dirty_models: set[str] = field(default_factory=set)
     dirty_residuals: set[str] = field(default_factory=set)
+    detail_published: set[str] = field(default_factory=set)
     #: The facility model's latest view (KPIs, headroom, expected points) when this worker
     #: runs it (streams/facility.py).
     model_view: dict[str, Any] | None = None
@@ -207,7 +208,10 @@ class TwinRuntime:
             kind, _, name = entity.partition("/")
             if kind == "rack" and name in self.racks:
                 doc: dict[str, Any] = {"kind": "rack", "summary": self._rack_summary(name)}
-                if detail:
+                if detail or name not in self.detail_published:
+                    # a rack's first publication carries its detail, so other workers can
+                    # show it at once
+                    self.detail_published.add(name)
                     doc["detail"] = self.racks[name].detail()
                     doc["model"] = self.models[name].view() if name in self.models else None
                 docs[entity] = doc
