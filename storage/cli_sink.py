@@ -14,11 +14,11 @@ from storage.cliutil import (
     DEFAULT_DATA_DIR,
     data_dir_arg,
     env,
-    parse_broker_url,
     setup_logging,
 )
 from storage.layout import TableDef, default_tables
 from storage.sink import ParquetSink
+from streams.settings import parse_broker_url
 from twin.errors import ConfigError, TwinError
 
 

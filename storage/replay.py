@@ -27,12 +27,12 @@ from storage.cliutil import (
     DEFAULT_DATA_DIR,
     data_dir_arg,
     env,
-    parse_broker_url,
     setup_logging,
 )
 from storage.layout import TableDef, default_tables, list_parts
 from storage.synth import frames
 from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
+from streams.settings import parse_broker_url
 from twin.errors import ConfigError, TwinError
 
 #: Replayed tables: name -> (key column, topic).

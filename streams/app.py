@@ -210,7 +210,6 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             for f in frames:
                 dest = topic_of[base_of[f.topic]]
                 await dest.send(key=f.key.encode(), value=encode_frame(f.batch))
-                rt.counters.ingest_converted += 1
 
     def owned(key: str) -> bool:
         tp = TP(names.gpu, partition_for(key, settings.partitions))

@@ -12,7 +12,7 @@ from typing import Any
 
 from streams.cli import add_broker_flag, add_common_worker_flags, add_sim_flags, add_topic_flags
 from streams.codec import Limits
-from streams.settings import Settings, Topics, parse_broker_url
+from streams.settings import Settings, Topics, env_default, parse_broker_url
 from twin.errors import ConfigError
 
 
@@ -201,7 +201,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--recycle-mb",
         type=float,
-        default=float(env_or("recycle_mb", "1024")),
+        default=float(env_default("recycle_mb", "1024")),
         help="restart the embedded tansu broker when its memory passes this many "
         "MB (state is snapshotted and restored; env TWIN_RECYCLE_MB)",
     )
@@ -243,7 +243,9 @@ def register(sub: Any) -> None:
         description="tansu: embedded, memory-only (dev); kafka: Apache Kafka "
         "4.x KRaft single node from Maven Central jars (needs Java 17).",
     )
-    p.add_argument("--kind", choices=["tansu", "kafka"], default=env_or("broker_kind", "tansu"))
+    p.add_argument(
+        "--kind", choices=["tansu", "kafka"], default=env_default("broker_kind", "tansu")
+    )
     p.set_defaults(handler=run_broker)
 
     p = sub.add_parser("collect", help="collect telemetry from real devices")
@@ -255,20 +257,13 @@ def register(sub: Any) -> None:
         "interval; exits with a one-line error without a GPU or driver.",
     )
     add_broker_flag(n)
-    n.add_argument("--rack", default=env_or("rack", _hostname()), help="rack id (key)")
+    n.add_argument("--rack", default=env_default("rack", _hostname()), help="rack id (key)")
     n.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     n.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     add_topic_flags(n)
     n.set_defaults(handler=run_collect_nvml)
 
     _register_others(sub)
-
-
-def env_or(name: str, default: str) -> str:
-    """TWIN_<NAME> or the default."""
-    from streams.settings import env_default
-
-    return env_default(name, default)
 
 
 def _hostname() -> str:

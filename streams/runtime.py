@@ -43,8 +43,6 @@ class Counters:
     samples_in: int = 0  # GPU samples (rows of telemetry.gpu frames)
     dlq: dict[str, int] = field(default_factory=dict)  # per reason class
     checkpoints: int = 0
-    published: int = 0
-    ingest_converted: int = 0
 
     def frame(self, topic: str) -> None:
         """Count one accepted frame."""
@@ -218,7 +216,6 @@ class TwinRuntime:
             elif kind == "unit" and name in self.units:
                 docs[entity] = {"kind": "unit", "summary": self.units[name].summary()}
         self.dirty_publish.clear()
-        self.counters.published += len(docs)
         return docs
 
     def take_residuals(self) -> dict[str, pa.RecordBatch]:

@@ -44,7 +44,6 @@ class RackState:
     present: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     ts_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     values: dict[str, np.ndarray] = field(default_factory=dict)
-    frames: int = 0
     #: The last frame when it alone holds the whole state (all GPUs, all newest): the
     #: checkpoint is then those bytes, with nothing to re-encode.
     whole_frame: bytes | None = None
@@ -71,7 +70,6 @@ class RackState:
         self.present[idx] = True
         for f in _GPU_FIELDS:
             self.values[f.name][idx] = frame.columns[f.name][take]
-        self.frames += 1
         whole = idx.size == self.present.size and (idx.size == 0 or bool(self.present.all()))
         self.whole_frame = frame.raw if whole and isinstance(take, slice) else None
         return int(idx.size)

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from storage import synth
 from storage.cli_sql import main as sql_main
-from storage.cliutil import parse_broker_url
 from storage.decode import decode_message, table_day
 from storage.layout import date_dir, day_of_ms, default_tables
 from storage.writer import write_file
+from streams.settings import parse_broker_url
 from twin.errors import ConfigError, DecodeError
 
 TABLES = default_tables()
