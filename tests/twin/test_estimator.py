@@ -224,7 +224,9 @@ def test_rediscretisation_round_trip_is_identity(
     est._discretise(np.array([0]), np.array([dt1]))
     after = est.snapshot()
     assert_allclose(after["theta"], before["theta"], rtol=1e-9)
-    assert_allclose(after["cov"], before["cov"], rtol=1e-7, atol=1e-15)
+    # off-diagonal terms that are exactly 0 come back as round-off of the diagonal's size
+    scale = float(np.abs(before["cov"]).max())
+    assert_allclose(after["cov"], before["cov"], rtol=1e-7, atol=1e-12 * scale)
 
 
 @settings(max_examples=25, deadline=None)
