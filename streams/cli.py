@@ -138,8 +138,8 @@ def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_sim_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by sim and demo."""
+def add_site_flags(p: argparse.ArgumentParser) -> None:
+    """--site and --racks: the facility a simulator or a worker models."""
     p.add_argument(
         "--racks",
         type=_racks,
@@ -147,6 +147,11 @@ def add_sim_flags(p: argparse.ArgumentParser) -> None:
         help="number of racks (default: the site file's; up to 1250 for the campus)",
     )
     p.add_argument("--site", type=Path, default=None, help="site TOML (default: Borlänge hall)")
+
+
+def add_sim_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by sim and demo."""
+    add_site_flags(p)
     p.add_argument("--seed", type=int, default=0, help="random seed of the simulator")
     p.add_argument("--dt", type=_positive_float, default=1.0, help="GPU sample interval [s]")
     p.add_argument(

@@ -7,10 +7,15 @@ import asyncio
 import contextlib
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
-from streams.cli import add_broker_flag, add_common_worker_flags, add_sim_flags, add_topic_flags
+from streams.cli import (
+    add_broker_flag,
+    add_common_worker_flags,
+    add_sim_flags,
+    add_site_flags,
+    add_topic_flags,
+)
 from streams.codec import Limits
 from streams.settings import Settings, Topics, env_default, parse_broker_url
 from twin.errors import ConfigError
@@ -215,13 +220,7 @@ def register(sub: Any) -> None:
     )
     add_broker_flag(p)
     add_common_worker_flags(p)
-    p.add_argument("--site", type=Path, default=None, help="site TOML (default: Borlänge hall)")
-    p.add_argument(
-        "--racks",
-        type=int,
-        default=None,
-        help="racks of the site (default: the site file's), as given to twin sim",
-    )
+    add_site_flags(p)
     p.set_defaults(handler=run_worker)
 
     p = sub.add_parser(
