@@ -23,6 +23,7 @@ from streams.codec import DecodeError, decode_gpu_frame, decode_points_frame, en
 from streams.facility import FacilityModel
 from streams.ingest_json import convert_json
 from streams.runtime import TwinRuntime, partition_for
+from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from streams.settings import Settings
 from streams.stateview import follow_state
 from streams.web import register_views
@@ -193,10 +194,8 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     async def power_frames(stream: Any) -> None:
         await consume_frames(stream, points_applier(names.power))
 
-    topic_of = {names.gpu: gpu_topic, names.thermal: thermal_topic, names.power: power_topic}
-    from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
-
-    base_of = {TOPIC_GPU: names.gpu, TOPIC_THERMAL: names.thermal, TOPIC_POWER: names.power}
+    # contract name (what convert_json returns) -> this twin's (maybe prefixed) topic
+    telemetry = {TOPIC_GPU: gpu_topic, TOPIC_THERMAL: thermal_topic, TOPIC_POWER: power_topic}
 
     @app.agent(ingest_topic, name="json-ingest")
     async def json_ingest(stream: Any) -> None:
@@ -208,8 +207,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
                 await dead_letter(ev, exc.reason)
                 continue
             for f in frames:
-                dest = topic_of[base_of[f.topic]]
-                await dest.send(key=f.key.encode(), value=encode_frame(f.batch))
+                await telemetry[f.topic].send(key=f.key.encode(), value=encode_frame(f.batch))
 
     def owned(key: str) -> bool:
         tp = TP(names.gpu, partition_for(key, settings.partitions))
@@ -294,7 +292,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     async def consumer_lag() -> dict[tuple[str, int], int]:
         lag: dict[tuple[str, int], int] = {}
         for tp in app.consumer.assignment():
-            if tp.topic not in topic_of:
+            if tp.topic not in (names.gpu, names.thermal, names.power):
                 continue
             try:
                 hw = app.consumer.highwater(tp)
