@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from streams.arraypack import pack_arrays, unpack_arrays
 from streams.codec import GpuFrame
 from streams.schema import RESIDUAL_SCHEMA, TS_TYPE
 from twin.estimator import ThermalEstimator
@@ -43,6 +44,7 @@ class RackModel:
     coolant_c: float = float("nan")
     power_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
     temp_gpu_c: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    _summary: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def _grow(self, n: int) -> None:
         extra = n - self.estimator.n_series
@@ -55,6 +57,7 @@ class RackModel:
 
     def update(self, frame: GpuFrame, coolant_c: float) -> None:
         """Feed one frame [C, W] with the coolant at the plates [C]; GPUs absent are skipped."""
+        self._summary = None
         idx = frame.gpu.astype(np.intp)
         self._grow(int(idx.max()) + 1)
         n = self.estimator.n_series
@@ -106,6 +109,11 @@ class RackModel:
 
     def summary(self) -> dict[str, Any]:
         """Rack-level figures for twin.state and /api/state."""
+        if self._summary is None:
+            self._summary = self._compute_summary()
+        return dict(self._summary)
+
+    def _compute_summary(self) -> dict[str, Any]:
         res = self.estimator.residual_k
         r = self.estimator.r_k_w
         finite = res[np.isfinite(res)]
@@ -115,8 +123,7 @@ class RackModel:
         }
 
     def to_bytes(self) -> bytes:
-        """Checkpoint: the estimator's arrays and the last sample times, as .npz bytes."""
-        buf = io.BytesIO()
+        """Checkpoint: the estimator's arrays and the last sample times (streams/arraypack)."""
         arrays: dict[str, Any] = {f"est.{k}": v for k, v in self.estimator.snapshot().items()}
         arrays |= {
             "last_ts_ms": self.last_ts_ms,
@@ -124,21 +131,24 @@ class RackModel:
             "temp_gpu_c": self.temp_gpu_c,
         }
         arrays["coolant_c"] = np.array(self.coolant_c)
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        return pack_arrays(arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RackModel:
-        """Restore a checkpoint written by :meth:`to_bytes`."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            snap = {k.removeprefix("est."): z[k] for k in z.files if k.startswith("est.")}
-            return cls(
-                estimator=ThermalEstimator.restore(snap),
-                last_ts_ms=z["last_ts_ms"].astype(np.int64),
-                coolant_c=float(z["coolant_c"]),
-                power_w=z["power_w"].astype(np.float64),
-                temp_gpu_c=z["temp_gpu_c"].astype(np.float64),
-            )
+        """Restore a checkpoint written by :meth:`to_bytes` (or the older ``.npz`` form)."""
+        if data[:2] == b"PK":
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                z_arrays = {k: z[k] for k in z.files}
+        else:
+            z_arrays = unpack_arrays(data)
+        snap = {k.removeprefix("est."): v for k, v in z_arrays.items() if k.startswith("est.")}
+        return cls(
+            estimator=ThermalEstimator.restore(snap),
+            last_ts_ms=z_arrays["last_ts_ms"].astype(np.int64),
+            coolant_c=float(z_arrays["coolant_c"]),
+            power_w=z_arrays["power_w"].astype(np.float64),
+            temp_gpu_c=z_arrays["temp_gpu_c"].astype(np.float64),
+        )
 
 
 def _json(a: np.ndarray) -> list[float | None]:
