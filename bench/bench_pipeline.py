@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -131,8 +133,42 @@ def start_worker(
         "--topic-prefix", prefix, "--app-id", f"{prefix}twin", "--state-dir", str(state),
         "--data-dir", str(state / "history"), "--racks", str(racks),
     ]  # fmt: skip
+    profile = os.environ.get("BENCH_PROFILE_DIR")
+    if profile:
+        # py-spy's collapsed stacks of the worker, to see where its time goes
+        out = Path(profile) / f"worker-{racks}.txt"
+        argv = [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--format",
+            "raw",
+            "-r",
+            "50",
+            "-o",
+            str(out),
+            "--",
+            *argv,
+        ]
     log = (state / "worker.log").open("ab")
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process (and its waited-for children) used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pid(proc: subprocess.Popen[bytes]) -> int:
+    """The Python worker's pid (under py-spy when profiling)."""
+    if not os.environ.get("BENCH_PROFILE_DIR"):
+        return proc.pid
+    for _ in range(100):
+        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if kids:
+            return int(kids[0])
+        time.sleep(0.1)
+    raise SystemExit("py-spy did not start the worker")
 
 
 def wait_healthy(api: str, timeout_s: float = 180) -> None:
@@ -202,20 +238,24 @@ def run_size(
     worker = start_worker(url, prefix, port, n_racks, state)
     try:
         wait_healthy(api)
+        pid = worker_pid(worker)
         t_first = t_last = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             got = samples_in(api)
             t = time.perf_counter()
             if got > 0 and t_first is None:
-                t_first, first_n = t, got
+                t_first, first_n, cpu_first = t, got, cpu_s(pid)
             if got >= samples:
-                t_last = t
+                t_last, cpu_last = t, cpu_s(pid)
                 break
             time.sleep(0.1)
         if t_first is None or t_last is None:
             raise SystemExit(f"worker did not take all {samples} samples (log: {state})")
         pipe_rate = (samples - first_n) / max(t_last - t_first, 1e-9)
+        # Samples per CPU-second of the worker: what one core given to the worker alone
+        # would take, whatever else shares this machine (broker, load, other jobs).
+        cpu_rate = (samples - first_n) / max(cpu_last - cpu_first, 1e-9)
         lat: list[float] = []
         stop = threading.Event()
         poller = threading.Thread(target=poll_latency, args=(api, racks[:32], stop, lat))
@@ -233,13 +273,17 @@ def run_size(
             "raw_samples_s": samples / raw_s,
             "pipeline_samples_s": pipe_rate,
             "ratio": pipe_rate / (samples / raw_s),
+            "cpu_samples_s": cpu_rate,
             "live_samples_s": n_racks * GPUS,
             "lat_n": float(len(lat)),
             "lat_p50_ms": float(np.percentile(lat_arr, 50)),
             "lat_p99_ms": float(np.percentile(lat_arr, 99)),
         }
     finally:
-        worker.terminate()
+        if os.environ.get("BENCH_PROFILE_DIR"):
+            worker.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        else:
+            worker.terminate()
         worker.wait(60)
 
 
@@ -272,13 +316,15 @@ def main() -> None:
     )
     print(
         f"{'racks':>6} {'samples':>10} {'raw consume/s':>14} {'pipeline/s':>12} {'ratio':>6} "
-        f"{'live need/s':>12} {'headroom':>9} {'p50 ms':>7} {'p99 ms':>7} {'n':>5}"
+        f"{'live need/s':>12} {'headroom':>9} {'per cpu-s':>10} {'cpu head':>8} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'n':>5}"
     )
     for r in rows:
         print(
             f"{r['racks']:>6} {r['samples']:>10} {r['raw_samples_s']:>14,.0f} "
             f"{r['pipeline_samples_s']:>12,.0f} {r['ratio']:>6.2f} {r['live_samples_s']:>12,} "
             f"{r['pipeline_samples_s'] / r['live_samples_s']:>8.1f}x "
+            f"{r['cpu_samples_s']:>10,.0f} {r['cpu_samples_s'] / r['live_samples_s']:>7.1f}x "
             f"{r['lat_p50_ms']:>7.0f} {r['lat_p99_ms']:>7.0f} {r['lat_n']:>5.0f}"
         )
 

@@ -19,10 +19,12 @@ from typing import Any
 import faust
 from faust.types import TP, EventT
 
-from streams.codec import DecodeError, decode_gpu_frame, decode_points_frame, encode_frame
+from streams.codec import DecodeError, decode_points_frame, encode_frame
+from streams.codec_batch import GpuMessage, decode_gpu_frames
 from streams.facility import FacilityModel
+from streams.faust_app import TwinFaustApp
 from streams.ingest_json import convert_json
-from streams.runtime import TwinRuntime, partition_for
+from streams.runtime import TwinRuntime, merge_by_partition, partition_for
 from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from streams.settings import Settings
 from streams.stateview import follow_state
@@ -52,7 +54,7 @@ def _headers(message: Any) -> dict[str, bytes]:
 
 
 def _faust_app(settings: Settings) -> faust.App:
-    return faust.App(
+    return TwinFaustApp(
         settings.app_id,
         broker=settings.broker,
         store="memory://",
@@ -167,11 +169,6 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
                     await dead_letter(ev, exc.reason)
                 rt.record_position(msg.topic, msg.partition, msg.offset)
 
-    def apply_gpu(value: bytes, now: int, msg: Any) -> None:
-        replay = REPLAY_HEADER in _headers(msg)
-        frame = decode_gpu_frame(value, key=msg.key, now_ms=now, limits=limits, replay=replay)
-        rt.apply_gpu(frame, names.gpu)
-
     def points_applier(contract: str) -> Callable[[bytes, int, Any], None]:
         def apply(value: bytes, now: int, msg: Any) -> None:
             replay = REPLAY_HEADER in _headers(msg)
@@ -184,7 +181,21 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
 
     @app.agent(gpu_topic, name="gpu-frames")
     async def gpu_frames(stream: Any) -> None:
-        await consume_frames(stream, apply_gpu)
+        # GPU frames are most of the traffic: decode and check a whole batch as one set of
+        # columns (streams/codec_batch.py), then apply frame by frame.
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
+            msgs = [ev.message for ev in events]
+            decoded = decode_gpu_frames(
+                [GpuMessage(m.value or b"", m.key, REPLAY_HEADER in _headers(m)) for m in msgs],
+                now_ms=rt.clock_ms(),
+                limits=limits,
+            )
+            for ev, msg, result in zip(events, msgs, decoded, strict=True):
+                if isinstance(result, DecodeError):
+                    await dead_letter(ev, result.reason)
+                else:
+                    rt.apply_gpu(result, names.gpu)
+                rt.record_position(msg.topic, msg.partition, msg.offset)
 
     @app.agent(thermal_topic, name="thermal-frames")
     async def thermal_frames(stream: Any) -> None:
@@ -208,6 +219,9 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
                 continue
             for f in frames:
                 await telemetry[f.topic].send(key=f.key.encode(), value=encode_frame(f.batch))
+
+    def partition_of(key: str) -> int:
+        return partition_for(key, settings.partitions)
 
     def owned(key: str) -> bool:
         tp = TP(names.gpu, partition_for(key, settings.partitions))
@@ -246,13 +260,10 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         ticks["publish"] += 1
         docs = rt.take_publications(detail=ticks["publish"] % settings.detail_every == 1)
         if owned("facility") and (rt.racks or rt.view):
-            docs["facility"] = {
-                "kind": "facility",
-                "summary": rt.facility()["facility"],
-                "model": rt.model_view,
-            }
-            await kpi_topic.send(key=b"site", value=encode_frame(rt.kpi_batch()))
-        for rack, batch in rt.take_residuals().items():
+            summary = rt.facility()["facility"]
+            docs["facility"] = {"kind": "facility", "summary": summary, "model": rt.model_view}
+            await kpi_topic.send(key=b"site", value=encode_frame(rt.kpi_batch(summary)))
+        for rack, batch in rt.take_residuals(partition_of).items():
             await residual_topic.send(key=rack.encode(), value=encode_frame(batch))
         for entity, doc in docs.items():
             await state_topic.send(
@@ -322,7 +333,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         fm.observe(rt)
         fm.advance(now)
         rt.model_view = fm.view(rt)
-        for unit, batch in fm.residual_batches(rt).items():
+        for unit, batch in merge_by_partition(fm.residual_batches(rt), partition_of).items():
             await residual_topic.send(key=unit.encode(), value=encode_frame(batch))
 
     def snapshot() -> bytes:

@@ -127,7 +127,7 @@ def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint-interval",
         type=_positive_float,
-        default=float(env_default("checkpoint_interval", "2.0")),
+        default=float(env_default("checkpoint_interval", "10.0")),
         help="seconds between table checkpoints of a changed rack",
     )
     p.add_argument(

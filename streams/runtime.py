@@ -30,6 +30,29 @@ def partition_for(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
+def merge_by_partition(
+    batches: dict[str, pa.RecordBatch], partition_of: Callable[[str], int]
+) -> dict[str, pa.RecordBatch]:
+    """One batch per partition: the batches of keys that share a partition, concatenated and
+    keyed by the first of those keys (so the message lands in the same partition).
+
+    At the campus a publication of per-rack rows is then 8 messages instead of 1,250; each
+    message costs the producer far more than its bytes do.
+    """
+    groups: dict[int, list[str]] = {}
+    for key in sorted(batches):
+        groups.setdefault(partition_of(key), []).append(key)
+    out: dict[str, pa.RecordBatch] = {}
+    for keys in groups.values():
+        parts = [batches[k] for k in keys]
+        out[keys[0]] = (
+            parts[0]
+            if len(parts) == 1
+            else pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+        )
+    return out
+
+
 def wall_clock_ms() -> int:
     """Now [ms since epoch, UTC]."""
     return time.time_ns() // 1_000_000
@@ -218,17 +241,27 @@ class TwinRuntime:
         self.dirty_publish.clear()
         return docs
 
-    def take_residuals(self) -> dict[str, pa.RecordBatch]:
-        """twin.residuals batches of racks whose model was updated since the last call."""
+    def take_residuals(
+        self, group: Callable[[str], int] | None = None
+    ) -> dict[str, pa.RecordBatch]:
+        """twin.residuals batches of racks whose model was updated since the last call.
+
+        With ``group`` (key -> partition) they are merged per partition
+        (:func:`merge_by_partition`).
+        """
         out = {
             r: self.models[r].residual_batch(r) for r in self.dirty_residuals if r in self.models
         }
         self.dirty_residuals.clear()
-        return {r: b for r, b in out.items() if b.num_rows}
+        out = {r: b for r, b in out.items() if b.num_rows}
+        return merge_by_partition(out, group) if group is not None else out
 
-    def kpi_batch(self) -> pa.RecordBatch:
-        """twin.kpi rows of the facility now: every numeric facility figure, scope site."""
-        fac = self.facility()["facility"]
+    def kpi_batch(self, summary: dict[str, Any] | None = None) -> pa.RecordBatch:
+        """twin.kpi rows of the facility now: every numeric facility figure, scope site.
+
+        ``summary`` is ``facility()["facility"]`` when the caller has it already.
+        """
+        fac = summary if summary is not None else self.facility()["facility"]
         names = [
             k for k, v in fac.items() if isinstance(v, int | float) and not isinstance(v, bool)
         ]

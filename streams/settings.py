@@ -112,7 +112,9 @@ class Settings:
     #: The Parquet history store (same as the sink's --data-dir), served by POST /api/sql.
     history_dir: Path = Path("data")
     #: How often a changed rack is written to its Faust table (bounded changelog traffic).
-    checkpoint_interval_s: float = 2.0
+    #: A restarted worker resumes from its committed offsets, so the checkpoint only has to
+    #: bridge racks that fall silent; at the campus every 2 s was 625 changelog records/s.
+    checkpoint_interval_s: float = 10.0
     #: How often changed racks and units are published to twin.state.
     publish_interval_s: float = 2.0
     #: Every how many publications a rack's per-GPU detail goes to twin.state (other

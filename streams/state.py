@@ -47,6 +47,9 @@ class RackState:
     #: The last frame when it alone holds the whole state (all GPUs, all newest): the
     #: checkpoint is then those bytes, with nothing to re-encode.
     whole_frame: bytes | None = None
+    #: summary() of the current readings; the API, twin.state and the facility model all
+    #: ask for it between two frames of the rack.
+    _summary: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def _grow(self, n: int) -> None:
         old = self.present.size
@@ -61,6 +64,7 @@ class RackState:
     def apply(self, frame: GpuFrame) -> int:
         """Take a frame's readings where they are newer than what is held; return rows taken."""
         idx = frame.gpu.astype(np.intp)
+        self._summary = None
         self._grow(int(idx.max()) + 1)
         newer = frame.ts_ms >= self.ts_ms[idx]
         if not newer.all():
@@ -110,15 +114,22 @@ class RackState:
 
     def summary(self) -> dict[str, Any]:
         """Rack totals for the facility view: power [W], temperatures [C], counts."""
-        p = self.present
-        if not p.any():
+        if self._summary is None:
+            self._summary = self._compute_summary()
+        return dict(self._summary)
+
+    def _compute_summary(self) -> dict[str, Any]:
+        p: np.ndarray | slice = self.present
+        if not self.present.any():
             return {"rack": self.rack, "gpus": 0}
+        if self.present.all():
+            p = slice(None)  # the usual case: no boolean gather per field
         v = self.values
         reasons = v["clock_event_reasons"][p]
         return {
             "rack": self.rack,
             "ts_ms": self.last_ts_ms,
-            "gpus": int(p.sum()),
+            "gpus": int(self.present.sum()),
             "power_w": float(v["power_w"][p].sum(dtype=np.float64)),
             "temp_gpu_max_c": float(v["temp_gpu_c"][p].max()),
             "temp_gpu_mean_c": float(v["temp_gpu_c"][p].mean(dtype=np.float64)),

@@ -54,6 +54,10 @@ async def follow_state(
                     if rec.key is None:
                         continue
                     entity = rec.key.decode("utf-8", "replace")
+                    if entity.startswith("rack/") and entity[5:] in runtime.racks:
+                        # This worker holds the rack live (most likely its own publication):
+                        # decoding the JSON would be wasted, the live state wins anyway.
+                        continue
                     try:
                         doc = json.loads(rec.value) if rec.value is not None else None
                     except json.JSONDecodeError:
