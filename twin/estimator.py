@@ -190,6 +190,35 @@ class ThermalEstimator:
             raise EstimatorError(f"n_new: expected >= 0, got {n_new}")
         return self.take(np.concatenate([np.arange(self.n_series), np.full(n_new, -1)]))
 
+    def put(self, index: npt.ArrayLike, other: ThermalEstimator) -> None:
+        """Overwrite series ``index[j]`` with ``other``'s series ``j`` (same settings)."""
+        idx = np.asarray(index, dtype=np.intp)
+        if idx.shape != (other.n_series,) or (
+            idx.size and (idx.max() >= self.n_series or idx.min() < 0)
+        ):
+            raise EstimatorError(
+                f"index: expected {other.n_series} ints in [0, {self.n_series}), "
+                f"got shape {idx.shape}"
+            )
+        mine = (self.forgetting, self.prior_r_k_w, self.prior_c_j_k, self.max_cov_trace)
+        theirs = (other.forgetting, other.prior_r_k_w, other.prior_c_j_k, other.max_cov_trace)
+        if mine != theirs or (self.power_timing, self.coolant_timing) != (
+            other.power_timing,
+            other.coolant_timing,
+        ):
+            raise EstimatorError("put: the estimators' settings differ")
+        for name in ("theta0", "theta1", "p00", "p01", "p11"):
+            getattr(self._rls, name)[idx] = getattr(other._rls, name)
+        for name in (
+            "_dt_ref_s",
+            "_prev_die_c",
+            "_prev_cool_c",
+            "_prev_power_w",
+            "_residual_k",
+            "_n_updates",
+        ):
+            getattr(self, name)[idx] = getattr(other, name)
+
     # ------------------------------------------------------------------ fit
 
     def _prior_theta(self, dt_s: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -248,40 +277,76 @@ class ThermalEstimator:
         NaN input are skipped (their residual becomes NaN and their previous sample is
         forgotten). Updates :attr:`residual_k`.
         """
-        n = self.n_series
-        t_die = _series(temp_die_c, n, "temp_die_c")
-        t_cool = _series(temp_coolant_c, n, "temp_coolant_c")
-        p_w = _series(power_w, n, "power_w")
-        dt = _series(dt_s, n, "dt_s")
+        self._update(slice(None), self.n_series, temp_die_c, temp_coolant_c, power_w, dt_s)
+
+    def update_at(
+        self,
+        index: npt.ArrayLike,
+        temp_die_c: npt.ArrayLike,
+        temp_coolant_c: npt.ArrayLike,
+        power_w: npt.ArrayLike,
+        dt_s: npt.ArrayLike,
+    ) -> None:
+        """:meth:`update` for the series ``index`` only (distinct indices); the others keep
+        their previous sample and residual.
+
+        Inputs are shaped like ``index``: one worker feeds the frames of many racks that
+        arrived together in one call, whatever the rest of its racks are doing.
+        """
+        idx = np.asarray(index, dtype=np.intp)
+        if idx.ndim != 1 or (idx.size and (idx.max() >= self.n_series or idx.min() < 0)):
+            raise EstimatorError(
+                f"index: expected 1-D ints in [0, {self.n_series}), got shape {idx.shape}"
+            )
+        self._update(idx, idx.shape[0], temp_die_c, temp_coolant_c, power_w, dt_s)
+
+    def _update(
+        self,
+        sel: npt.NDArray[np.intp] | slice,
+        m: int,
+        temp_die_c: npt.ArrayLike,
+        temp_coolant_c: npt.ArrayLike,
+        power_w: npt.ArrayLike,
+        dt_s: npt.ArrayLike,
+    ) -> None:
+        """One sample of the ``m`` series ``sel`` (all of them: ``slice(None)``)."""
+        t_die = _series(temp_die_c, m, "temp_die_c")
+        t_cool = _series(temp_coolant_c, m, "temp_coolant_c")
+        p_w = _series(power_w, m, "power_w")
+        dt = _series(dt_s, m, "dt_s")
         valid = np.isfinite(t_die) & np.isfinite(t_cool) & np.isfinite(p_w)
-        can_fit = valid & np.isfinite(self._prev_die_c) & (dt > 0.0) & np.isfinite(dt)
-        self._residual_k = np.full(n, np.nan)
-        # all series present (the usual frame): slices keep every array access a view
-        idx: npt.NDArray[np.intp] | slice = (
+        prev_die = self._prev_die_c[sel]
+        can_fit = valid & np.isfinite(prev_die) & (dt > 0.0) & np.isfinite(dt)
+        self._residual_k[sel] = np.nan
+        # every series can be fitted (the usual frame): slices keep every access a view
+        sub: npt.NDArray[np.intp] | slice = (
             slice(None) if can_fit.all() else np.flatnonzero(can_fit)
         )
-        if n and (isinstance(idx, slice) or idx.size):
-            dt_fit = dt[idx]
-            self._discretise(idx, dt_fit)
-            p_held = self._prev_power_w[idx] if self.power_timing == "start" else p_w[idx]
-            c_prev = self._prev_cool_c[idx]
-            c_now = c_prev if self.coolant_timing == "start" else t_cool[idx]
+        if isinstance(sub, slice):
+            fit: npt.NDArray[np.intp] | slice = sel
+        else:
+            fit = sub if isinstance(sel, slice) else sel[sub]
+        if can_fit.size and (isinstance(sub, slice) or sub.size):
+            self._discretise(fit, dt[sub])
+            p_held = self._prev_power_w[fit] if self.power_timing == "start" else p_w[sub]
+            c_prev = self._prev_cool_c[fit]
+            c_now = c_prev if self.coolant_timing == "start" else t_cool[sub]
             innovation = rls2_update(
                 self._rls,
-                idx,
-                self._prev_die_c[idx] - c_prev,
+                fit,
+                prev_die[sub] - c_prev,
                 p_held * self.prior_r_k_w,
-                t_die[idx] - c_now,
+                t_die[sub] - c_now,
                 self.forgetting,
                 self.max_cov_trace,
                 valid_theta0=(0.0, 1.0),
                 valid_theta1=(0.0, np.inf),
             )
-            self._residual_k[idx] = innovation
-            self._n_updates[idx] += 1
-        self._prev_die_c = np.where(valid, t_die, np.nan)
-        self._prev_cool_c = np.where(valid, t_cool, np.nan)
-        self._prev_power_w = np.where(valid, p_w, np.nan)
+            self._residual_k[fit] = innovation
+            self._n_updates[fit] += 1
+        self._prev_die_c[sel] = np.where(valid, t_die, np.nan)
+        self._prev_cool_c[sel] = np.where(valid, t_cool, np.nan)
+        self._prev_power_w[sel] = np.where(valid, p_w, np.nan)
 
     def predict(
         self, temp_coolant_c: npt.ArrayLike, power_w: npt.ArrayLike, dt_s: npt.ArrayLike
