@@ -260,7 +260,11 @@ def run_size(
         stop = threading.Event()
         poller = threading.Thread(target=poll_latency, args=(api, racks[:32], stop, lat))
         poller.start()
+        cpu0, t0 = cpu_s(pid), time.perf_counter()
         asyncio.run(live_load(bootstrap, topics, racks, latency_s))
+        # Share of one core the worker used while the site streamed live at 1 Hz (the
+        # poller's API reads included): 1 / this is the headroom on a core of its own.
+        live_cpu = (cpu_s(pid) - cpu0) / (time.perf_counter() - t0)
         time.sleep(2)
         stop.set()
         poller.join()
@@ -274,6 +278,7 @@ def run_size(
             "pipeline_samples_s": pipe_rate,
             "ratio": pipe_rate / (samples / raw_s),
             "cpu_samples_s": cpu_rate,
+            "live_cpu_share": live_cpu,
             "live_samples_s": n_racks * GPUS,
             "lat_n": float(len(lat)),
             "lat_p50_ms": float(np.percentile(lat_arr, 50)),
@@ -317,7 +322,7 @@ def main() -> None:
     print(
         f"{'racks':>6} {'samples':>10} {'raw consume/s':>14} {'pipeline/s':>12} {'ratio':>6} "
         f"{'live need/s':>12} {'headroom':>9} {'per cpu-s':>10} {'cpu head':>8} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'n':>5}"
+        f"{'live cpu':>8} {'p50 ms':>7} {'p99 ms':>7} {'n':>5}"
     )
     for r in rows:
         print(
@@ -325,6 +330,7 @@ def main() -> None:
             f"{r['pipeline_samples_s']:>12,.0f} {r['ratio']:>6.2f} {r['live_samples_s']:>12,} "
             f"{r['pipeline_samples_s'] / r['live_samples_s']:>8.1f}x "
             f"{r['cpu_samples_s']:>10,.0f} {r['cpu_samples_s'] / r['live_samples_s']:>7.1f}x "
+            f"{100 * r['live_cpu_share']:>7.0f}% "
             f"{r['lat_p50_ms']:>7.0f} {r['lat_p99_ms']:>7.0f} {r['lat_n']:>5.0f}"
         )
 

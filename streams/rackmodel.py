@@ -9,6 +9,7 @@ unit = rack id, co-partitioned with the rack's GPU frames).
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,11 +100,11 @@ class RackModel:
         expected = self.coolant_c + est.r_k_w * self.power_w
         return {
             "coolant_c": None if np.isnan(self.coolant_c) else self.coolant_c,
-            "r_k_w": _json(est.r_k_w),
-            "c_j_k": _json(est.c_j_k),
-            "tau_s": _json(est.tau_s),
-            "residual_k": _json(est.residual_k),
-            "expected_temp_gpu_c": _json(expected),
+            "r_k_w": json_list(est.r_k_w),
+            "c_j_k": json_list(est.c_j_k),
+            "tau_s": json_list(est.tau_s),
+            "residual_k": json_list(est.residual_k),
+            "expected_temp_gpu_c": json_list(expected),
             "updates": est.n_updates.tolist(),
         }
 
@@ -124,13 +125,27 @@ class RackModel:
 
     def to_bytes(self) -> bytes:
         """Checkpoint: the estimator's arrays and the last sample times (streams/arraypack)."""
-        arrays: dict[str, Any] = {f"est.{k}": v for k, v in self.estimator.snapshot().items()}
-        arrays |= {
-            "last_ts_ms": self.last_ts_ms,
-            "power_w": self.power_w,
-            "temp_gpu_c": self.temp_gpu_c,
-        }
-        arrays["coolant_c"] = np.array(self.coolant_c)
+        return self.pack(
+            {f"est.{k}": v for k, v in self.estimator.snapshot().items()},
+            last_ts_ms=self.last_ts_ms,
+            power_w=self.power_w,
+            temp_gpu_c=self.temp_gpu_c,
+            coolant_c=self.coolant_c,
+        )
+
+    @staticmethod
+    def pack(
+        estimator_arrays: dict[str, Any],
+        *,
+        last_ts_ms: np.ndarray,
+        power_w: np.ndarray,
+        temp_gpu_c: np.ndarray,
+        coolant_c: float,
+    ) -> bytes:
+        """The checkpoint bytes of a rack model given as its arrays (``est.*`` = estimator)."""
+        arrays = dict(estimator_arrays)
+        arrays |= {"last_ts_ms": last_ts_ms, "power_w": power_w, "temp_gpu_c": temp_gpu_c}
+        arrays["coolant_c"] = np.array(coolant_c)
         return pack_arrays(arrays)
 
     @classmethod
@@ -151,5 +166,9 @@ class RackModel:
         )
 
 
-def _json(a: np.ndarray) -> list[float | None]:
-    return [None if not np.isfinite(x) else float(x) for x in a.tolist()]
+def json_list(a: np.ndarray) -> list[float | None]:
+    """Floats as a JSON-ready list, non-finite values as None."""
+    values: list[float | None] = np.asarray(a, dtype=np.float64).tolist()
+    if np.isfinite(a).all():
+        return values
+    return [x if x is not None and math.isfinite(x) else None for x in values]

@@ -16,6 +16,7 @@ import pyarrow as pa
 from aiokafka.partitioner import murmur2
 
 from streams.codec import GpuFrame, PointsFrame
+from streams.modelpool import RackModels
 from streams.rackmodel import RackModel, coolant_at_plates_c
 from streams.schema import KPI_SCHEMA, TS_TYPE
 from streams.state import RackState, UnitState, facility_summary
@@ -84,7 +85,7 @@ class TwinRuntime:
     partitions: int
     clock_ms: Callable[[], int] = wall_clock_ms
     rack_design_flow_kg_s: float = DEFAULT_RACK_DESIGN_FLOW_KG_S
-    models: dict[str, RackModel] = field(default_factory=dict)
+    models: RackModels = field(default_factory=RackModels)
     dirty_models: set[str] = field(default_factory=set)
     dirty_residuals: set[str] = field(default_factory=set)
     detail_published: set[str] = field(default_factory=set)
@@ -107,30 +108,38 @@ class TwinRuntime:
     # --- updates -------------------------------------------------------------------------
     def apply_gpu(self, frame: GpuFrame, topic: str) -> None:
         """Apply a validated GPU frame to its rack."""
-        state = self.racks.get(frame.rack)
-        if state is None:
-            state = self.racks[frame.rack] = RackState(frame.rack)
-        state.apply(frame)
-        self._update_model(frame)
-        self.dirty_checkpoint_racks.add(frame.rack)
-        self.dirty_publish.add(f"rack/{frame.rack}")
-        self.counters.frame(topic)
-        self.counters.samples_in += int(frame.ts_ms.size)
-        self.last_latency_ms = float(self.clock_ms() - int(frame.ts_ms.max()))
+        self.apply_gpus([frame], topic)
 
-    def _update_model(self, frame: GpuFrame) -> None:
-        unit = self.units.get(frame.rack)
+    def apply_gpus(self, frames: list[GpuFrame], topic: str) -> None:
+        """Apply validated GPU frames, in order; the thermal fits take them in one update."""
+        fits: list[tuple[GpuFrame, float]] = []
+        newest = 0
+        for frame in frames:
+            state = self.racks.get(frame.rack)
+            if state is None:
+                state = self.racks[frame.rack] = RackState(frame.rack)
+            state.apply(frame)
+            coolant = self._coolant_c(frame.rack)
+            if coolant is not None:
+                fits.append((frame, coolant))
+            self.dirty_checkpoint_racks.add(frame.rack)
+            self.dirty_publish.add(f"rack/{frame.rack}")
+            self.counters.frame(topic)
+            self.counters.samples_in += int(frame.ts_ms.size)
+            newest = max(newest, int(frame.ts_ms.max()))
+        if fits:
+            self.models.update(fits)
+            for frame, _ in fits:
+                self.dirty_models.add(frame.rack)
+                self.dirty_residuals.add(frame.rack)
+        if frames:
+            self.last_latency_ms = float(self.clock_ms() - newest)
+
+    def _coolant_c(self, rack: str) -> float | None:
+        unit = self.units.get(rack)
         if unit is None:
-            return  # no manifold sensors (yet): nothing to fit against
-        coolant = coolant_at_plates_c(unit.values(), self.rack_design_flow_kg_s)
-        if coolant is None:
-            return
-        model = self.models.get(frame.rack)
-        if model is None:
-            model = self.models[frame.rack] = RackModel()
-        model.update(frame, coolant)
-        self.dirty_models.add(frame.rack)
-        self.dirty_residuals.add(frame.rack)
+            return None  # no manifold sensors (yet): nothing to fit against
+        return coolant_at_plates_c(unit.values(), self.rack_design_flow_kg_s)
 
     def apply_points(self, frame: PointsFrame, topic: str) -> None:
         """Apply a validated plant-unit frame to its unit."""
@@ -157,7 +166,7 @@ class TwinRuntime:
     def restore_model(self, rack: str, data: bytes) -> None:
         """Seed a rack's fitted model from its checkpoint unless one is already running."""
         if rack not in self.models:
-            self.models[rack] = RackModel.from_bytes(data)
+            self.models.put(rack, RackModel.from_bytes(data))
 
     def restore_unit(self, data: bytes) -> None:
         """Seed a plant unit from its table checkpoint unless newer data is held."""
@@ -176,7 +185,7 @@ class TwinRuntime:
             del self.racks[rack]
             self.dirty_checkpoint_racks.discard(rack)
         for rack in [r for r in self.models if not owned(r)]:
-            del self.models[rack]
+            self.models.drop(rack)
             self.dirty_models.discard(rack)
             self.dirty_residuals.discard(rack)
         for unit in [u for u in self.units if not owned(u)]:
@@ -211,30 +220,32 @@ class TwinRuntime:
         self, owned: Callable[[str], bool] = lambda _: True
     ) -> dict[str, bytes]:
         """Owned racks whose fitted model changed since its last checkpoint, serialised."""
-        out = {
-            r: self.models[r].to_bytes() for r in self.dirty_models if r in self.models and owned(r)
-        }
+        out = self.models.checkpoints([r for r in self.dirty_models if owned(r)])
         self.dirty_models.difference_update(out)
         self.counters.checkpoints += len(out)
         return out
 
-    def take_publications(self, *, detail: bool = True) -> dict[str, dict[str, Any]]:
+    def take_publications(
+        self, *, detail: bool | Callable[[str], bool] = True
+    ) -> dict[str, dict[str, Any]]:
         """twin.state documents of entities changed since the last publication.
 
-        ``detail=False`` leaves out the per-GPU lists of racks (the bulk of the bytes): a
-        worker publishes them every few intervals only, summaries every interval.
+        ``detail`` says, for all racks or per rack, whether to include the per-GPU lists (the
+        bulk of the bytes and of the JSON work): a worker publishes them for a share of its
+        racks each interval, summaries for all.
         """
+        with_detail = detail if callable(detail) else (lambda _rack: detail)
         docs: dict[str, dict[str, Any]] = {}
         for entity in self.dirty_publish:
             kind, _, name = entity.partition("/")
             if kind == "rack" and name in self.racks:
                 doc: dict[str, Any] = {"kind": "rack", "summary": self._rack_summary(name)}
-                if detail or name not in self.detail_published:
+                if with_detail(name) or name not in self.detail_published:
                     # a rack's first publication carries its detail, so other workers can
                     # show it at once
                     self.detail_published.add(name)
                     doc["detail"] = self.racks[name].detail()
-                    doc["model"] = self.models[name].view() if name in self.models else None
+                    doc["model"] = self.models.view(name) if name in self.models else None
                 docs[entity] = doc
             elif kind == "unit" and name in self.units:
                 docs[entity] = {"kind": "unit", "summary": self.units[name].summary()}
@@ -246,15 +257,18 @@ class TwinRuntime:
     ) -> dict[str, pa.RecordBatch]:
         """twin.residuals batches of racks whose model was updated since the last call.
 
-        With ``group`` (key -> partition) they are merged per partition
-        (:func:`merge_by_partition`).
+        One batch per rack, or with ``group`` (rack -> partition) one per partition, keyed by
+        its first rack so that it lands in the racks' partition: at the campus 8 messages
+        per publication instead of 1,250 (each message costs the producer far more than its
+        bytes do).
         """
-        out = {
-            r: self.models[r].residual_batch(r) for r in self.dirty_residuals if r in self.models
-        }
+        racks = sorted(r for r in self.dirty_residuals if r in self.models)
         self.dirty_residuals.clear()
-        out = {r: b for r, b in out.items() if b.num_rows}
-        return merge_by_partition(out, group) if group is not None else out
+        groups: dict[Any, list[str]] = {}
+        for r in racks:
+            groups.setdefault(group(r) if group is not None else r, []).append(r)
+        out = {members[0]: self.models.residual_batch(members) for members in groups.values()}
+        return {k: b for k, b in out.items() if b.num_rows}
 
     def kpi_batch(self, summary: dict[str, Any] | None = None) -> pa.RecordBatch:
         """twin.kpi rows of the facility now: every numeric facility figure, scope site.
@@ -330,7 +344,7 @@ class TwinRuntime:
     def _rack_summary(self, rack: str) -> dict[str, Any]:
         summary = self.racks[rack].summary()
         if rack in self.models:
-            summary.update(self.models[rack].summary())
+            summary.update(self.models.summary(rack))
         return summary
 
     def unit_values(self) -> dict[str, dict[str, float]]:
@@ -355,7 +369,7 @@ class TwinRuntime:
     def rack_model(self, rack: str) -> dict[str, Any] | None:
         """Fitted thermal parameters, expectations and residuals per GPU of one rack."""
         if rack in self.models:
-            return self.models[rack].view()
+            return self.models.view(rack)
         doc = self.view.get(f"rack/{rack}")
         model = doc.get("model") if doc is not None else None
         return dict(model) if model else None

@@ -36,7 +36,7 @@ def runtime_snapshot(rt: TwinRuntime, base: TwinSnapshot | None = None) -> TwinS
             writer.write_batch(rt.racks[rack].to_batch())
     units = {u: json.loads(s.to_bytes()) for u, s in rt.units.items()}
     models = io.BytesIO()
-    model_arrays: dict[str, Any] = {r: _u8(m.to_bytes()) for r, m in rt.models.items()}
+    model_arrays: dict[str, Any] = {r: _u8(rt.models.get(r).to_bytes()) for r in rt.models}
     np.savez(models, **model_arrays)
     snap.extras["worker.racks_arrow"] = _u8(sink.getvalue().to_pybytes())
     snap.extras["worker.units_json"] = _u8(json.dumps(units).encode())
@@ -81,6 +81,6 @@ def restore_runtime(rt: TwinRuntime, snap: TwinSnapshot) -> int:
     if "worker.models_npz" in extras:
         with np.load(io.BytesIO(extras["worker.models_npz"].tobytes())) as z:
             for rack in z.files:
-                rt.models[rack] = RackModel.from_bytes(z[rack].tobytes())
+                rt.models.put(rack, RackModel.from_bytes(z[rack].tobytes()))
                 rt.dirty_models.add(rack)
     return n

@@ -26,7 +26,7 @@ def test_demo_recycles_its_broker_and_loses_nothing(tmp_path: Path) -> None:
     argv = [
         sys.executable, "-m", "streams", "demo", "--duration", "75", "--racks", "8",
         "--web-port", str(port), "--state-dir", str(tmp_path / "state"),
-        "--data-dir", str(tmp_path / "data"), "--recycle-mb", "32",
+        "--data-dir", str(tmp_path / "data"), "--recycle-mb", "27",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

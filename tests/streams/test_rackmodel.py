@@ -65,7 +65,7 @@ def test_runtime_fits_only_racks_with_manifold_sensors() -> None:
     rt.apply_points(decode_points_frame(encode_frame(pts), key=b"R1", now_ms=None), "t")
     rt.apply_gpu(frames[1], "g")
     rt.apply_gpu(frames[2], "g")
-    assert "R1" in rt.models and rt.models["R1"].coolant_c == 50.0
+    assert "R1" in rt.models and rt.models.coolant_c["R1"] == 50.0
     assert set(rt.take_model_checkpoints()) == {"R1"}
     assert rt.rack_model("R1") is not None
 

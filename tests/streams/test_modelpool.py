@@ -1,0 +1,96 @@
+"""One pooled estimator for many racks gives what a RackModel per rack gives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streams.codec import GpuFrame, decode_gpu_frame, encode_frame, gpu_batch
+from streams.modelpool import RackModels
+from streams.rackmodel import RackModel
+from tests.streams.frames import gpu_columns
+
+T0 = 1_795_000_000_000
+
+
+def _frames(rack: str, n: int, steps: int, seed: int) -> list[GpuFrame]:
+    rng = np.random.default_rng(seed)
+    r, c, cool = 0.02, 500.0, 45.0
+    a = np.exp(-1.0 / (r * c))
+    die = np.full(n, cool)
+    out = []
+    for k in range(steps):
+        power = rng.uniform(300, 1800, n)
+        die = cool + a * (die - cool) + (1 - a) * r * power
+        cols = gpu_columns(n, seed)
+        cols["power_w"] = power.astype(np.float32)
+        cols["temp_gpu_c"] = np.round(die, 1).astype(np.float32)
+        data = encode_frame(gpu_batch(T0 + 1000 * k, rack, cols))
+        out.append(decode_gpu_frame(data, key=rack.encode(), now_ms=None))
+    return out
+
+
+def _same_model(a: RackModel, b: RackModel) -> None:
+    sa, sb = a.estimator.snapshot(), b.estimator.snapshot()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+    np.testing.assert_array_equal(a.last_ts_ms, b.last_ts_ms)
+    np.testing.assert_array_equal(a.temp_gpu_c, b.temp_gpu_c)
+    assert a.coolant_c == b.coolant_c
+
+
+def test_pool_matches_one_model_per_rack_in_any_batching() -> None:
+    racks = {f"R{i}": _frames(f"R{i}", 4 + i, 30, seed=i) for i in range(5)}
+    alone = {r: RackModel() for r in racks}
+    pool = RackModels()
+    # batches mixing racks, with several frames of one rack in one batch (a backlog)
+    order = [(r, k) for k in range(30) for r in racks]
+    for start in range(0, len(order), 13):
+        batch = [(racks[r][k], 46.0) for r, k in order[start : start + 13]]
+        pool.update(batch)
+        for r, k in order[start : start + 13]:
+            alone[r].update(racks[r][k], 46.0)
+    for r, model in alone.items():
+        _same_model(pool.get(r), model)
+        assert pool.summary(r) == model.summary()
+        assert pool.view(r) == model.view()
+    got = pool.residual_batch(["R2"])
+    want = alone["R2"].residual_batch("R2")
+    assert got.equals(want)
+
+
+def test_put_get_drop_and_compaction_keep_every_rack() -> None:
+    pool = RackModels()
+    frames = {f"R{i:03d}": _frames(f"R{i:03d}", 72, 3, seed=i) for i in range(40)}
+    for k in range(3):
+        pool.update([(f[k], 40.0) for f in frames.values()])
+    before = {r: pool.get(r) for r in frames}
+    for r in list(frames)[:30]:
+        pool.drop(r)  # most racks leave: the pool compacts
+    assert pool.used < 20 * 72 and len(pool) == 10
+    for r in list(frames)[30:]:
+        _same_model(pool.get(r), before[r])
+    packed = pool.checkpoints([*frames, "gone"])
+    assert set(packed) == set(list(frames)[30:])
+    for r, data in packed.items():
+        assert data == pool.get(r).to_bytes()
+    restored = RackModels()
+    for r in frames:
+        restored.put(r, RackModel.from_bytes(before[r].to_bytes()))
+    for r in frames:
+        _same_model(restored.get(r), before[r])
+
+
+def test_a_rack_growing_more_gpus_keeps_its_fit() -> None:
+    pool = RackModels()
+    small = _frames("R1", 4, 5, seed=1)
+    pool.update([(f, 40.0) for f in small])
+    fit_before = pool.get("R1").estimator.snapshot()["theta"]
+    pool.update([(_frames("R1", 8, 1, seed=2)[0], 40.0)])
+    assert pool.slots["R1"].size == 8
+    # the first GPUs kept their regression (one more step on top), the new ones started
+    assert pool.get("R1").estimator.n_updates[:4].min() >= 4
+    assert np.isfinite(fit_before).all()
+
+
+def test_empty_residuals() -> None:
+    assert RackModels().residual_batch(["nope"]).num_rows == 0
