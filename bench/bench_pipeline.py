@@ -184,8 +184,11 @@ def wait_healthy(api: str, timeout_s: float = 180) -> None:
     raise SystemExit("worker did not become healthy")
 
 
-async def live_load(bootstrap: str, topics: Topics, racks: list[str], seconds: int) -> None:
+async def live_load(bootstrap: str, topics: Topics, racks: list[str], seconds: int) -> float:
+    """Publish every rack's frame each second for ``seconds``; return how far behind its
+    schedule the load generator itself fell at worst [s] (its lag is in the latencies)."""
     rng = np.random.default_rng(1)
+    worst_lag = 0.0
     templates = [columns(rng, GPUS) for _ in range(8)]
     async with FramePublisher(bootstrap, linger_ms=2) as pub:
         t_next = time.monotonic()
@@ -195,8 +198,10 @@ async def live_load(bootstrap: str, topics: Topics, racks: list[str], seconds: i
                 cols = templates[(i + s) % len(templates)]
                 await pub.send(topics.gpu, rack, encode_frame(gpu_batch(ts, rack, cols)))
             t_next += 1.0
+            worst_lag = max(worst_lag, time.monotonic() - t_next)
             await asyncio.sleep(max(0.0, t_next - time.monotonic()))
         await pub.flush()
+    return worst_lag
 
 
 def poll_latency(api: str, racks: list[str], stop: threading.Event, out: list[float]) -> None:
@@ -261,7 +266,7 @@ def run_size(
         poller = threading.Thread(target=poll_latency, args=(api, racks[:32], stop, lat))
         poller.start()
         cpu0, t0 = cpu_s(pid), time.perf_counter()
-        asyncio.run(live_load(bootstrap, topics, racks, latency_s))
+        load_lag_s = asyncio.run(live_load(bootstrap, topics, racks, latency_s))
         # Share of one core the worker used while the site streamed live at 1 Hz (the
         # poller's API reads included): 1 / this is the headroom on a core of its own.
         live_cpu = (cpu_s(pid) - cpu0) / (time.perf_counter() - t0)
@@ -279,6 +284,7 @@ def run_size(
             "ratio": pipe_rate / (samples / raw_s),
             "cpu_samples_s": cpu_rate,
             "live_cpu_share": live_cpu,
+            "load_lag_s": load_lag_s,
             "live_samples_s": n_racks * GPUS,
             "lat_n": float(len(lat)),
             "lat_p50_ms": float(np.percentile(lat_arr, 50)),
@@ -322,7 +328,7 @@ def main() -> None:
     print(
         f"{'racks':>6} {'samples':>10} {'raw consume/s':>14} {'pipeline/s':>12} {'ratio':>6} "
         f"{'live need/s':>12} {'headroom':>9} {'per cpu-s':>10} {'cpu head':>8} "
-        f"{'live cpu':>8} {'p50 ms':>7} {'p99 ms':>7} {'n':>5}"
+        f"{'live cpu':>8} {'p50 ms':>7} {'p99 ms':>7} {'n':>5} {'load lag s':>10}"
     )
     for r in rows:
         print(
@@ -331,7 +337,8 @@ def main() -> None:
             f"{r['pipeline_samples_s'] / r['live_samples_s']:>8.1f}x "
             f"{r['cpu_samples_s']:>10,.0f} {r['cpu_samples_s'] / r['live_samples_s']:>7.1f}x "
             f"{100 * r['live_cpu_share']:>7.0f}% "
-            f"{r['lat_p50_ms']:>7.0f} {r['lat_p99_ms']:>7.0f} {r['lat_n']:>5.0f}"
+            f"{r['lat_p50_ms']:>7.0f} {r['lat_p99_ms']:>7.0f} {r['lat_n']:>5.0f} "
+            f"{r['load_lag_s']:>10.1f}"
         )
 
 

@@ -77,7 +77,7 @@ def _faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         # Frames are ~5 KB: fetch big (16 MiB a partition) and buffer deep, or the worker
         # waits on round trips instead of working (bench/bench_pipeline.py).
-        stream_buffer_maxsize=max(16_384, settings.batch_max * 4),
+        stream_buffer_maxsize=settings.batch_max * 4,
         consumer_max_fetch_size=16 << 20,
         broker_max_poll_records=20_000,
         broker_commit_every=10_000,

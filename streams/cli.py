@@ -36,6 +36,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _batch_max(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65_536:
+        raise argparse.ArgumentTypeError(f"expected a batch size 1..65536, got {text!r}")
+    return int(text)
+
+
 def _racks(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 10_000:
         raise argparse.ArgumentTypeError(f"expected a rack count 1..10000, got {text!r}")
@@ -129,6 +135,13 @@ def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=float(env_default("checkpoint_interval", "10.0")),
         help="seconds between table checkpoints of a changed rack",
+    )
+    p.add_argument(
+        "--batch-max",
+        type=_batch_max,
+        default=_batch_max(env_default("batch_max", "4096")),
+        help="telemetry frames an agent takes at once; the stream buffers 4x that "
+        "(env TWIN_BATCH_MAX)",
     )
     p.add_argument(
         "--max-message-bytes",

@@ -39,6 +39,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         site_path=getattr(args, "site", None),
         racks=getattr(args, "racks", None),
         checkpoint_interval_s=args.checkpoint_interval,
+        batch_max=args.batch_max,
         log_level=args.log_level,
         limits=Limits(max_message_bytes=args.max_message_bytes),
         replication=args.replication,

@@ -18,7 +18,15 @@ from streams.httpclient import http_get
 class WorkerProcess:
     """One `twin worker` subprocess with its own web port and log file."""
 
-    def __init__(self, broker_url: str, prefix: str, data_dir: Path, *, app_id: str | None = None):
+    def __init__(
+        self,
+        broker_url: str,
+        prefix: str,
+        data_dir: Path,
+        *,
+        app_id: str | None = None,
+        extra: tuple[str, ...] = (),
+    ):
         self.port = free_port()
         self.log_path = data_dir / f"worker-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -45,6 +53,7 @@ class WorkerProcess:
             str(256 * 1024),
             "--log-level",
             "warning",
+            *extra,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
         self._log = self.log_path.open("ab")
