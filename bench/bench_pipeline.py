@@ -246,9 +246,14 @@ def run_size(
         pid = worker_pid(worker)
         t_first = t_last = None
         deadline = time.monotonic() + 600
+        last_got, last_change = -1, time.monotonic()
         while time.monotonic() < deadline:
             got = samples_in(api)
             t = time.perf_counter()
+            if got != last_got:
+                last_got, last_change = got, time.monotonic()
+            elif time.monotonic() - last_change > 60:
+                raise SystemExit(f"worker stalled at {got} of {samples} samples (log: {state})")
             if got > 0 and t_first is None:
                 t_first, first_n, cpu_first = t, got, cpu_s(pid)
             if got >= samples:

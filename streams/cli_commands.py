@@ -48,9 +48,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run one Faust worker with the API until SIGTERM / Ctrl-C."""
-    import faust
-
     from streams.app import build_worker
+    from streams.faust_app import TwinWorkerRunner
     from streams.topics_admin import ensure_topics
 
     settings = settings_from_args(args)
@@ -64,7 +63,7 @@ def run_worker(args: argparse.Namespace) -> int:
         )
     )
     worker = build_worker(settings)
-    runner = faust.Worker(
+    runner = TwinWorkerRunner(
         worker.app,
         loglevel=settings.log_level.upper(),
         quiet=True,

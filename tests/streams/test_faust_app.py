@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -82,3 +85,27 @@ def test_a_delivery_that_never_waits_needs_no_task() -> None:
         return 7
 
     assert _started(deliver()) == (True, 7)
+
+
+def test_exit_after_ends_a_process_that_cannot_stop() -> None:
+    code = (
+        "import time\n"
+        "from streams.faust_app import exit_after\n"
+        "exit_after(0.3, 'stuck stop')\n"
+        "time.sleep(30)\n"
+    )
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 15
+    assert "stuck stop: exiting after 0 s" in proc.stderr
+
+
+def test_a_cancelled_watchdog_does_nothing() -> None:
+    code = (
+        "import time\n"
+        "from streams.faust_app import exit_after\n"
+        "exit_after(0.3, 'stuck stop').cancel()\n"
+        "time.sleep(0.6)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0
