@@ -3,6 +3,9 @@
 # and postgresql if missing (one apt-get update), then runs bench/storage_compare.py with the
 # project's venv. Arguments pass through, e.g.:
 #   bench/storage_compare.sh --racks 8 --seconds 3600 --pg-seconds 3600
+#   BENCH_TIMEOUT_S=4500 nice -n 10 bench/storage_compare.sh --racks 64 --seconds 86400 \
+#     --pg-seconds 3600 --repeats 3 --systems vm,pg --vm-metrics temp_gpu_c,energy_mj
+# (the full sizes of issue 4; see the docstring of bench/storage_compare.py).
 # The servers listen on 127.0.0.1 only, keep their data in a temp dir and are stopped when
 # the Python script exits; this script bounds the whole run with timeout(1).
 set -euo pipefail
