@@ -45,7 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
     )
     write_file(TABLES["plant"], plant, date_dir(d, "plant", day))
     power = synth.points_table(
-        {"site": {"facility_power_w": 1.1e6, "it_power_w": 1.0e6}}, STEPS, noise=0.0
+        {"SITE": {"facility_power_w": 1.1e6, "it_power_w": 1.0e6}}, STEPS, noise=0.0
     )
     write_file(TABLES["power"], power, date_dir(d, "power", day_of_ms(1_790_000_000_000)))
     n = 60
@@ -101,7 +101,7 @@ def test_asof_join(world: tuple[Path, pa.Table]) -> None:
     got = SqlService(d).query(_queries()[3])
     svc = SqlService(d)
     plant = svc.query(
-        "SELECT ts, value FROM plant WHERE unit = 'CDU-A' AND point = 'supply_temp_c' ORDER BY ts"
+        "SELECT ts, value FROM plant WHERE unit = 'CDU-B' AND point = 'supply_temp_c' ORDER BY ts"
     )
     p_ts = plant["ts"].cast(pa.int64()).to_numpy()
     g_ts = got["ts"].cast(pa.int64()).to_numpy()
