@@ -104,6 +104,13 @@ class TwinRuntime:
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     #: receive time - sample time of the last frames [ms], for latency figures.
     last_latency_ms: float = 0.0
+    #: When the worker last took a telemetry message [ms since epoch]; -1 = not yet.
+    last_progress_ms: int = -1
+    started_ms: int = -1
+
+    def __post_init__(self) -> None:
+        if self.started_ms < 0:
+            self.started_ms = self.clock_ms()
 
     # --- updates -------------------------------------------------------------------------
     def apply_gpu(self, frame: GpuFrame, topic: str) -> None:
@@ -154,6 +161,18 @@ class TwinRuntime:
     def record_position(self, topic: str, partition: int, offset: int) -> None:
         """Remember the next offset to read of a partition (for lag on /metrics)."""
         self.positions[(topic, partition)] = offset + 1
+        self.last_progress_ms = self.clock_ms()
+
+    def stalled(self, lag: int, *, after_s: float = 60.0) -> bool:
+        """Messages are waiting (``lag`` > 0) but none was taken for ``after_s`` seconds.
+
+        A worker in that state serves a frozen twin while looking alive; /healthz answers
+        503 so that a supervisor restarts it (it resumes from its committed offsets).
+        """
+        if lag <= 0:
+            return False
+        since = self.last_progress_ms if self.last_progress_ms >= 0 else self.started_ms
+        return self.clock_ms() - since > after_s * 1000
 
     # --- restore and rebalance -----------------------------------------------------------
     def restore_rack(self, rack: str, data: bytes) -> None:

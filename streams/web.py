@@ -95,8 +95,14 @@ def register_views(
     class Health(View):
         async def get(self, request: Request) -> Response:
             ready = not app.in_recovery and bool(app.consumer.assignment())
+            lags = await consumer_lag() if ready else {}
+            lag = sum(lags.values())
+            # only partitions this worker has read from: elsewhere the lag is an estimate
+            # from offset 0 (a restarted worker with nothing new to read is not stalled)
+            stalled = ready and rt.stalled(sum(v for k, v in lags.items() if k in rt.positions))
             body: dict[str, Any] = {
-                "status": "ok" if ready else "starting",
+                "status": "stalled" if stalled else "ok" if ready else "starting",
+                "consumer_lag": lag,
                 "assigned_partitions": len(app.consumer.assignment()),
                 "racks_owned": len(rt.racks),
                 "racks_known": rt.known_racks(),
@@ -104,7 +110,7 @@ def register_views(
                 "frames_in": sum(rt.counters.frames_in.values()),
                 "frames_dlq": sum(rt.counters.dlq.values()),
             }
-            return self.json(body, status=200 if ready else 503)
+            return self.json(body, status=200 if ready and not stalled else 503)
 
     @app.page("/api/state")
     class State(View):

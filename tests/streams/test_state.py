@@ -112,3 +112,18 @@ def test_summary_only_publications_keep_the_last_detail() -> None:
     other.absorb_view("rack/R1", brief)
     assert other.rack_detail("R1") == full["detail"]
     assert other.rack_summaries()["R1"]["ts_ms"] == NOW + 1000
+
+
+def test_stalled_only_when_messages_wait_and_nothing_was_taken_for_a_minute() -> None:
+    now = [1_000_000]
+    rt = TwinRuntime(partitions=8, clock_ms=lambda: now[0])
+    assert not rt.stalled(lag=5)  # just started
+    now[0] += 61_000
+    assert rt.stalled(lag=5)  # a minute since start, messages waiting, none taken
+    assert not rt.stalled(lag=0)  # nothing waiting: idle, not stalled
+    rt.record_position("telemetry.gpu", 0, 41)
+    assert not rt.stalled(lag=5)
+    now[0] += 59_000
+    assert not rt.stalled(lag=5)
+    now[0] += 2_000
+    assert rt.stalled(lag=5)
