@@ -18,12 +18,18 @@ from storage.cliutil import (
 )
 from storage.layout import TableDef, default_tables
 from storage.sink import ParquetSink
+from storage.site_tables import site_rack_cdu, write_site_tables
 from streams.settings import parse_broker_url
 from twin.errors import ConfigError, TwinError
+from twin.site import load_site
 
 
 def _fill_parser(p: argparse.ArgumentParser) -> None:
+    from streams.cli import add_site_flags  # streams.cli registers this parser
+
     p.add_argument("--broker", default=env("TWIN_BROKER", DEFAULT_BROKER), help="kafka://host:port")
+    # the site whose rack -> CDU table (site_racks) the store gets, for SQL joins
+    add_site_flags(p)
     p.add_argument("--data-dir", type=data_dir_arg, default=env("TWIN_DATA_DIR", DEFAULT_DATA_DIR))
     p.add_argument(
         "--topics",
@@ -100,6 +106,7 @@ def run_sink(args: argparse.Namespace) -> int:
     try:
         tables = with_topics(with_prefix(default_tables(), args.topic_prefix), args.table_topics)
         topics = [t for t in args.topics.split(",") if t] or None
+        write_site_tables(args.data_dir, site_rack_cdu(load_site(args.site, racks=args.racks)))
         sink = ParquetSink(
             parse_broker_url(args.broker),
             args.data_dir,

@@ -131,6 +131,10 @@ class Demo:
             "--topic-prefix", topics.prefix, "--flush-seconds", "30",
             "--maintenance-seconds", "120",
         ]  # fmt: skip
+        if a.site is not None:
+            sink += ["--site", str(a.site)]
+        if a.racks is not None:
+            sink += ["--racks", str(a.racks)]
         st.children = [self._spawn("worker", worker), self._spawn("sink", sink)]
 
     async def _wait_healthy(self, st: DemoState, timeout_s: float = 120.0) -> None:
