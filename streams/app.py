@@ -158,45 +158,54 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         except Exception as exc:  # the DLQ must never stop the worker
             log.error("dlq send failed topic=%s offset=%s: %r", msg.topic, msg.offset, exc)
 
-    async def consume_frames(stream: Any, apply: Callable[[bytes, int, Any], None]) -> None:
+    BatchApply = Callable[[list[Any], int], list[DecodeError | None]]
+
+    async def consume_frames(stream: Any, apply: BatchApply) -> None:
         # Whole batches: Faust's per-event cost is paid once, the frame work is numpy.
         async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
-            now = rt.clock_ms()
-            for ev in events:
-                msg = ev.message
-                try:
-                    apply(msg.value or b"", now, msg)
-                except DecodeError as exc:
-                    await dead_letter(ev, exc.reason)
+            msgs = [ev.message for ev in events]
+            refused = apply(msgs, rt.clock_ms())
+            for ev, msg, error in zip(events, msgs, refused, strict=True):
+                if error is not None:
+                    await dead_letter(ev, error.reason)
                 rt.record_position(msg.topic, msg.partition, msg.offset)
 
-    def points_applier(contract: str) -> Callable[[bytes, int, Any], None]:
-        def apply(value: bytes, now: int, msg: Any) -> None:
-            replay = REPLAY_HEADER in _headers(msg)
-            frame = decode_points_frame(
-                value, key=msg.key, now_ms=now, limits=limits, replay=replay, contract=contract
-            )
-            rt.apply_points(frame, contract)
+    def apply_gpu(msgs: list[Any], now: int) -> list[DecodeError | None]:
+        # GPU frames are most of the traffic: decode and check a whole batch as one set of
+        # columns (streams/codec_batch.py), then apply them together.
+        decoded = decode_gpu_frames(
+            [GpuMessage(m.value or b"", m.key, REPLAY_HEADER in _headers(m)) for m in msgs],
+            now_ms=now,
+            limits=limits,
+        )
+        rt.apply_gpus([f for f in decoded if not isinstance(f, DecodeError)], names.gpu)
+        return [f if isinstance(f, DecodeError) else None for f in decoded]
+
+    def points_applier(contract: str) -> BatchApply:
+        def apply(msgs: list[Any], now: int) -> list[DecodeError | None]:
+            refused: list[DecodeError | None] = []
+            for msg in msgs:
+                try:
+                    frame = decode_points_frame(
+                        msg.value or b"",
+                        key=msg.key,
+                        now_ms=now,
+                        limits=limits,
+                        replay=REPLAY_HEADER in _headers(msg),
+                        contract=contract,
+                    )
+                except DecodeError as exc:
+                    refused.append(exc)
+                    continue
+                rt.apply_points(frame, contract)
+                refused.append(None)
+            return refused
 
         return apply
 
     @app.agent(gpu_topic, name="gpu-frames")
     async def gpu_frames(stream: Any) -> None:
-        # GPU frames are most of the traffic: decode and check a whole batch as one set of
-        # columns (streams/codec_batch.py), then apply frame by frame.
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
-            msgs = [ev.message for ev in events]
-            decoded = decode_gpu_frames(
-                [GpuMessage(m.value or b"", m.key, REPLAY_HEADER in _headers(m)) for m in msgs],
-                now_ms=rt.clock_ms(),
-                limits=limits,
-            )
-            good = [f for f in decoded if not isinstance(f, DecodeError)]
-            rt.apply_gpus(good, names.gpu)
-            for ev, msg, result in zip(events, msgs, decoded, strict=True):
-                if isinstance(result, DecodeError):
-                    await dead_letter(ev, result.reason)
-                rt.record_position(msg.topic, msg.partition, msg.offset)
+        await consume_frames(stream, apply_gpu)
 
     @app.agent(thermal_topic, name="thermal-frames")
     async def thermal_frames(stream: Any) -> None:

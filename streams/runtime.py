@@ -7,7 +7,7 @@ tests drive it directly with a fake clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,20 +31,25 @@ def partition_for(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def merge_by_partition(
-    batches: dict[str, pa.RecordBatch], partition_of: Callable[[str], int]
-) -> dict[str, pa.RecordBatch]:
-    """One batch per partition: the batches of keys that share a partition, concatenated and
-    keyed by the first of those keys (so the message lands in the same partition).
+def by_partition(keys: Iterable[str], partition_of: Callable[[str], int]) -> list[list[str]]:
+    """The keys grouped by partition, each group sorted; its first key is the message key of
+    the group's one message (so that the message lands in that partition).
 
     At the campus a publication of per-rack rows is then 8 messages instead of 1,250; each
     message costs the producer far more than its bytes do.
     """
     groups: dict[int, list[str]] = {}
-    for key in sorted(batches):
+    for key in sorted(keys):
         groups.setdefault(partition_of(key), []).append(key)
+    return list(groups.values())
+
+
+def merge_by_partition(
+    batches: dict[str, pa.RecordBatch], partition_of: Callable[[str], int]
+) -> dict[str, pa.RecordBatch]:
+    """One batch per partition (:func:`by_partition`): the batches of its keys, concatenated."""
     out: dict[str, pa.RecordBatch] = {}
-    for keys in groups.values():
+    for keys in by_partition(batches, partition_of):
         parts = [batches[k] for k in keys]
         out[keys[0]] = (
             parts[0]
@@ -276,17 +281,13 @@ class TwinRuntime:
     ) -> dict[str, pa.RecordBatch]:
         """twin.residuals batches of racks whose model was updated since the last call.
 
-        One batch per rack, or with ``group`` (rack -> partition) one per partition, keyed by
-        its first rack so that it lands in the racks' partition: at the campus 8 messages
-        per publication instead of 1,250 (each message costs the producer far more than its
-        bytes do).
+        One batch per rack, or with ``group`` (rack -> partition) one per partition
+        (:func:`by_partition`).
         """
-        racks = sorted(r for r in self.dirty_residuals if r in self.models)
+        racks = [r for r in self.dirty_residuals if r in self.models]
         self.dirty_residuals.clear()
-        groups: dict[Any, list[str]] = {}
-        for r in racks:
-            groups.setdefault(group(r) if group is not None else r, []).append(r)
-        out = {members[0]: self.models.residual_batch(members) for members in groups.values()}
+        groups = by_partition(racks, group) if group is not None else [[r] for r in racks]
+        out = {members[0]: self.models.residual_batch(members) for members in groups}
         return {k: b for k, b in out.items() if b.num_rows}
 
     def kpi_batch(self, summary: dict[str, Any] | None = None) -> pa.RecordBatch:
