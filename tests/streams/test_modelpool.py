@@ -1,4 +1,4 @@
-"""One pooled estimator for many racks gives what a RackModel per rack gives."""
+"""One pooled estimator for many racks gives what a pool per rack gives, in any batching."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _same_model(a: RackModel, b: RackModel) -> None:
 
 def test_pool_matches_one_model_per_rack_in_any_batching() -> None:
     racks = {f"R{i}": _frames(f"R{i}", 4 + i, 30, seed=i) for i in range(5)}
-    alone = {r: RackModel() for r in racks}
+    alone = {r: RackModels() for r in racks}  # one rack each, one frame at a time
     pool = RackModels()
     # batches mixing racks, with several frames of one rack in one batch (a backlog)
     order = [(r, k) for k in range(30) for r in racks]
@@ -48,13 +48,13 @@ def test_pool_matches_one_model_per_rack_in_any_batching() -> None:
         batch = [(racks[r][k], 46.0) for r, k in order[start : start + 13]]
         pool.update(batch)
         for r, k in order[start : start + 13]:
-            alone[r].update(racks[r][k], 46.0)
-    for r, model in alone.items():
-        _same_model(pool.get(r), model)
-        assert pool.summary(r) == model.summary()
-        assert pool.view(r) == model.view()
+            alone[r].update([(racks[r][k], 46.0)])
+    for r, one in alone.items():
+        _same_model(pool.get(r), one.get(r))
+        assert pool.summary(r) == one.summary(r)
+        assert pool.view(r) == one.view(r)
     got = pool.residual_batch(["R2"])
-    want = alone["R2"].residual_batch("R2")
+    want = alone["R2"].residual_batch(["R2"])
     assert got.equals(want)
 
 

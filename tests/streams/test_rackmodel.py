@@ -9,6 +9,7 @@ from streams.codec import (
     gpu_batch,
     points_batch,
 )
+from streams.modelpool import RackModels
 from streams.rackmodel import RackModel, coolant_at_plates_c
 from streams.runtime import TwinRuntime
 from tests.streams.frames import gpu_columns
@@ -34,12 +35,13 @@ def _frames(n_gpus: int, steps: int, r_k_w: float, c_j_k: float, coolant_c: floa
 
 
 def test_rack_model_fits_r_and_c_from_frames() -> None:
-    model = RackModel()
+    pool = RackModels()
     for frame in _frames(8, 1200, r_k_w=0.02, c_j_k=500.0, coolant_c=46.0):
-        model.update(frame, 46.0)
+        pool.update([(frame, 46.0)])
+    model = pool.get("R1")
     np.testing.assert_allclose(model.estimator.r_k_w, 0.02, rtol=0.05)
     np.testing.assert_allclose(model.estimator.c_j_k, 500.0, rtol=0.15)
-    view = model.view()
+    view = pool.view("R1")
     assert len(view["r_k_w"]) == 8 and all(abs(x) < 2.0 for x in view["residual_k"])
     restored = RackModel.from_bytes(model.to_bytes())
     np.testing.assert_array_equal(restored.estimator.r_k_w, model.estimator.r_k_w)
@@ -71,10 +73,10 @@ def test_runtime_fits_only_racks_with_manifold_sensors() -> None:
 
 
 def test_residual_rows_are_measured_minus_expected() -> None:
-    model = RackModel()
+    pool = RackModels()
     for frame in _frames(4, 50, r_k_w=0.02, c_j_k=500.0, coolant_c=46.0):
-        model.update(frame, 46.0)
-    batch = model.residual_batch("R1")
+        pool.update([(frame, 46.0)])
+    batch = pool.residual_batch(["R1"])
     assert batch.num_rows == 4
     assert batch.column("entity").to_pylist() == ["R1/G00", "R1/G01", "R1/G02", "R1/G03"]
     m, e, r = (batch.column(c).to_numpy() for c in ("measured", "expected", "residual"))
