@@ -36,16 +36,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _batch_max(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65_536:
-        raise argparse.ArgumentTypeError(f"expected a batch size 1..65536, got {text!r}")
-    return int(text)
+def _bounded_int(what: str, lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or not lo <= int(text) <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} {lo}..{hi}, got {text!r}")
+        return int(text)
+
+    return parse
 
 
-def _racks(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
-        raise argparse.ArgumentTypeError(f"expected a rack count 1..10000, got {text!r}")
-    return int(text)
+_batch_max = _bounded_int("a batch size", 1, 65_536)
+_racks = _bounded_int("a rack count", 1, 10_000)
 
 
 def _port(text: str) -> int:
