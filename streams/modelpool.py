@@ -90,6 +90,16 @@ class RackModels:
         ts = np.concatenate([f.ts_ms for f, _ in wave])
         coolant_c = np.repeat(np.array([c for _, c in wave], dtype=np.float64), counts)
         prev = self.last_ts_ms[idx]
+        newer = ts > prev
+        if not newer.all():
+            # Samples the fit has already taken (a restarted worker re-reads from its
+            # committed offsets, older than its model checkpoint): feeding them again would
+            # count them twice and make a step of negative length. Skip them, as RackState
+            # skips readings older than the ones it holds.
+            idx, die, power, ts = idx[newer], die[newer], power[newer], ts[newer]
+            coolant_c, prev = coolant_c[newer], prev[newer]
+            if not idx.size:
+                return
         dt_s = np.where(prev > 0, (ts - prev) / 1000.0, 0.0)
         self.estimator.update_at(idx, die, coolant_c, power, dt_s)
         self.last_ts_ms[idx] = ts
@@ -132,6 +142,44 @@ class RackModels:
         self.temp_gpu_c[slot] = model.temp_gpu_c
         self.coolant_c[rack] = model.coolant_c
         self._derived = None
+
+    def restore(self, rack: str, model: RackModel) -> bool:
+        """Take a rack's checkpointed model without losing a longer history already held.
+
+        A worker that applied frames of the rack before its checkpoint was restored holds a
+        young fit (a few updates from the priors). Per GPU, the series with more updates
+        wins (ties: the one with the newer sample), so a fresh prior never overwrites a
+        fitted model and a checkpoint never rolls back a longer fit. Returns whether the
+        held model changed.
+        """
+        if rack not in self.slots:
+            self.put(rack, model)
+            return True
+        held = self.get(rack)
+        n_held, n_ckpt = held.estimator.n_series, model.estimator.n_series
+        n = max(n_held, n_ckpt)
+        held_updates = np.full(n, -1, dtype=np.int64)
+        held_updates[:n_held] = held.estimator.n_updates
+        held_ts = np.zeros(n, dtype=np.int64)
+        held_ts[:n_held] = held.last_ts_ms
+        ckpt_updates = model.estimator.n_updates
+        ckpt_ts = model.last_ts_ms
+        take = (ckpt_updates > held_updates[:n_ckpt]) | (
+            (ckpt_updates == held_updates[:n_ckpt]) & (ckpt_ts > held_ts[:n_ckpt])
+        )
+        if not take.any():
+            return False
+        series = np.flatnonzero(take)
+        slot = self._slot(rack, n)
+        self.estimator.put(slot[series], model.estimator.take(series))
+        self.last_ts_ms[slot[series]] = model.last_ts_ms[series]
+        self.power_w[slot[series]] = model.power_w[series]
+        self.temp_gpu_c[slot[series]] = model.temp_gpu_c[series]
+        if np.isnan(self.coolant_c.get(rack, float("nan"))):
+            self.coolant_c[rack] = model.coolant_c
+        self._summaries.pop(rack, None)
+        self._derived = None
+        return True
 
     def drop(self, rack: str) -> None:
         """Forget a rack (its partition moved to another worker)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from streams.arraypack import pack_arrays, unpack_arrays
-from twin.estimator import ThermalEstimator
+from twin.estimator import EstimatorError, ThermalEstimator
 from twin.rack import gpu_coolant_c
 
 
@@ -29,6 +30,10 @@ def coolant_at_plates_c(points: Mapping[str, float], design_flow_kg_s: float) ->
         return float(inlet)
     flow = points.get("flow_kg_s", design_flow_kg_s)
     return float(gpu_coolant_c(inlet, outlet, flow / design_flow_kg_s))
+
+
+class CheckpointError(ValueError):
+    """Bytes that are not a rack-model checkpoint (corrupt, truncated, another layout)."""
 
 
 @dataclass
@@ -72,20 +77,35 @@ class RackModel:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RackModel:
-        """Restore a checkpoint written by :meth:`to_bytes` (or the older ``.npz`` form)."""
-        if data[:2] == b"PK":
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                z_arrays = {k: z[k] for k in z.files}
-        else:
-            z_arrays = unpack_arrays(data)
+        """Restore a checkpoint written by :meth:`to_bytes` (or the older ``.npz`` form).
+
+        Raises :class:`CheckpointError` for anything else.
+        """
+        try:
+            if data[:2] == b"PK":
+                with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                    z_arrays = {k: z[k] for k in z.files}
+            else:
+                z_arrays = unpack_arrays(data)
+        # ArrayPackError is a ValueError
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise CheckpointError(f"not a rack-model checkpoint: {exc!r}") from None
         snap = {k.removeprefix("est."): v for k, v in z_arrays.items() if k.startswith("est.")}
-        return cls(
-            estimator=ThermalEstimator.restore(snap),
-            last_ts_ms=z_arrays["last_ts_ms"].astype(np.int64),
-            coolant_c=float(z_arrays["coolant_c"]),
-            power_w=z_arrays["power_w"].astype(np.float64),
-            temp_gpu_c=z_arrays["temp_gpu_c"].astype(np.float64),
-        )
+        try:
+            model = cls(
+                estimator=ThermalEstimator.restore(snap),
+                last_ts_ms=z_arrays["last_ts_ms"].astype(np.int64),
+                coolant_c=float(z_arrays["coolant_c"]),
+                power_w=z_arrays["power_w"].astype(np.float64),
+                temp_gpu_c=z_arrays["temp_gpu_c"].astype(np.float64),
+            )
+        except (KeyError, TypeError, ValueError, EstimatorError) as exc:
+            raise CheckpointError(f"not a rack-model checkpoint: {exc!r}") from None
+        n = model.estimator.n_series
+        for name in ("last_ts_ms", "power_w", "temp_gpu_c"):
+            if getattr(model, name).shape != (n,):
+                raise CheckpointError(f"{name}: expected shape ({n},)")
+        return model
 
 
 def json_list(a: np.ndarray) -> list[float | None]:

@@ -6,6 +6,7 @@ tests drive it directly with a fake clock.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from streams.modelpool import RackModels
 from streams.rackmodel import RackModel, coolant_at_plates_c
 from streams.schema import KPI_SCHEMA, TS_TYPE
 from streams.state import RackState, UnitState, facility_summary
+
+log = logging.getLogger(__name__)
 
 #: Design coolant flow of a Vera Rubin rack [kg/s]: 1.5 L/min/kW x 200 kW of PG25 at
 #: 1004 kg/m3 (FACTS.md section 8); workers pass the site's own value.
@@ -72,6 +75,8 @@ class Counters:
     samples_in: int = 0  # GPU samples (rows of telemetry.gpu frames)
     dlq: dict[str, int] = field(default_factory=dict)  # per reason class
     checkpoints: int = 0
+    #: table checkpoints that could not be restored (corrupt or of another layout)
+    bad_checkpoints: int = 0
 
     def frame(self, topic: str) -> None:
         """Count one accepted frame."""
@@ -182,19 +187,39 @@ class TwinRuntime:
     # --- restore and rebalance -----------------------------------------------------------
     def restore_rack(self, rack: str, data: bytes) -> None:
         """Seed a rack from its table checkpoint unless newer data is already held."""
-        restored = RackState.from_bytes(rack, data)
+        try:
+            restored = RackState.from_bytes(rack, data)
+        except Exception as exc:  # a bad checkpoint must not stop the worker: skip it
+            self._bad_checkpoint("rack-state", rack, exc)
+            return
         held = self.racks.get(rack)
         if held is None or held.last_ts_ms < restored.last_ts_ms:
             self.racks[rack] = restored
 
     def restore_model(self, rack: str, data: bytes) -> None:
-        """Seed a rack's fitted model from its checkpoint unless one is already running."""
-        if rack not in self.models:
-            self.models.put(rack, RackModel.from_bytes(data))
+        """Seed a rack's fitted model from its checkpoint, never losing a longer fit.
+
+        Per GPU the series with more updates wins (:meth:`RackModels.restore`): a model
+        started from the priors by frames applied before the restore does not replace a
+        fitted one, and a stale checkpoint does not roll a running fit back. When both
+        contributed, the merged model is checkpointed again.
+        """
+        held = rack in self.models
+        try:
+            changed = self.models.restore(rack, RackModel.from_bytes(data))
+        except Exception as exc:  # a bad checkpoint must not stop the worker: skip it
+            self._bad_checkpoint("rack-model", rack, exc)
+            return
+        if held and changed:
+            self.dirty_models.add(rack)
 
     def restore_unit(self, data: bytes) -> None:
         """Seed a plant unit from its table checkpoint unless newer data is held."""
-        restored = UnitState.from_bytes(data)
+        try:
+            restored = UnitState.from_bytes(data)
+        except Exception as exc:  # a bad checkpoint must not stop the worker: skip it
+            self._bad_checkpoint("unit-state", "?", exc)
+            return
         held = self.units.get(restored.unit)
         if held is None:
             self.units[restored.unit] = restored
@@ -202,6 +227,10 @@ class TwinRuntime:
             for name, (t, v) in restored.points.items():
                 if name not in held.points or held.points[name][0] < t:
                     held.points[name] = (t, v)
+
+    def _bad_checkpoint(self, table: str, key: str, exc: Exception) -> None:
+        self.counters.bad_checkpoints += 1
+        log.warning("skipped a bad %s checkpoint of %s: %r", table, key, exc)
 
     def drop_partitions(self, owned: Callable[[str], bool]) -> None:
         """Forget racks and units whose partition this worker no longer owns."""

@@ -94,3 +94,71 @@ def test_a_rack_growing_more_gpus_keeps_its_fit() -> None:
 
 def test_empty_residuals() -> None:
     assert RackModels().residual_batch(["nope"]).num_rows == 0
+
+
+def test_restore_keeps_the_longer_history_per_gpu() -> None:
+    # a fitted rack (40 updates) checkpointed; after a restart a few frames arrive before
+    # the checkpoint is restored and start a fresh fit from the priors
+    frames = _frames("R1", 6, 60, seed=4)
+    fitted = RackModels()
+    fitted.update([(f, 45.0) for f in frames[:41]])
+    ckpt = fitted.get("R1").to_bytes()
+    young = RackModels()
+    young.update([(f, 45.0) for f in frames[50:55]])
+    assert young.restore("R1", RackModel.from_bytes(ckpt))
+    got = young.get("R1")
+    np.testing.assert_array_equal(got.estimator.n_updates, np.full(6, 40))
+    _same_model(got, RackModel.from_bytes(ckpt))
+    # the other way round: a stale checkpoint never rolls a longer fit back
+    assert not fitted.restore("R1", RackModel.from_bytes(_young_ckpt(frames)))
+    assert fitted.get("R1").to_bytes() == ckpt
+    # a rack not held is simply taken
+    empty = RackModels()
+    assert empty.restore("R1", RackModel.from_bytes(ckpt))
+    _same_model(empty.get("R1"), RackModel.from_bytes(ckpt))
+
+
+def _young_ckpt(frames: list[GpuFrame]) -> bytes:
+    pool = RackModels()
+    pool.update([(f, 45.0) for f in frames[:3]])
+    return pool.get("R1").to_bytes()
+
+
+def test_restore_merges_gpu_by_gpu_and_grows_the_rack() -> None:
+    small = _frames("R1", 4, 30, seed=5)  # checkpoint of 4 GPUs, 29 updates each
+    ckpt = RackModels()
+    ckpt.update([(f, 45.0) for f in small])
+    held = RackModels()
+    held.update([(f, 45.0) for f in _frames("R1", 8, 5, seed=6)])  # 8 GPUs, 4 updates
+    held.restore("R1", ckpt.get("R1"))
+    counts = held.get("R1").estimator.n_updates
+    np.testing.assert_array_equal(counts, [29, 29, 29, 29, 4, 4, 4, 4])
+
+
+def test_samples_already_taken_are_not_fed_again() -> None:
+    # a restarted worker re-reads frames older than its restored model: they must not
+    # count twice nor make a step of negative length
+    frames = _frames("R1", 5, 40, seed=7)
+    once = RackModels()
+    once.update([(f, 45.0) for f in frames[:30]])
+    twice = RackModels()
+    twice.update([(f, 45.0) for f in frames[:30]])
+    twice.update([(f, 45.0) for f in frames[20:30]])  # the replay
+    _same_model(twice.get("R1"), once.get("R1"))
+    for pool in (once, twice):
+        pool.update([(f, 45.0) for f in frames[30:]])
+    _same_model(twice.get("R1"), once.get("R1"))
+    assert twice.get("R1").estimator.n_updates.tolist() == [39] * 5
+
+
+def test_a_corrupt_checkpoint_is_refused_with_a_reason() -> None:
+    import pytest
+
+    from streams.rackmodel import CheckpointError
+
+    good = RackModels()
+    good.update([(f, 45.0) for f in _frames("R1", 3, 3, seed=8)])
+    data = good.get("R1").to_bytes()
+    for bad in (b"", b"garbage", data[:-7], b"PK\x03\x04broken zip"):
+        with pytest.raises(CheckpointError):
+            RackModel.from_bytes(bad)

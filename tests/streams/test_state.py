@@ -127,3 +127,38 @@ def test_stalled_only_when_messages_wait_and_nothing_was_taken_for_a_minute() ->
     assert not rt.stalled(lag=5)
     now[0] += 2_000
     assert rt.stalled(lag=5)
+
+
+def test_restores_never_let_fresh_frames_or_bad_checkpoints_win() -> None:
+    # a fitted model checkpointed, then a restarted runtime applies a frame before the
+    # restore: the restore still brings the fitted model back, and re-checkpoints it
+    def fed(rt: TwinRuntime, ts: list[int]) -> None:
+        rt.apply_points(
+            decode_points_frame(
+                encode_frame(points_batch(ts[0], "R1", {"inlet_temp_c": 40.0})),
+                key=b"R1",
+                now_ms=None,
+                contract="telemetry.thermal",
+            ),
+            "telemetry.thermal",
+        )
+        rt.apply_gpus([_frame("R1", t, n=4, seed=i) for i, t in enumerate(ts)], "telemetry.gpu")
+
+    old = TwinRuntime(partitions=8)
+    fed(old, [NOW + 1000 * k for k in range(30)])
+    ckpt = old.take_model_checkpoints()["R1"]
+    rack_ckpt = old.take_checkpoints()[0]["R1"]
+    new = TwinRuntime(partitions=8)
+    fed(new, [NOW + 40_000, NOW + 41_000, NOW + 42_000])
+    assert new.models.view("R1")["updates"] == [2] * 4
+    new.restore_model("R1", ckpt)
+    new.restore_rack("R1", rack_ckpt)  # older than what is held: ignored
+    assert new.models.view("R1")["updates"] == [29] * 4
+    assert new.racks["R1"].last_ts_ms == NOW + 42_000
+    assert new.take_model_checkpoints() == {"R1": ckpt}  # merged, written again
+    for bad in (b"", b"\x00junk"):
+        new.restore_model("R1", bad)
+        new.restore_rack("R2", bad)
+        new.restore_unit(bad)
+    assert new.counters.bad_checkpoints == 6 and "R2" not in new.racks
+    assert new.models.view("R1")["updates"] == [29] * 4
