@@ -71,7 +71,7 @@ def test_json_state_keeps_payload_and_key() -> None:
 )
 def test_bad_json(value: bytes, match: str) -> None:
     with pytest.raises(DecodeError, match=match):
-        decode_message(TABLES["kpi"], None, value, 0)
+        decode_message(TABLES["kpi"], None, value, START_MS)
 
 
 def test_broker_urls() -> None:
