@@ -19,6 +19,7 @@ from storage.cliutil import (
 from storage.layout import TableDef, default_tables
 from storage.sink import ParquetSink
 from storage.site_tables import site_rack_cdu, write_site_tables
+from streams.kafka_security import add_kafka_security_flags, kafka_security_from_args
 from streams.settings import parse_broker_url
 from twin.errors import ConfigError, TwinError
 from twin.site import load_site
@@ -60,6 +61,7 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
         help="compaction, rollups and retention every N s (0: off)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
+    add_kafka_security_flags(p)
 
 
 def add_sink_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -118,6 +120,7 @@ def run_sink(args: argparse.Namespace) -> int:
             maintenance_s=args.maintenance_seconds or None,
             tables=tables,
             consumer_config={"max_poll_records": args.max_poll_records},
+            security=kafka_security_from_args(args),
         )
         asyncio.run(_main(sink))
     except TwinError as exc:

@@ -31,6 +31,13 @@ from storage.cliutil import (
 )
 from storage.layout import TableDef, default_tables, list_parts
 from storage.synth import frames
+from streams.kafka_security import (
+    KafkaSecurity,
+    add_kafka_security_flags,
+    check_access,
+    kafka_client_kwargs,
+    kafka_security_from_args,
+)
 from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from streams.settings import parse_broker_url
 from twin.errors import ConfigError, TwinError
@@ -124,6 +131,7 @@ async def publish(
     topic_prefix: str = "",
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    security: KafkaSecurity | None = None,
 ) -> int:
     """Send ``messages`` paced at ``speed`` x real time (0: as fast as possible).
 
@@ -136,7 +144,10 @@ async def publish(
     from rich.console import Console
     from rich.progress import Progress
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+    await check_access(bootstrap, security)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=10, **kafka_client_kwargs(security)
+    )
     delivered: list[asyncio.Future[Any]] = []
     try:
         await producer.start()
@@ -174,6 +185,7 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
         default=env("TWIN_TOPIC_PREFIX", ""),
         help="prefix of every target topic, as given to the worker (env TWIN_TOPIC_PREFIX)",
     )
+    add_kafka_security_flags(p)
 
 
 def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -195,6 +207,7 @@ def run_replay(args: argparse.Namespace) -> int:
         if args.speed < 0:
             raise ConfigError(f"--speed must be >= 0, got {args.speed}")
         bootstrap = parse_broker_url(args.broker)
+        security = kafka_security_from_args(args)
         messages = list(replay_messages(args.data_dir, t0, t1))
         if not messages:
             print(f"twin replay: nothing stored in [{t0}, {t1})", file=sys.stderr)
@@ -206,6 +219,7 @@ def run_replay(args: argparse.Namespace) -> int:
                 args.speed,
                 sys.stderr.isatty(),
                 topic_prefix=args.topic_prefix,
+                security=security,
             )
         )
     except TwinError as exc:

@@ -38,6 +38,7 @@ from storage.offsets import (
     resume_offset,
 )
 from storage.writer import BufferedWriter, StorageError, StoreUnavailable, WriterOptions
+from streams.kafka_security import KafkaSecurity, check_access, kafka_client_kwargs
 from twin.errors import ConfigError, DecodeError, TwinError
 
 log = logging.getLogger("storage.sink")
@@ -114,8 +115,10 @@ class ParquetSink:
         tables: dict[str, TableDef] | None = None,
         consumer_config: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.data_dir = Path(data_dir)
         by_topic = tables_by_topic(tables or default_tables())
         wanted = list(topics) if topics is not None else list(by_topic)
@@ -169,11 +172,14 @@ class ParquetSink:
             "max_poll_records": 5_000,
         }
         cfg.update(self.consumer_config)
+        # Refused TLS or credentials: one BrokerError now, not aiokafka's retried bootstrap.
+        await check_access(self.bootstrap, self.security)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **kafka_client_kwargs(self.security),
             **cfg,
         )
         self._consumer = consumer

@@ -85,6 +85,12 @@ def _faust_app(settings: Settings) -> faust.App:
         producer_linger=0.005,
         table_standby_replicas=0,
         web_in_thread=False,
+        # TLS/SASL of Faust's consumer, producer and admin client (None: PLAINTEXT).
+        broker_credentials=settings.kafka_security.faust_credentials(),
+        # Faust's /router/ (cluster topology) and /table/ (raw table bytes by key) views
+        # are not the twin's API; served only when asked for.
+        web_router_enabled=settings.expose_faust_views,
+        web_tables_enabled=settings.expose_faust_views,
     )
 
 
@@ -128,7 +134,8 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     unit_table = app.Table("unit-state", **tables)
     model_table = app.Table("rack-model", **tables)
     limits = settings.limits
-    sync_state: dict[str, frozenset[TP]] = {"assignment": frozenset()}
+    # Table recoveries Faust has completed, and the one whose checkpoints were restored.
+    sync_state = {"recovered": 0, "synced": 0}
 
     async def dead_letter(ev: EventT, reason: str) -> None:
         msg = ev.message
@@ -163,6 +170,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     async def consume_frames(stream: Any, apply: BatchApply) -> None:
         # Whole batches: Faust's per-event cost is paid once, the frame work is numpy.
         async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
+            sync_tables_now()  # restore newly owned checkpoints before any frame is applied
             msgs = [ev.message for ev in events]
             refused = apply(msgs, rt.clock_ms())
             for ev, msg, error in zip(events, msgs, refused, strict=True):
@@ -247,6 +255,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     async def checkpoint() -> None:
         if app.in_recovery:
             return
+        sync_tables_now()  # never write a key's checkpoint before restoring it
         racks, units = rt.take_checkpoints(owned)
         for rack, data in racks.items():
             put(rack_table, rack, data)
@@ -257,6 +266,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     async def checkpoint_models() -> None:
         if app.in_recovery:
             return
+        sync_tables_now()  # a model is written only once its checkpoint is merged in
         for rack, data in rt.take_model_checkpoints(owned).items():
             put(model_table, rack, data)
 
@@ -288,16 +298,28 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
                 key=entity.encode(), value=json.dumps(doc, separators=(",", ":")).encode()
             )
 
-    @app.timer(interval=0.5)
-    async def sync_tables() -> None:
-        # After a rebalance and table recovery, take over the checkpoints of the racks and
-        # units this worker now owns, and forget the ones it gave away.
-        if app.in_recovery:
+    def recovered(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Sent by Faust when a rebalance's table recovery has completed, before the stream
+        # partitions resume. The assignment alone is no signal: it changes before recovery
+        # starts, and a restore done in between would read tables still being recovered.
+        sync_state["recovered"] += 1
+
+    # mode's SignalHandlerT matches no function under mypy, async or not
+    app.on_rebalance_complete.connect(recovered)  # type: ignore[arg-type]
+
+    def sync_tables_now() -> None:
+        """After a table recovery, take over the checkpoints (rack state, unit state, fitted
+        models) of the racks and units this worker now owns and forget the ones it gave away.
+
+        The agents call it before every batch, so no frame of a newly owned partition is
+        applied before its checkpoints are restored (a model started from the priors by such
+        a frame used to hide the fitted one); the timer covers idle workers. Once done it is
+        one comparison of two ints per call.
+        """
+        done = sync_state["recovered"]
+        if done == sync_state["synced"] or app.in_recovery:
             return
-        assignment = frozenset(app.consumer.assignment())
-        if assignment == sync_state["assignment"]:
-            return
-        sync_state["assignment"] = assignment
+        sync_state["synced"] = done
         rt.drop_partitions(owned)
         for rack, data in list(rack_table.data.items()):
             if owned(rack):
@@ -309,11 +331,17 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             if owned(rack):
                 rt.restore_model(rack, data)
 
+    @app.timer(interval=0.5)
+    async def sync_tables() -> None:
+        sync_tables_now()
+
     @app.task
     async def state_view() -> None:
         stop = asyncio.Event()
         try:
-            await follow_state(settings.bootstrap, names.state, rt, stop)
+            await follow_state(
+                settings.bootstrap, names.state, rt, stop, security=settings.kafka_security
+            )
         except asyncio.CancelledError:
             stop.set()
             raise

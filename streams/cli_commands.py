@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from streams.auth import add_api_auth_flags, api_auth_from_args
 from streams.cli import (
     add_broker_flag,
     add_common_worker_flags,
@@ -17,6 +18,7 @@ from streams.cli import (
     add_topic_flags,
 )
 from streams.codec import Limits
+from streams.kafka_security import add_kafka_security_flags, kafka_security_from_args
 from streams.settings import Settings, Topics, env_default, parse_broker_url
 from twin.errors import ConfigError
 
@@ -43,6 +45,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         limits=Limits(max_message_bytes=args.max_message_bytes),
         replication=args.replication,
+        kafka_security=kafka_security_from_args(args),
+        **api_auth_from_args(args),
     )
 
 
@@ -60,6 +64,7 @@ def run_worker(args: argparse.Namespace) -> int:
             settings.topics,
             settings.partitions,
             replication=settings.replication,
+            security=settings.kafka_security,
         )
     )
     worker = build_worker(settings)
@@ -90,6 +95,7 @@ def run_sim(args: argparse.Namespace) -> int:
         raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
     bootstrap = parse_broker_url(args.broker)
     topics = Topics(args.topic_prefix)
+    security = kafka_security_from_args(args)
 
     from rich.progress import Progress
 
@@ -103,9 +109,12 @@ def run_sim(args: argparse.Namespace) -> int:
     async def go() -> Any:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await ensure_topics(bootstrap, topics, args.partitions, replication=args.replication)
+        await ensure_topics(
+            bootstrap, topics, args.partitions, replication=args.replication, security=security
+        )
         return await run_simulation(
             bootstrap=bootstrap,
+            security=security,
             topics=topics,
             racks=args.racks,
             site_path=args.site,
@@ -158,12 +167,15 @@ def run_collect_nvml(args: argparse.Namespace) -> int:
     collector = NvmlCollector(nvml, rack=args.rack)
     bootstrap = parse_broker_url(args.broker)
     topics = Topics(args.topic_prefix)
+    security = kafka_security_from_args(args)
 
     async def go() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await ensure_topics(bootstrap, topics, args.partitions, replication=args.replication)
-        async with FramePublisher(bootstrap) as pub:
+        await ensure_topics(
+            bootstrap, topics, args.partitions, replication=args.replication, security=security
+        )
+        async with FramePublisher(bootstrap, security=security) as pub:
 
             async def publish(key: str, value: bytes) -> None:
                 await pub.send(topics.gpu, key, value)
@@ -221,6 +233,8 @@ def register(sub: Any) -> None:
     add_broker_flag(p)
     add_common_worker_flags(p)
     add_site_flags(p)
+    add_kafka_security_flags(p)
+    add_api_auth_flags(p)
     p.set_defaults(handler=run_worker)
 
     p = sub.add_parser(
@@ -234,6 +248,7 @@ def register(sub: Any) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
     p.add_argument("--duration", type=float, default=None, help="simulated seconds to run")
     add_topic_flags(p)
+    add_kafka_security_flags(p)
     p.set_defaults(handler=run_sim)
 
     p = sub.add_parser(
@@ -260,6 +275,7 @@ def register(sub: Any) -> None:
     n.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     n.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     add_topic_flags(n)
+    add_kafka_security_flags(n)
     n.set_defaults(handler=run_collect_nvml)
 
     _register_others(sub)

@@ -8,26 +8,37 @@ from types import TracebackType
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
+from streams.kafka_security import KafkaSecurity, check_access, kafka_client_kwargs
 from twin.errors import BrokerError
 
 
 class FramePublisher:
     """aiokafka producer tuned for frames: batching with a short linger, keys as utf-8."""
 
-    def __init__(self, bootstrap: str, *, linger_ms: int = 5, connect_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        linger_ms: int = 5,
+        connect_timeout_s: float = 30.0,
+        security: KafkaSecurity | None = None,
+    ):
         self.bootstrap = bootstrap
         self.connect_timeout_s = connect_timeout_s
+        self.security = security
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             linger_ms=linger_ms,
             max_batch_size=1 << 20,
             max_request_size=4 << 20,
             acks="all",
+            **kafka_client_kwargs(security),
         )
 
     async def start(self) -> None:
         """Connect, retrying until the connect timeout."""
         deadline = asyncio.get_running_loop().time() + self.connect_timeout_s
+        await check_access(self.bootstrap, self.security)  # bad credentials: fail at once
         while True:
             try:
                 await self._producer.start()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from streams.codec import DEFAULT_LIMITS, Limits
+from streams.kafka_security import KafkaSecurity
 from streams.schema import (
     DEFAULT_PARTITIONS,
     TOPIC_ALERTS,
@@ -21,6 +22,7 @@ from streams.schema import (
     TOPIC_STATE,
     TOPIC_THERMAL,
 )
+from streams.secret import Secret
 from twin.errors import ConfigError
 
 
@@ -137,6 +139,15 @@ class Settings:
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     restore_path: Path | None = None
     log_level: str = "warning"
+    #: TLS and SASL of every Kafka client of the worker (Faust, twin.state follower).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    #: Bearer token of the state-changing endpoints (None: they refuse every request).
+    #: A Secret: its repr, and so this dataclass's, shows ``***``.
+    api_token: Secret | None = None
+    #: POST /api/sql needs the bearer token too.
+    sql_token_required: bool = False
+    #: Serve Faust's own /router/ and /table/ views (they expose topology and raw table bytes).
+    expose_faust_views: bool = False
 
     @property
     def bootstrap(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from streams.codec import encode_frame, gpu_batch, points_batch
+from streams.kafka_security import KafkaSecurity
 from streams.producer import FramePublisher
 from streams.settings import Topics
 
@@ -87,6 +88,7 @@ async def publish_simulation(
     stats: SimStats | None = None,
     on_tick: Callable[[SimStats], None] | None = None,
     plant_dt_s: float = DEFAULT_PLANT_DT_S,
+    security: KafkaSecurity | None = None,
 ) -> SimStats:
     """Step ``sim`` and publish its readings until ``duration_s`` simulated or ``stop``.
 
@@ -102,7 +104,7 @@ async def publish_simulation(
     ticks0 = stats.ticks
     fault_file = faults_log.open("a", encoding="utf-8") if faults_log else None
     try:
-        async with FramePublisher(bootstrap) as pub:
+        async with FramePublisher(bootstrap, security=security) as pub:
             while not stop.is_set():
                 done = stats.ticks - ticks0
                 if duration_s is not None and done * dt_s >= duration_s:
@@ -158,6 +160,7 @@ async def run_simulation(
     stop: asyncio.Event,
     on_tick: Callable[[SimStats], None] | None = None,
     plant_dt_s: float = DEFAULT_PLANT_DT_S,
+    security: KafkaSecurity | None = None,
 ) -> SimStats:
     """``twin sim``: build the simulator and publish until done.
 
@@ -183,4 +186,5 @@ async def run_simulation(
         replay=fast,
         on_tick=on_tick,
         plant_dt_s=plant_dt_s,
+        security=security,
     )

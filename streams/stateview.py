@@ -15,13 +15,18 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams.kafka_security import KafkaSecurity, kafka_client_kwargs
 from streams.runtime import TwinRuntime
 
 log = logging.getLogger(__name__)
 
 
 async def follow_state(
-    bootstrap: str, topic: str, runtime: TwinRuntime, stop: asyncio.Event
+    bootstrap: str,
+    topic: str,
+    runtime: TwinRuntime,
+    stop: asyncio.Event,
+    security: KafkaSecurity | None = None,
 ) -> None:
     """Read twin.state into ``runtime.view`` until ``stop`` is set."""
     consumer = AIOKafkaConsumer(
@@ -29,6 +34,7 @@ async def follow_state(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **kafka_client_kwargs(security),
     )
     await consumer.start()
     try:

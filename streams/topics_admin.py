@@ -12,6 +12,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from streams.kafka_security import KafkaSecurity, check_access, kafka_client_kwargs
 from streams.settings import Topics
 from twin.errors import BrokerError
 
@@ -36,9 +37,16 @@ async def ensure_topics(
     *,
     replication: int = 1,
     timeout_s: float = 30.0,
+    security: KafkaSecurity | None = None,
 ) -> None:
-    """Create missing topics; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    """Create missing topics; existing ones are left as they are.
+
+    A broker that refuses ``security``'s TLS or credentials raises BrokerError at once.
+    """
+    await check_access(bootstrap, security)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=10_000, **kafka_client_kwargs(security)
+    )
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:

@@ -15,6 +15,7 @@ import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
+from streams.auth import sql_auth
 from streams.metrics import CONTENT_TYPE, render_metrics
 from streams.runtime import TwinRuntime
 from streams.settings import Settings
@@ -61,6 +62,9 @@ def register_views(
     @app.page("/api/sql")
     class Sql(View):
         async def post(self, request: Request) -> Response:
+            refused = sql_auth(request, settings)  # --sql-token-required: bearer token
+            if refused is not None:
+                return refused
             from storage.sql import SqlRefused, to_json_records
 
             body = await request.read()
