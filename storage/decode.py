@@ -242,42 +242,29 @@ class Incoming:
 def decode_many(
     tdef: TableDef,
     records: Sequence[Incoming],
-    now_ms: Sequence[int | None],
+    now_ms: int | None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> list[pa.Table | DecodeError]:
     """Per record, its rows or the refusal; never raises on bad input.
 
     GPU frames are checked a batch at a time by the worker's batch decoder (same rules and
-    reasons as one by one), grouped by ``now_ms`` (one bound per group); everything else
-    one record at a time.
+    reasons as one by one); everything else one record at a time. ``now_ms`` [ms since
+    epoch] bounds telemetry timestamps (None: no window).
     """
-    out: list[pa.Table | DecodeError | None] = [None] * len(records)
-    if is_gpu_table(tdef):
-        groups: dict[int | None, list[int]] = {}
-        for i, (r, now) in enumerate(zip(records, now_ms, strict=True)):
-            if r.value is None:
-                out[i] = tdef.schema.empty_table()
-            elif now is None:
-                out[i] = _one(tdef, r, None, limits)
-            else:
-                groups.setdefault(now, []).append(i)
-        for now, idx in groups.items():
-            assert now is not None
-            msgs = [
-                GpuMessage(records[i].value or b"", records[i].key, records[i].replay) for i in idx
-            ]
-            for i, f in zip(idx, decode_gpu_frames(msgs, now_ms=now, limits=limits), strict=True):
-                if isinstance(f, DecodeError):
-                    out[i] = f
-                else:
-                    try:
-                        out[i] = _conform(tdef, pa.Table.from_batches([f.batch]))
-                    except DecodeError as exc:
-                        out[i] = exc
-    for i, r in enumerate(records):
-        if out[i] is None:
-            out[i] = _one(tdef, r, now_ms[i], limits)
-    return [o if o is not None else refuse(CODE_INTERNAL, "not decoded") for o in out]
+    if is_gpu_table(tdef) and now_ms is not None:
+        idx = [i for i, r in enumerate(records) if r.value is not None]
+        msgs = [GpuMessage(records[i].value or b"", records[i].key, records[i].replay) for i in idx]
+        out: list[pa.Table | DecodeError] = [tdef.schema.empty_table()] * len(records)
+        for i, f in zip(idx, decode_gpu_frames(msgs, now_ms=now_ms, limits=limits), strict=True):
+            if isinstance(f, DecodeError):
+                out[i] = f
+                continue
+            try:
+                out[i] = _conform(tdef, pa.Table.from_batches([f.batch]))
+            except DecodeError as exc:
+                out[i] = exc
+        return out
+    return [_one(tdef, r, now_ms, limits) for r in records]
 
 
 def _one(tdef: TableDef, r: Incoming, now: int | None, limits: Limits) -> pa.Table | DecodeError:

@@ -97,9 +97,7 @@ def test_bad_gpu_frames_are_refused_with_a_code(name: str) -> None:
     assert reason_code(info.value)
     # The batch path refuses it too, and keeps its good neighbour.
     good = _frame()
-    got = decode_many(
-        GPU, [Incoming(b"R0001", good, NOW_MS), Incoming(key, value, NOW_MS)], [NOW_MS, NOW_MS]
-    )
+    got = decode_many(GPU, [Incoming(b"R0001", good, NOW_MS), Incoming(key, value, NOW_MS)], NOW_MS)
     assert isinstance(got[0], pa.Table) and got[0].num_rows == 8
     assert isinstance(got[1], DecodeError)
 
