@@ -37,17 +37,22 @@ _ARROW_MAGIC = b"\xff\xff\xff\xff"
 TS_MIN_MS: Final = 946_684_800_000
 TS_MAX_MS: Final = 4_102_444_800_000
 
-#: Reason codes of refusals raised here (streams.codec's own codes pass through unchanged).
+#: Reason codes of refusals raised here, from the fixed set of streams.schema.DlqReason
+#: (the ``dlq.reason`` header and the metrics label); streams.codec's own pass through.
 CODE_INVALID: Final = "invalid"  # a refusal without a more precise code
-CODE_JSON: Final = "json"  # not JSON, too deep, not objects
-CODE_SCHEMA: Final = "schema"  # missing required field, wrong type, corrupt Arrow
-CODE_TIMESTAMP: Final = "timestamp"  # ts missing, not finite or outside the plausible range
-CODE_RANGE: Final = "range"  # a number that is not finite
-CODE_SIZE: Final = "size"  # message too big
+CODE_NOT_JSON: Final = "not_json"  # not UTF-8 JSON, or not objects
+CODE_TOO_DEEP: Final = "too_deep"  # JSON nested deeper than the parser allows
+CODE_BAD_FIELD: Final = "bad_field"  # missing required field, wrong type, unparseable ts
+CODE_SCHEMA: Final = "schema"  # an Arrow frame whose columns do not fit the table
+CODE_CORRUPT: Final = "corrupt"  # an Arrow stream that fails full validation
+CODE_TS_TOO_OLD: Final = "ts_too_old"  # ts before the plausible range
+CODE_TS_FUTURE: Final = "ts_future"  # ts after the plausible range
+CODE_NOT_FINITE: Final = "not_finite"  # NaN or infinity
+CODE_OVERSIZED: Final = "oversized"  # message too big
 #: Sink-only codes: the record crashed the process before (poison pill), or handling it
 #: raised something unexpected.
 CODE_CRASHED: Final = "crashed"
-CODE_INTERNAL: Final = "internal"
+CODE_INTERNAL: Final = "internal_error"
 
 
 def refuse(code: str, detail: str) -> DecodeError:
@@ -74,25 +79,31 @@ def _ts_ms(value: Any, fallback_ms: int) -> int:
     if value is None:
         ms = fallback_ms
     elif isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise refuse(CODE_TIMESTAMP, f"ts must be a number or ISO string, got {value!r:.40}")
+        raise refuse(CODE_BAD_FIELD, f"ts must be a number or ISO string, got {value!r:.40}")
     elif isinstance(value, str):
         try:
             t = dt.datetime.fromisoformat(value)
         except ValueError as exc:
-            raise refuse(CODE_TIMESTAMP, f"ts {value!r:.60} is not ISO-8601") from exc
+            raise refuse(CODE_BAD_FIELD, f"ts {value!r:.60} is not ISO-8601") from exc
         if t.tzinfo is None:
-            raise refuse(CODE_TIMESTAMP, f"ts {value!r:.60} has no time zone")
+            raise refuse(CODE_BAD_FIELD, f"ts {value!r:.60} has no time zone")
         try:
             ms = int(t.timestamp() * 1000)
         except (OverflowError, ValueError) as exc:
-            raise refuse(CODE_TIMESTAMP, f"ts {value!r:.60} out of range") from exc
+            raise refuse(CODE_TS_FUTURE, f"ts {value!r:.60} out of range") from exc
     else:
-        if not math.isfinite(value) or abs(value) > 1e16:
-            raise refuse(CODE_TIMESTAMP, f"ts {value!r:.40} out of range")
+        if not math.isfinite(value):
+            raise refuse(CODE_BAD_FIELD, f"ts {value!r:.40} is not finite")
+        if abs(value) > 1e16:
+            code = CODE_TS_FUTURE if value > 0 else CODE_TS_TOO_OLD
+            raise refuse(code, f"ts {value!r:.40} out of range")
         # Below 1e11 it cannot be ms since 1973: read it as seconds.
         ms = int(value * 1000) if abs(value) < 1e11 else int(value)
     if not TS_MIN_MS <= ms < TS_MAX_MS:
-        raise refuse(CODE_TIMESTAMP, f"ts {ms} ms outside [{TS_MIN_MS}, {TS_MAX_MS})")
+        raise refuse(
+            CODE_TS_FUTURE if ms >= TS_MAX_MS else CODE_TS_TOO_OLD,
+            f"ts {ms} ms outside [{TS_MIN_MS}, {TS_MAX_MS})",
+        )
     return ms
 
 
@@ -100,25 +111,27 @@ def _check_rows(tdef: TableDef, table: pa.Table) -> pa.Table:
     """Required fields present, ts in the plausible range, floats finite."""
     for f in tdef.schema:
         if not f.nullable and table.column(f.name).null_count:
-            raise refuse(CODE_SCHEMA, f"{tdef.topic}: field {f.name!r} is required")
+            raise refuse(CODE_BAD_FIELD, f"{tdef.topic}: field {f.name!r} is required")
     if table.num_rows:
         ts = table.column("ts").cast(pa.int64()).to_numpy()
         lo, hi = int(ts.min()), int(ts.max())
         if lo < TS_MIN_MS or hi >= TS_MAX_MS:
-            bad = lo if lo < TS_MIN_MS else hi
-            raise refuse(CODE_TIMESTAMP, f"{tdef.topic}: ts {bad} ms outside the plausible range")
+            code, bad = (CODE_TS_TOO_OLD, lo) if lo < TS_MIN_MS else (CODE_TS_FUTURE, hi)
+            raise refuse(code, f"{tdef.topic}: ts {bad} ms outside the plausible range")
     for f in tdef.schema:
         if pa.types.is_floating(f.type):
             col = table.column(f.name)
             if pc.all(pc.is_finite(col), skip_nulls=True).as_py() not in (True, None):
-                raise refuse(CODE_RANGE, f"{tdef.topic}: {f.name} is not finite")
+                raise refuse(CODE_NOT_FINITE, f"{tdef.topic}: {f.name} is not finite")
     return table
 
 
 def _decode_arrow(tdef: TableDef, value: bytes, limits: Limits) -> pa.Table:
     """An Arrow frame on a table without a telemetry contract (validated, then checked)."""
     if len(value) > limits.max_message_bytes:
-        raise refuse(CODE_SIZE, f"{tdef.topic}: {len(value)} bytes > {limits.max_message_bytes}")
+        raise refuse(
+            CODE_OVERSIZED, f"{tdef.topic}: {len(value)} bytes > {limits.max_message_bytes}"
+        )
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(value))
         batches = []
@@ -128,7 +141,7 @@ def _decode_arrow(tdef: TableDef, value: bytes, limits: Limits) -> pa.Table:
             b.validate(full=True)
             batches.append(b)
     except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as exc:
-        raise refuse(CODE_SCHEMA, f"{tdef.topic}: not a valid Arrow IPC stream: {exc}") from exc
+        raise refuse(CODE_CORRUPT, f"{tdef.topic}: not a valid Arrow IPC stream: {exc}") from exc
     if not batches:
         return tdef.schema.empty_table()
     return _check_rows(tdef, _conform(tdef, pa.Table.from_batches(batches)))
@@ -145,17 +158,21 @@ def _decode_json(
     tdef: TableDef, key: str | None, value: bytes, ts_ms: int, limits: Limits
 ) -> pa.Table:
     if len(value) > limits.max_message_bytes:
-        raise refuse(CODE_SIZE, f"{tdef.topic}: {len(value)} bytes > {limits.max_message_bytes}")
+        raise refuse(
+            CODE_OVERSIZED, f"{tdef.topic}: {len(value)} bytes > {limits.max_message_bytes}"
+        )
     try:
         doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise refuse(CODE_JSON, f"{tdef.topic}: not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise refuse(CODE_TOO_DEEP, f"{tdef.topic}: JSON nested too deep") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise refuse(CODE_NOT_JSON, f"{tdef.topic}: not JSON: {exc}") from exc
     objs = doc if isinstance(doc, list) else [doc]
     rows: dict[str, list[Any]] = {n: [] for n in tdef.schema.names}
     for obj in objs:
         if not isinstance(obj, dict):
             raise refuse(
-                CODE_JSON, f"{tdef.topic}: expected a JSON object, got {type(obj).__name__}"
+                CODE_NOT_JSON, f"{tdef.topic}: expected a JSON object, got {type(obj).__name__}"
             )
         for name in tdef.schema.names:
             if name == "ts":
@@ -164,7 +181,7 @@ def _decode_json(
                 try:
                     rows[name].append(json.dumps(obj, separators=(",", ":"), sort_keys=True))
                 except (ValueError, TypeError, RecursionError) as exc:
-                    raise refuse(CODE_JSON, f"{tdef.topic}: payload: {exc}") from exc
+                    raise refuse(CODE_TOO_DEEP, f"{tdef.topic}: payload: {exc}") from exc
             elif name == "entity" and "entity" not in obj:
                 rows[name].append(key)
             else:
@@ -176,10 +193,10 @@ def _decode_json(
         }
         table = pa.table(arrays)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError, ValueError) as exc:
-        raise refuse(CODE_SCHEMA, f"{tdef.topic}: bad field value: {exc}") from exc
+        raise refuse(CODE_BAD_FIELD, f"{tdef.topic}: bad field value: {exc}") from exc
     for f in tdef.schema:
         if not f.nullable and table.column(f.name).null_count:
-            raise refuse(CODE_SCHEMA, f"{tdef.topic}: field {f.name!r} is required")
+            raise refuse(CODE_BAD_FIELD, f"{tdef.topic}: field {f.name!r} is required")
     return _check_rows(tdef, _conform(tdef, table))
 
 
@@ -287,7 +304,7 @@ def day_of(ts_ms: int) -> dt.date:
     try:
         return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ts_ms)).date()
     except (OverflowError, ValueError) as exc:
-        raise refuse(CODE_TIMESTAMP, f"ts {ts_ms} ms has no calendar day") from exc
+        raise refuse(CODE_TS_FUTURE, f"ts {ts_ms} ms has no calendar day") from exc
 
 
 def table_day(table: pa.Table) -> dt.date:

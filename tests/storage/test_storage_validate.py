@@ -125,15 +125,16 @@ def test_points_frames_use_the_worker_rules() -> None:
 @pytest.mark.parametrize(
     "doc, code",
     [
-        ({"ts": -1e15, "scope": "s", "name": "x", "value": 1}, "timestamp"),
-        ({"ts": 1e300, "scope": "s", "name": "x", "value": 1}, "timestamp"),
-        ({"ts": "10000-01-01T00:00:00+00:00", "scope": "s", "name": "x", "value": 1}, "timestamp"),
-        ({"ts": "9999-12-31T23:59:59+00:00", "scope": "s", "name": "x", "value": 1}, "timestamp"),
-        ({"ts": 2**70, "scope": "s", "name": "x", "value": 1}, "timestamp"),
-        ({"ts": None, "scope": "s", "name": "x", "value": None}, "schema"),
-        ({"ts": 1_790_000_000, "scope": "s", "name": "x", "value": float("nan")}, "range"),
-        ({"ts": 1_790_000_000, "scope": "s", "name": "x", "value": float("inf")}, "range"),
-        ({"ts": 1_790_000_000, "scope": "s", "name": "x", "value": 2**70}, "schema"),
+        ({"ts": -1e15, "scope": "s", "name": "x", "value": 1}, "ts_too_old"),
+        ({"ts": 1e300, "scope": "s", "name": "x", "value": 1}, "ts_future"),
+        ({"ts": "10000-01-01T00:00:00+00:00", "scope": "s", "name": "x", "value": 1}, "bad_field"),
+        ({"ts": "9999-12-31T23:59:59+00:00", "scope": "s", "name": "x", "value": 1}, "ts_future"),
+        ({"ts": "1950-01-01T00:00:00+00:00", "scope": "s", "name": "x", "value": 1}, "ts_too_old"),
+        ({"ts": 2**70, "scope": "s", "name": "x", "value": 1}, "ts_future"),
+        ({"ts": None, "scope": "s", "name": "x", "value": None}, "bad_field"),
+        ({"ts": 1_790_000_000, "scope": "s", "name": "x", "value": float("nan")}, "not_finite"),
+        ({"ts": 1_790_000_000, "scope": "s", "name": "x", "value": float("inf")}, "not_finite"),
+        ({"ts": 1_790_000_000, "scope": "s", "name": "x", "value": 2**70}, "bad_field"),
     ],
 )
 def test_bad_json_rows(doc: dict[str, object], code: str) -> None:
@@ -146,7 +147,7 @@ def test_deep_json_is_refused() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(DecodeError) as info:
         decode_message(TABLES["state"], b"R1", deep, NOW_MS)
-    assert reason_code(info.value) == "json"
+    assert reason_code(info.value) == "too_deep"
     nested = ('{"a":' * 5000 + "1" + "}" * 5000).encode()
     with pytest.raises(DecodeError):
         decode_message(TABLES["state"], b"R1", nested, NOW_MS)
