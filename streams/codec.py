@@ -7,6 +7,7 @@ good one and the reason it was refused is precise enough for the dead-letter top
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,10 +26,18 @@ class Limits:
     max_gpus_per_frame: int = 1024
     max_future_skew_s: float = 300.0  # clocks of sources may run a little ahead
     max_age_s: float = 86_400.0  # older frames are refused unless marked as replay
+    #: Even replays are refused before 2000-01-01T00:00Z [ms since epoch]: no telemetry of
+    #: this twin predates it, and the store partitions by date.
+    min_ts_ms: int = 946_684_800_000
     power_w: tuple[float, float] = (0.0, 5_000.0)  # Rubin Ultra is 3.6 kW a package (FACTS.md 2)
     temp_c: tuple[float, float] = (-40.0, 150.0)  # beyond NVML shutdown (92 C) with margin
     util_pct: tuple[float, float] = (0.0, 100.0)
     point_temp_c: tuple[float, float] = (-60.0, 200.0)  # outdoor -46 C record (FACTS.md 6)
+    point_power_w: tuple[float, float] = (0.0, 1e10)  # 10 GW: beyond any site's plant
+    point_flow_kg_s: tuple[float, float] = (0.0, 1e5)
+    point_flow_m3_s: tuple[float, float] = (0.0, 100.0)
+    point_energy_j: tuple[float, float] = (0.0, 1e20)
+    point_speed_rpm: tuple[float, float] = (0.0, 1e5)
 
 
 DEFAULT_LIMITS = Limits()
@@ -42,29 +51,97 @@ def encode_frame(batch: pa.RecordBatch) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _flatbuffer_field(meta: bytes, table: int, index: int) -> int:
+    """Offset of field ``index`` within a flatbuffer table at ``table``; 0 when absent."""
+    vtable = table - struct.unpack_from("<i", meta, table)[0]
+    vtable_bytes = struct.unpack_from("<H", meta, vtable)[0]
+    slot = 4 + 2 * index
+    if slot + 2 > vtable_bytes:
+        return 0
+    return int(struct.unpack_from("<H", meta, vtable + slot)[0])
+
+
+def _batch_header(meta: bytes) -> tuple[int, bool]:
+    """(rows, compressed) of a record batch message, read from its flatbuffer metadata.
+
+    Read before the batch itself: a compressed body decompresses to the length its buffers
+    declare, so a 7 kB zstd message can claim 200 MB of memory (and a 1 MiB one, tens of GB).
+    Frames of the contracts are never compressed and hold at most a few thousand rows.
+    Layout: Message {version, header_type, header, ...}; RecordBatch {length, nodes,
+    buffers, compression, ...} (Arrow format/Message.fbs).
+    """
+    message = struct.unpack_from("<I", meta, 0)[0]
+    at = _flatbuffer_field(meta, message, 2)
+    if not at:
+        raise ValueError("record batch message without a header")
+    header = message + at + struct.unpack_from("<I", meta, message + at)[0]
+    at = _flatbuffer_field(meta, header, 0)
+    rows = int(struct.unpack_from("<q", meta, header + at)[0]) if at else 0
+    return rows, bool(_flatbuffer_field(meta, header, 3))
+
+
 def _read_single_batch(data: bytes, limits: Limits) -> pa.RecordBatch:
+    """The one record batch of an IPC stream, fully validated before any buffer is read.
+
+    A bit flip in a valid frame (a string offset, a buffer length) makes a batch whose
+    buffers point outside the message or hold invalid UTF-8; reading those segfaults
+    (``column("rack").unique()``) or raises anywhere. ``validate(full=True)`` checks offsets,
+    lengths and UTF-8 (~1.5 us a 72-GPU frame, bench/bench_validate.py).
+    """
     if len(data) > limits.max_message_bytes:
-        raise DecodeError(f"oversized payload: {len(data)} bytes > {limits.max_message_bytes}")
+        raise DecodeError(
+            f"oversized payload: {len(data)} bytes > {limits.max_message_bytes}", "oversized"
+        )
     if not data:
-        raise DecodeError("empty payload")
+        raise DecodeError("empty payload", "empty")
     try:
-        reader = pa.ipc.open_stream(pa.py_buffer(data))
-        batch = reader.read_next_batch()
-    except (pa.ArrowInvalid, OSError, StopIteration) as exc:
-        raise DecodeError(f"not an Arrow IPC stream with a record batch: {exc}") from None
+        reader = pa.ipc.MessageReader.open_stream(pa.py_buffer(data))
+        head = reader.read_next_message()
+        if head.type != "schema":  # read_schema of another message type segfaults
+            raise ValueError(f"first message is a {head.type}, not a schema")
+        schema = pa.ipc.read_schema(head)
+        message = reader.read_next_message()
+    except (pa.ArrowException, OSError, ValueError, StopIteration) as exc:
+        raise DecodeError(
+            f"not an Arrow IPC stream with a record batch: {exc}", "not_arrow"
+        ) from None
+    if message.type != "record batch":
+        raise DecodeError(f"expected a record batch message, got a {message.type}", "not_arrow")
     try:
-        reader.read_next_batch()
+        rows, compressed = _batch_header(bytes(message.metadata))
+    except (struct.error, ValueError) as exc:
+        raise DecodeError(f"corrupt record batch header: {exc}", "corrupt") from None
+    if compressed:
+        raise DecodeError("compressed record batch (frames are sent uncompressed)", "not_arrow")
+    if rows > limits.max_gpus_per_frame:
+        raise DecodeError(
+            f"{rows} rows in one frame > {limits.max_gpus_per_frame}", "too_many_rows"
+        )
+    try:
+        batch = pa.ipc.read_record_batch(message, schema)
+        batch.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
+        raise DecodeError(f"corrupt Arrow record batch: {exc}", "corrupt") from None
+    try:
+        extra = reader.read_next_message()
     except StopIteration:
         return batch
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DecodeError(f"corrupt Arrow IPC stream after first batch: {exc}") from None
-    raise DecodeError("more than one record batch in one message")
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DecodeError(f"corrupt Arrow IPC stream after first batch: {exc}", "corrupt") from None
+    if extra is None:
+        return batch
+    raise DecodeError("more than one record batch in one message", "not_arrow")
 
 
 def _check_schema(batch: pa.RecordBatch, expected: pa.Schema, contract: str) -> None:
     if batch.schema.equals(expected, check_metadata=False):
         return
-    got = {f.name: str(f.type) for f in batch.schema}
+    try:
+        got = {f.name: str(f.type) for f in batch.schema}
+    except (UnicodeDecodeError, pa.ArrowException) as exc:
+        raise DecodeError(
+            f"wrong schema for {contract}: unreadable field: {exc}", "schema"
+        ) from None
     want = {f.name: str(f.type) for f in expected}
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
@@ -78,23 +155,29 @@ def _check_schema(batch: pa.RecordBatch, expected: pa.Schema, contract: str) -> 
         parts.append("wrong type " + ", ".join(f"{k}: {got[k]} (want {want[k]})" for k in wrong))
     if not parts:
         parts.append("field order or nullability differs")
-    raise DecodeError(f"wrong schema for {contract}: " + "; ".join(parts))
+    raise DecodeError(f"wrong schema for {contract}: " + "; ".join(parts), "schema")
 
 
 def _check_ts(ts_ms: np.ndarray, now_ms: int, limits: Limits, replay: bool) -> None:
     if ts_ms.size == 0:
-        raise DecodeError("frame has no rows")
+        raise DecodeError("frame has no rows", "empty")
     newest = int(ts_ms.max())
     oldest = int(ts_ms.min())
     if newest - now_ms > limits.max_future_skew_s * 1000:
         raise DecodeError(
             f"timestamp {newest} ms is {(newest - now_ms) / 1000:.0f} s in the future "
-            f"(limit {limits.max_future_skew_s:.0f} s)"
+            f"(limit {limits.max_future_skew_s:.0f} s)",
+            "ts_future",
+        )
+    if oldest < limits.min_ts_ms:
+        raise DecodeError(
+            f"timestamp {oldest} ms is before {limits.min_ts_ms} ms (2000-01-01)", "ts_too_old"
         )
     if not replay and now_ms - oldest > limits.max_age_s * 1000:
         raise DecodeError(
             f"timestamp {oldest} ms is {(now_ms - oldest) / 1000:.0f} s old "
-            f"(limit {limits.max_age_s:.0f} s; mark replays with the twin-replay header)"
+            f"(limit {limits.max_age_s:.0f} s; mark replays with the twin-replay header)",
+            "ts_too_old",
         )
 
 
@@ -102,7 +185,9 @@ def _check_range(name: str, values: np.ndarray, lo: float, hi: float) -> None:
     bad = (values < lo) | (values > hi)
     if bad.any():
         i = int(np.argmax(bad))
-        raise DecodeError(f"{name} out of range [{lo}, {hi}]: {values[i]} at row {i}")
+        raise DecodeError(
+            f"{name} out of range [{lo}, {hi}]: {values[i]} at row {i}", "out_of_range"
+        )
 
 
 _GPU_RANGES: Final = (
@@ -147,17 +232,21 @@ def decode_gpu_frame(
     _check_schema(batch, GPU_SCHEMA, "telemetry.gpu")
     n = batch.num_rows
     if n == 0:
-        raise DecodeError("frame has no rows")
+        raise DecodeError("frame has no rows", "empty")
     if n > limits.max_gpus_per_frame:
-        raise DecodeError(f"{n} GPUs in one frame > {limits.max_gpus_per_frame}")
+        raise DecodeError(f"{n} GPUs in one frame > {limits.max_gpus_per_frame}", "too_many_rows")
     if batch.column("rack").null_count or any(c.null_count for c in batch.columns):
-        raise DecodeError("null values in a non-nullable column")
+        raise DecodeError("null values in a non-nullable column", "null_value")
     racks = batch.column("rack").unique()
     if len(racks) != 1:
-        raise DecodeError(f"frame mixes racks {racks.to_pylist()[:5]}; one rack a message")
+        raise DecodeError(
+            f"frame mixes racks {racks.to_pylist()[:5]}; one rack a message", "mixed_key"
+        )
     rack = str(racks[0].as_py())
     if key is not None and key.decode("utf-8", "replace") != rack:
-        raise DecodeError(f"message key {key!r} differs from rack {rack!r} in the frame")
+        raise DecodeError(
+            f"message key {key!r} differs from rack {rack!r} in the frame", "key_mismatch"
+        )
     cols = {
         name: batch.column(i).to_numpy(zero_copy_only=False)
         for i, name in enumerate(GPU_SCHEMA.names)
@@ -173,14 +262,18 @@ def decode_gpu_frame(
             finite = np.isfinite(col)
             if not finite.all():
                 i = int(np.argmin(finite))
-                raise DecodeError(f"{name} is not finite ({col[i]}) for gpu {cols['gpu'][i]}")
+                raise DecodeError(
+                    f"{name} is not finite ({col[i]}) for gpu {cols['gpu'][i]}", "not_finite"
+                )
             _check_range(name, col, lo, hi)
     gpu = cols["gpu"]
     if not np.array_equal(gpu, _ARANGE[:n]):  # the usual frame: GPUs 0..n-1 in order
         if np.unique(gpu).size != n:
-            raise DecodeError("duplicate gpu index in one frame")
+            raise DecodeError("duplicate gpu index in one frame", "duplicate")
         if int(gpu.max()) >= limits.max_gpus_per_frame:
-            raise DecodeError(f"gpu index {int(gpu.max())} >= {limits.max_gpus_per_frame}")
+            raise DecodeError(
+                f"gpu index {int(gpu.max())} >= {limits.max_gpus_per_frame}", "out_of_range"
+            )
     if now_ms is not None:
         _check_ts(ts_ms, now_ms, limits, replay)
     return GpuFrame(rack=rack, ts_ms=ts_ms, columns=cols, batch=batch, raw=data)
@@ -200,8 +293,18 @@ class PointsFrame:
 def _point_limits(point: str, limits: Limits) -> tuple[float, float] | None:
     if point.endswith("_c"):
         return limits.point_temp_c
-    if point.endswith(("_w", "_kg_s", "_m3_s", "_j", "_rpm")):
-        return (0.0, float("inf"))
+    if point.endswith("_w"):
+        return limits.point_power_w
+    if point.endswith("_kg_s"):
+        return limits.point_flow_kg_s
+    if point.endswith("_m3_s"):
+        return limits.point_flow_m3_s
+    if point.endswith("_j"):
+        return limits.point_energy_j
+    if point.endswith("_rpm"):
+        return limits.point_speed_rpm
+    if point.endswith("_bool"):
+        return (0.0, 1.0)
     if point.endswith("_frac"):
         return (0.0, 1.5)
     if point.endswith("_pct"):
@@ -221,28 +324,36 @@ def decode_points_frame(
     """Decode and validate one plant-unit frame; raise DecodeError with the reason."""
     batch = _read_single_batch(data, limits)
     _check_schema(batch, POINTS_SCHEMA, contract)
+    if batch.num_rows == 0:
+        raise DecodeError("frame has no rows", "empty")
     if any(c.null_count for c in batch.columns):
-        raise DecodeError("null values in a non-nullable column")
+        raise DecodeError("null values in a non-nullable column", "null_value")
     units = batch.column("unit").unique()
     if len(units) != 1:
-        raise DecodeError(f"frame mixes units {units.to_pylist()[:5]}; one unit a message")
+        raise DecodeError(
+            f"frame mixes units {units.to_pylist()[:5]}; one unit a message", "mixed_key"
+        )
     unit = str(units[0].as_py())
     if key is not None and key.decode("utf-8", "replace") != unit:
-        raise DecodeError(f"message key {key!r} differs from unit {unit!r} in the frame")
+        raise DecodeError(
+            f"message key {key!r} differs from unit {unit!r} in the frame", "key_mismatch"
+        )
     points = batch.column("point").to_pylist()
     if any(not p for p in points):
-        raise DecodeError("empty point name")
+        raise DecodeError("empty point name", "bad_field")
     if len(set(points)) != len(points):
-        raise DecodeError("duplicate point name in one frame")
+        raise DecodeError("duplicate point name in one frame", "duplicate")
     values = batch.column("value").to_numpy()
     finite = np.isfinite(values)
     if not finite.all():
         i = int(np.argmin(finite))
-        raise DecodeError(f"{unit}/{points[i]} is not finite ({values[i]})")
+        raise DecodeError(f"{unit}/{points[i]} is not finite ({values[i]})", "not_finite")
     for i, point in enumerate(points):
         lim = _point_limits(point, limits)
         if lim is not None and not lim[0] <= values[i] <= lim[1]:
-            raise DecodeError(f"{unit}/{point} out of range [{lim[0]}, {lim[1]}]: {values[i]}")
+            raise DecodeError(
+                f"{unit}/{point} out of range [{lim[0]}, {lim[1]}]: {values[i]}", "out_of_range"
+            )
     ts_ms = batch.column("ts").to_numpy().view(np.int64)
     if now_ms is not None:
         _check_ts(ts_ms, now_ms, limits, replay)

@@ -70,7 +70,7 @@ def decode_gpu_frames(
             frames = [_one(messages[i], now_ms, limits) for i in which]
         for i, f in zip(which, frames, strict=True):
             out[i] = f
-    return [r if r is not None else DecodeError("not decoded") for r in out]
+    return [r if r is not None else DecodeError("not decoded", "internal_error") for r in out]
 
 
 def _one(m: GpuMessage, now_ms: int, limits: Limits) -> GpuFrame | DecodeError:
@@ -112,6 +112,8 @@ def _together(
         return None
     ts_ms = cols.pop("ts").view(np.int64)
     if int(ts_ms.max()) - now_ms > limits.max_future_skew_s * 1000:
+        return None
+    if int(ts_ms.min()) < limits.min_ts_ms:
         return None
     live = ~np.repeat(np.fromiter((m.replay for m in messages), dtype=bool), counts)
     if live.any() and now_ms - int(ts_ms[live].min()) > limits.max_age_s * 1000:

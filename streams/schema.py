@@ -6,6 +6,7 @@ store share one definition of every frame.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
 
 import pyarrow as pa
@@ -22,6 +23,38 @@ TOPIC_RESIDUALS: Final = "twin.residuals"
 TOPIC_ALERTS: Final = "twin.alerts"
 
 TELEMETRY_TOPICS: Final = (TOPIC_GPU, TOPIC_THERMAL, TOPIC_POWER)
+
+
+class DlqReason(StrEnum):
+    """Why a message went to telemetry.dlq: the ``dlq.reason`` header and the ``/metrics``
+    label, a fixed set so the label stays bounded (docs/topics.md lists each). The human
+    detail goes to the ``dlq.detail`` header."""
+
+    OVERSIZED = "oversized"  # payload larger than --max-message-bytes
+    EMPTY = "empty"  # zero bytes, a frame without rows, an empty list of readings
+    NOT_ARROW = "not_arrow"  # not an Arrow IPC stream holding exactly one record batch
+    CORRUPT = "corrupt"  # an IPC batch that fails Arrow's full validation (offsets, UTF-8)
+    SCHEMA = "schema"  # missing, unexpected or mistyped fields
+    TOO_MANY_ROWS = "too_many_rows"  # more GPUs (or JSON readings) than one message may hold
+    NULL_VALUE = "null_value"  # a null in a non-nullable column
+    MIXED_KEY = "mixed_key"  # more than one rack (or unit) in one frame
+    KEY_MISMATCH = "key_mismatch"  # the message key differs from the frame's rack or unit
+    NOT_FINITE = "not_finite"  # NaN or infinity
+    OUT_OF_RANGE = "out_of_range"  # a value outside its plausible range or its integer type
+    DUPLICATE = "duplicate"  # a GPU index or point name twice in one frame
+    TS_FUTURE = "ts_future"  # stamped further ahead of now than the allowed clock skew
+    TS_TOO_OLD = "ts_too_old"  # older than the live window and not marked as a replay
+    NOT_JSON = "not_json"  # telemetry.ingest: not UTF-8 JSON
+    TOO_DEEP = "too_deep"  # telemetry.ingest: JSON nested deeper than a reading can be
+    BAD_FIELD = "bad_field"  # a reading's field missing or of the wrong type, a bad name
+    UNKNOWN_KIND = "unknown_kind"  # telemetry.ingest: kind is not gpu, thermal or power
+    INVALID = "invalid"  # refused by a check that gives no finer code (legacy callers)
+    INTERNAL_ERROR = "internal_error"  # processing raised an unexpected exception
+    CRASHED = "crashed"  # the process died while processing this message alone
+
+
+#: Every reason code, for bounded metric labels and checks.
+DLQ_REASONS: Final = frozenset(r.value for r in DlqReason)
 
 #: Partitions of every keyed topic. Faust needs source and changelog topics co-partitioned;
 #: 8 lets up to 8 workers share a site.

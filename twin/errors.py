@@ -16,11 +16,17 @@ class SiteError(ConfigError):
 
 
 class DecodeError(TwinError):
-    """A telemetry message could not be decoded or failed validation."""
+    """A telemetry message could not be decoded or failed validation.
 
-    def __init__(self, reason: str) -> None:
+    ``reason`` is the human detail (the ``dlq.detail`` header); ``code`` is one of the fixed
+    reason codes of ``streams.schema.DlqReason`` (the ``dlq.reason`` header and the
+    ``/metrics`` label). Callers that give no code get ``invalid``.
+    """
+
+    def __init__(self, reason: str, code: str = "invalid") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = str(code)
 
 
 class BrokerError(TwinError):

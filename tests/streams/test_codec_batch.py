@@ -26,7 +26,7 @@ def _alone(m: GpuMessage) -> GpuFrame | DecodeError:
 def _same(a: GpuFrame | DecodeError, b: GpuFrame | DecodeError) -> None:
     assert type(a) is type(b)
     if isinstance(a, DecodeError):
-        assert isinstance(b, DecodeError) and a.reason == b.reason
+        assert isinstance(b, DecodeError) and (a.code, a.reason) == (b.code, b.reason)
         return
     assert isinstance(b, GpuFrame)
     assert a.rack == b.rack and a.raw == b.raw
@@ -70,12 +70,19 @@ def _bad(kind: str, i: int) -> GpuMessage:
         return GpuMessage(encode_frame(t), None)
     if kind == "schema":
         return GpuMessage(encode_frame(b.drop_columns(["xid"])), None)
+    if kind == "ancient-replay":  # before 2000-01-01: refused even as a replay
+        return GpuMessage(encode_frame(known_gpu_batch(rack, 0, n=8)), None, replay=True)
+    if kind == "flipped":  # a string offset past the data: full validation refuses it
+        data = bytearray(encode_frame(b))
+        values_at = data.index(rack.encode() * 8)
+        data[values_at - 24 : values_at - 20] = (1 << 30).to_bytes(4, "little")
+        return GpuMessage(bytes(data), None)
     raise AssertionError(kind)
 
 
 KINDS = [
     "garbage", "nan", "hot", "key", "old", "old-replay", "future", "dup-gpu", "reversed",
-    "mixed-racks", "schema",
+    "mixed-racks", "schema", "ancient-replay", "flipped",
 ]  # fmt: skip
 
 
