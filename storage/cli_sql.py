@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from storage.cliutil import DEFAULT_DATA_DIR, data_dir_arg, env
-from storage.sql import SqlService, to_csv, to_json, to_parquet_bytes, to_text
+from storage.sql import SqlService, cell_text, to_csv, to_json, to_parquet_bytes, to_text
 from twin.errors import TwinError
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -63,7 +63,7 @@ def _rich_table(table: pa.Table) -> None:
     for name in table.column_names:
         t.add_column(name)
     for row in table.to_pylist():
-        t.add_row(*("" if v is None else str(v) for v in row.values()))
+        t.add_row(*(cell_text(v) for v in row.values()))
     Console().print(t)
 
 

@@ -1,80 +1,48 @@
-"""Read-only, sandboxed SQL over the store with DuckDB.
+"""Read-only SQL over the store: the service the CLI and ``POST /api/sql`` call.
 
-Defence in depth, each layer tested in tests/storage/test_storage_sql.py:
+Three layers, each tested without the others (tests/storage/test_sql_attacks.py):
 
-1. parse level: exactly one statement, of type SELECT or EXPLAIN (no COPY, ATTACH, INSTALL,
-   LOAD, SET, PRAGMA, CREATE...);
-2. DuckDB sandbox: ``allowed_directories`` = the store, then ``enable_external_access =
-   false`` (file access only inside the store, no extension loading), extension
-   auto-install/auto-load off, no temp directory, and ``lock_configuration = true`` so no
-   statement can undo it;
-3. a time limit (the connection is interrupted from a timer thread) and a row limit.
+1. storage/sql_check.py: DuckDB's parser must see exactly one plain SELECT (or EXPLAIN of
+   one), only allowlisted table functions, no file paths as tables;
+2. storage/sql_engine.py: DuckDB has no file system (pyarrow reads the store), a read-only
+   catalogue and a locked configuration, so even a query the check let through by mistake
+   cannot write or read a file;
+3. storage/sql_pool.py + storage/sql_worker.py (``workers > 0``, what the web server uses):
+   queries run in separate processes that cannot write files at the OS level (Landlock,
+   RLIMIT_FSIZE), with a clean environment, deadlines from submission, an express lane for
+   short queries and recycling after memory-heavy queries.
+
+With ``workers=0`` (the CLI, tests, benches) layers 1 and 2 run in this process, one query
+at a time, with the same deadline semantics.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import decimal
 import io
 import json
+import math
 import threading
+import time
+import uuid
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from storage.layout import SITE_RACKS_SCHEMA, TableDef, default_tables
-from storage.rollup_schema import RACK_METRICS, rollup_tables
-from twin.errors import TwinError
+from storage.layout import TableDef
+from storage.sql_check import SqlRefused, SqlTimeout, check_statement, check_text
+from storage.sql_engine import SqlEngine
+from storage.sql_pool import SqlPool
 
+__all__ = ["SqlRefused", "SqlService", "SqlTimeout", "check_statement", "to_csv", "to_json"]
 
-class SqlRefused(TwinError):
-    """A query was refused or stopped; the message says which rule and what to do."""
-
-
-_ALLOWED: Final = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-
-
-def _sql_type(t: pa.DataType) -> str:
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
-    simple = {
-        pa.string(): "VARCHAR",
-        pa.float32(): "FLOAT",
-        pa.float64(): "DOUBLE",
-        pa.int64(): "BIGINT",
-        pa.int32(): "INTEGER",
-        pa.uint16(): "USMALLINT",
-        pa.uint32(): "UINTEGER",
-        pa.uint64(): "UBIGINT",
-        pa.bool_(): "BOOLEAN",
-    }
-    if t in simple:
-        return simple[t]
-    raise TypeError(f"no SQL type for {t}")
-
-
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def _ident(s: str) -> str:
-    return '"' + s.replace('"', '""') + '"'
-
-
-def check_statement(sql: str) -> None:
-    """Refuse anything but one SELECT (or EXPLAIN) statement."""
-    try:
-        stmts = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise SqlRefused(f"SQL does not parse: {exc}") from exc
-    if len(stmts) != 1:
-        raise SqlRefused(f"one statement per query, got {len(stmts)}")
-    kind = stmts[0].type
-    if kind not in _ALLOWED:
-        name = getattr(kind, "name", str(kind))
-        raise SqlRefused(f"only SELECT queries are allowed; {name} statements are refused")
+#: Worker processes the web server's SQL pool runs (plus one express process).
+POOL_WORKERS: Final = 2
 
 
 class SqlService:
@@ -82,7 +50,12 @@ class SqlService:
 
     Views: gpu, rack, plant, power, state, kpi, residual, alerts, site_racks and the rollups
     gpu_1m, gpu_1h, rack_1m, rack_1h, plant_1m, plant_1h. A view whose table has no file yet
-    exists, empty, with the table's columns; views are refreshed when files appear.
+    exists, empty, with the table's columns; views follow the files as they come and go.
+
+    ``timeout_s`` [s] is each query's deadline counted from the call to :meth:`query`;
+    ``max_rows`` and ``max_bytes`` bound a result; ``memory_limit`` is DuckDB's, per
+    process. ``workers=0`` runs queries in this process one at a time; ``workers=N`` runs
+    them in a :class:`~storage.sql_pool.SqlPool` of N processes plus an express one.
     """
 
     def __init__(
@@ -91,147 +64,167 @@ class SqlService:
         *,
         timeout_s: float = 30.0,
         max_rows: int = 100_000,
+        max_bytes: int = 64 << 20,
         memory_limit: str = "2GB",
         threads: int | None = None,
         tables: dict[str, TableDef] | None = None,
+        workers: int = 0,
+        recycle_mb: float = 100.0,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.timeout_s = timeout_s
         self.max_rows = max_rows
-        self.tables = dict(tables or default_tables())
-        self.tables.update(rollup_tables())
-        self.tables["site_racks"] = TableDef("site_racks", None, SITE_RACKS_SCHEMA, ("rack",), ())
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._has_files: dict[str, bool] = {}
-        conn = duckdb.connect(
-            ":memory:",
-            config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
-        )
-        conn.execute("SET TimeZone = 'UTC'")
-        conn.execute(f"SET memory_limit = {_quote(memory_limit)}")
-        if threads:
-            conn.execute(f"SET threads = {int(threads)}")
-        conn.execute("SET temp_directory = ''")
-        conn.execute(f"SET allowed_directories = [{_quote(str(self.data_dir) + '/')}]")
-        conn.execute("SET enable_external_access = false")
-        conn.execute("SET lock_configuration = true")
-        self._conn = conn
-        self._refresh_views()
+        self._engine: SqlEngine | None = None
+        self._pool: SqlPool | None = None
+        if workers > 0:
+            if tables is not None:
+                raise ValueError("custom tables are only supported with workers=0")
+            self._pool = SqlPool(
+                self.data_dir,
+                workers=workers,
+                memory_limit=memory_limit,
+                threads=threads,
+                recycle_mb=recycle_mb,
+            )
+        else:
+            self._engine = SqlEngine(
+                self.data_dir, memory_limit=memory_limit, threads=threads, tables=tables
+            )
+
+    @property
+    def pool(self) -> SqlPool | None:
+        return self._pool
 
     def close(self) -> None:
-        self._conn.close()
+        if self._engine is not None:
+            self._engine.close()
+        if self._pool is not None:
+            self._pool.close()
 
-    # ---- views ---------------------------------------------------------------------------
+    def __enter__(self) -> SqlService:
+        return self
 
-    def _glob(self, name: str) -> str:
-        # DuckDB's * matches dot files: "[!.]" keeps a writer's .tmp- files out of queries.
-        if name == "site_racks":
-            return str(self.data_dir / "site_racks" / "[!.]*.parquet")
-        return str(self.data_dir / name / "date=*" / "[!.]*.parquet")
-
-    def _files_exist(self, name: str) -> bool:
-        d = self.data_dir / name
-        if name == "site_racks":
-            return any(d.glob("[!.]*.parquet"))
-        return any(d.glob("date=*/[!.]*.parquet"))
-
-    def _view_sql(self, tdef: TableDef, has_files: bool) -> str:
-        dated = tdef.name != "site_racks"
-        if has_files:
-            opts = ", hive_partitioning = true, hive_types = {'date': DATE}" if dated else ""
-            return f"SELECT * FROM read_parquet({_quote(self._glob(tdef.name))}{opts})"
-        cols = [f"CAST(NULL AS {_sql_type(f.type)}) AS {_ident(f.name)}" for f in tdef.schema]
-        if dated:
-            cols.append("CAST(NULL AS DATE) AS date")
-        return f"SELECT {', '.join(cols)} WHERE false"
-
-    def _refresh_views(self) -> None:
-        changed = False
-        for name, tdef in self.tables.items():
-            has = self._files_exist(name)
-            if self._has_files.get(name) == has:
-                continue
-            self._conn.execute(
-                f"CREATE OR REPLACE VIEW {_ident(name)} AS {self._view_sql(tdef, has)}"
-            )
-            self._has_files[name] = has
-            changed = True
-        if changed or "rack" not in self._has_files:
-            aggs = ", ".join(f"{sql} AS {name}" for name, sql in RACK_METRICS.items())
-            self._conn.execute(
-                "CREATE OR REPLACE VIEW rack AS SELECT ts, date, rack, count(*) AS n_gpus, "
-                f"{aggs}, sum(energy_mj) AS energy_mj FROM gpu GROUP BY ts, date, rack"
-            )
-            self._has_files["rack"] = True
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def views(self) -> list[str]:
-        rows = self._conn.execute(
-            "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name"
-        ).fetchall()
-        return [r[0] for r in rows]
+        if self._engine is not None:
+            return self._engine.views()
+        got = self.query("SELECT view_name FROM duckdb_views() WHERE NOT internal")
+        return sorted(got.column(0).to_pylist())
 
-    # ---- queries -------------------------------------------------------------------------
+    def query(self, sql: str, *, check: bool = True) -> pa.Table:
+        """Run one SELECT and return its result; raises SqlRefused on any refusal.
 
-    def query(self, sql: str) -> pa.Table:
-        """Run one SELECT and return its result; raises SqlRefused on any refusal."""
-        check_statement(sql)
-        with self._lock:
-            self._refresh_views()
-            cur = self._conn.cursor()
-            timer = threading.Timer(self.timeout_s, cur.interrupt)
-            timer.start()
-            try:
-                reader = cur.sql(sql).to_arrow_reader(8192)
-                batches: list[pa.RecordBatch] = []
-                n = 0
-                for batch in reader:
-                    batches.append(batch)
-                    n += batch.num_rows
-                    if n > self.max_rows:
-                        raise SqlRefused(
-                            f"result has more than {self.max_rows} rows; "
-                            "add a LIMIT or aggregate (e.g. a rollup view such as gpu_1m)"
-                        )
-                return pa.Table.from_batches(batches, schema=reader.schema)
-            except duckdb.InterruptException as exc:
-                raise SqlRefused(
-                    f"query stopped after the {self.timeout_s:g} s time limit; "
-                    "narrow the time range or use a rollup view"
-                ) from exc
-            except duckdb.PermissionException as exc:
-                raise SqlRefused(f"access outside the store is refused: {exc}") from exc
-            except duckdb.Error as exc:
-                if "interrupt" in str(exc).lower():
-                    raise SqlRefused(
-                        f"query stopped after the {self.timeout_s:g} s time limit"
-                    ) from exc
-                raise SqlRefused(f"query failed: {exc}") from exc
-            finally:
-                timer.cancel()
-                cur.close()
+        ``check=False`` skips the statement check: only tests use it, to show that the
+        layers below hold on their own.
+        """
+        t0 = time.monotonic()
+        text = check_statement(sql).sql if check else check_text(sql)
+        if self._pool is not None:
+            left = self.timeout_s - (time.monotonic() - t0)
+            return self._pool.query(
+                text, timeout_s=left, max_rows=self.max_rows, max_bytes=self.max_bytes, check=check
+            )
+        assert self._engine is not None
+        if not self._lock.acquire(timeout=self.timeout_s):
+            raise SqlTimeout(
+                f"query not started within its {self.timeout_s:g} s time limit "
+                "(another query was running); the limit counts from submission"
+            )
+        try:
+            left = self.timeout_s - (time.monotonic() - t0)
+            return self._engine.run(
+                text, timeout_s=left, max_rows=self.max_rows, max_bytes=self.max_bytes, check=False
+            )
+        finally:
+            self._lock.release()
 
 
 # ---- rendering ---------------------------------------------------------------------------
 
 
-def to_csv(table: pa.Table) -> str:
-    buf = io.BytesIO()
-    pacsv.write_csv(table, buf)
-    return buf.getvalue().decode()
+def json_value(v: object) -> Any:
+    """One result value as plain JSON data (see docs/storage.md, "Result encoding").
+
+    NaN and +-Infinity -> null; BLOB -> base64 string; DECIMAL -> number (integral values
+    exactly); timestamps, dates, times -> ISO-8601 strings; DuckDB INTERVAL ->
+    ``{"months", "days", "nanoseconds"}``; Arrow durations -> seconds; UUID -> string;
+    lists, structs and maps (as ``[key, value]`` pairs) recursively.
+    """
+    if v is None or isinstance(v, (bool, str, int)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, decimal.Decimal):
+        if not v.is_finite():
+            return None
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    if isinstance(v, (dt.datetime, dt.date, dt.time)):
+        return v.isoformat()
+    if isinstance(v, dt.timedelta):
+        return v.total_seconds()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, pa.MonthDayNano):
+        return {"months": v.months, "days": v.days, "nanoseconds": v.nanoseconds}
+    if isinstance(v, dict):
+        return {str(k): json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_value(x) for x in v]
+    return str(v)
 
 
 def to_json_records(table: pa.Table) -> list[dict[str, object]]:
-    """Rows as JSON-ready dicts (timestamps as ISO-8601 strings)."""
-    rows = table.to_pylist()
-    for row in rows:
-        for k, v in row.items():
-            if hasattr(v, "isoformat"):
-                row[k] = v.isoformat()
-    return rows
+    """Rows as JSON-ready dicts (every value through :func:`json_value`)."""
+    try:
+        return [{k: json_value(v) for k, v in row.items()} for row in table.to_pylist()]
+    except RecursionError:
+        raise SqlRefused("result values are nested too deeply to render as JSON") from None
 
 
 def to_json(table: pa.Table) -> str:
-    return json.dumps(to_json_records(table), default=str)
+    """Strict JSON text (no NaN or Infinity tokens) of the rows."""
+    return json.dumps(to_json_records(table), allow_nan=False)
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Columns CSV cannot hold (BLOB, nested, interval) as their JSON rendering."""
+    plain = (
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_boolean,
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_timestamp,
+        pa.types.is_date,
+        pa.types.is_time,
+        pa.types.is_decimal,
+        pa.types.is_null,
+    )
+    cols = []
+    for col in table.columns:
+        if any(f(col.type) for f in plain):
+            cols.append(col)
+            continue
+        vals = [json_value(v) for v in col.to_pylist()]
+        cols.append(
+            pa.array(
+                [v if v is None or isinstance(v, str) else json.dumps(v) for v in vals],
+                pa.string(),
+            )
+        )
+    return pa.table(cols, names=table.column_names)
+
+
+def to_csv(table: pa.Table) -> str:
+    buf = io.BytesIO()
+    pacsv.write_csv(_csv_ready(table), buf)
+    return buf.getvalue().decode()
 
 
 def to_parquet_bytes(table: pa.Table) -> bytes:
@@ -240,10 +233,19 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
     return bytes(buf.getvalue().to_pybytes())
 
 
+def cell_text(v: object) -> str:
+    """One value for a text table (BLOB as base64)."""
+    if v is None:
+        return ""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    return str(v)
+
+
 def to_text(table: pa.Table, max_width: int = 40) -> str:
     """A plain aligned text table (the CLI uses rich when printing to a terminal)."""
     names = table.column_names
-    cols = [[("" if v is None else str(v))[:max_width] for v in c.to_pylist()] for c in table]
+    cols = [[cell_text(v)[:max_width] for v in c.to_pylist()] for c in table]
     widths = [max([len(n), *(len(v) for v in col)]) for n, col in zip(names, cols, strict=True)]
     lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +107,11 @@ def test_refusal_messages_are_clear() -> None:
 def test_file_access_outside_the_store_is_refused(svc: SqlService, store: Path, sql: str) -> None:
     outside = store.parent / "outside.csv"
     outside.write_text("a\n1\n")
-    with pytest.raises(SqlRefused, match="outside the store"):
+    with pytest.raises(SqlRefused, match="is not available"):
         svc.query(sql.format(store=store))
+    # the engine refuses it on its own: DuckDB has no file system at all
+    with pytest.raises(SqlRefused, match="file access is refused"):
+        svc.query(sql.format(store=store), check=False)
 
 
 def test_settings_cannot_be_changed_from_a_select(svc: SqlService) -> None:
@@ -135,3 +140,44 @@ def test_renderers() -> None:
     assert to_csv(t).splitlines() == ['"a","b"', '1,"x"', "2,"]
     assert to_json(t) == '[{"a": 1, "b": "x"}, {"a": 2, "b": null}]'
     assert to_text(t).splitlines()[2].split() == ["1", "x"]
+
+
+def test_json_of_every_awkward_type(svc: SqlService) -> None:
+    t = svc.query(
+        "SELECT 'nan'::DOUBLE AS nan, 'inf'::DOUBLE AS inf, '-inf'::FLOAT AS ninf, "
+        "'\\xAA\\xFF'::BLOB AS b, 1.25::DECIMAL(10, 2) AS d, 2::HUGEINT ** 100 AS big, "
+        "sum(2::UBIGINT ** 62)::HUGEINT AS h, DATE '2026-01-02' AS day, "
+        "TIMESTAMPTZ '2026-01-02 03:04:05+00' AS ts, INTERVAL 90 MINUTE AS iv, "
+        "[1.5, 'nan'::DOUBLE] AS l, {'k': 'v', 'n': NULL} AS s, MAP {'a': 1} AS m, "
+        "uuid() AS u, TIME '01:02:03' AS tm"
+    )
+    doc = json.loads(to_json(t))  # strict: no NaN token would parse with allow_nan off
+    json.dumps(doc, allow_nan=False)
+    row = doc[0]
+    assert row["nan"] is None and row["inf"] is None and row["ninf"] is None
+    assert base64.b64decode(row["b"]) == b"\xaa\xff"
+    assert row["d"] == 1.25 and row["h"] == 2**62
+    assert row["day"] == "2026-01-02" and row["ts"].startswith("2026-01-02T03:04:05")
+    assert row["iv"] == {"months": 0, "days": 0, "nanoseconds": 90 * 60 * 10**9}
+    assert row["l"] == [1.5, None] and row["s"] == {"k": "v", "n": None}
+    assert row["m"] == [["a", 1]] and len(row["u"]) == 36 and row["tm"] == "01:02:03"
+    csv_text = to_csv(t)  # nested and BLOB columns as their JSON text
+    assert "qv8=" in csv_text and '""k"": ""v""' in csv_text
+
+
+def test_text_checks_before_the_parser() -> None:
+    with pytest.raises(SqlRefused, match="lone surrogate U\\+D800"):
+        check_statement("SELECT '\ud800'")
+    with pytest.raises(SqlRefused, match="NUL"):
+        check_statement("SELECT 1\x00; DROP VIEW gpu")
+    with pytest.raises(SqlRefused, match="longer than"):
+        check_statement("SELECT " + "1+" * 60_000 + "1")
+    with pytest.raises(SqlRefused, match="must be text"):
+        check_statement(b"SELECT 1")
+
+
+def test_explain_is_allowed_and_runs_only_the_checked_select(svc: SqlService) -> None:
+    plan = svc.query("EXPLAIN SELECT count(*) FROM gpu")
+    assert plan.num_rows >= 1
+    with pytest.raises(SqlRefused, match="EXPLAIN ANALYZE"):
+        svc.query("EXPLAIN ANALYZE SELECT 1")

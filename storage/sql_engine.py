@@ -1,0 +1,231 @@
+"""Layer 2 of the read-only SQL service: a DuckDB that has no file system.
+
+DuckDB never opens a file of the store. pyarrow opens the Parquet files (read-only) as
+datasets, and each query gets a fresh DuckDB connection on which those datasets are
+registered as the views gpu, plant, ... (temporary objects of that connection, gone when it
+closes). The database itself is configured, before any query, with
+
+- ``enable_external_access = false`` and no allowed directory or path: COPY, EXPORT,
+  ATTACH, read_csv/read_parquet/glob on any path, INSTALL/LOAD from disk and persistent
+  secrets all fail with a permission error, inside the store as much as outside it;
+- an empty database file opened ``read_only``: CREATE TABLE/VIEW/MACRO/SCHEMA, INSERT,
+  UPDATE, DELETE in the catalogue fail (only the query's own temporary objects can be made,
+  and they die with its connection);
+- no temporary directory (nothing spills to disk), a memory limit, extension autoload
+  and autoinstall off, no Python replacement scans (no query can read the caller's
+  variables), and ``lock_configuration = true`` so no statement can undo any of it.
+
+None of this depends on the statement check of storage/sql_check.py, which runs first;
+tests/storage/test_sql_attacks.py runs every attack with the check switched off as well.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Final
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from storage.layout import SITE_RACKS_SCHEMA, TableDef, default_tables
+from storage.rollup_schema import RACK_METRICS, rollup_tables
+from storage.sql_check import SqlRefused, SqlTimeout, check_statement, check_text
+
+_HIVE: Final = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
+
+
+def store_tables() -> dict[str, TableDef]:
+    """Every table the store can hold, by view name (rack is a view over gpu)."""
+    tables = dict(default_tables())
+    tables.update(rollup_tables())
+    tables["site_racks"] = TableDef("site_racks", None, SITE_RACKS_SCHEMA, ("rack",), ())
+    return tables
+
+
+def _dir_signature(d: Path) -> tuple[tuple[str, int], ...]:
+    """Names and mtimes [ns] of d and its date directories: changes when a file comes or goes."""
+    try:
+        out = [("", d.stat().st_mtime_ns)]
+        with os.scandir(d) as it:
+            out += [(e.name, e.stat().st_mtime_ns) for e in it if e.is_dir()]
+    except FileNotFoundError:
+        return ()
+    return tuple(sorted(out))
+
+
+class StoreDatasets:
+    """pyarrow datasets over the store's tables, rediscovered when their directories change."""
+
+    def __init__(self, data_dir: Path, tables: dict[str, TableDef]) -> None:
+        self.data_dir = data_dir
+        self.tables = tables
+        self._cache: dict[str, tuple[tuple[tuple[str, int], ...], pa.Table | ds.Dataset]] = {}
+
+    def _schema(self, tdef: TableDef) -> pa.Schema:
+        schema = tdef.schema.remove_metadata()
+        return schema if tdef.name == "site_racks" else schema.append(pa.field("date", pa.date32()))
+
+    def get(self, name: str) -> pa.Table | ds.Dataset:
+        tdef = self.tables[name]
+        d = self.data_dir / name
+        sig = _dir_signature(d)
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        schema = self._schema(tdef)
+        src: pa.Table | ds.Dataset
+        # pyarrow skips names starting with "." or "_": a writer's .tmp- files and
+        # .expired-date= partitions never reach a query.
+        files = [
+            str(p) for p in sorted(d.glob("*.parquet" if name == "site_racks" else "*/*.parquet"))
+        ]
+        files = [
+            f
+            for f in files
+            if not any(part.startswith((".", "_")) for part in Path(f).relative_to(d).parts)
+        ]
+        if files:
+            part = None if name == "site_racks" else _HIVE
+            src = ds.dataset(
+                files, schema=schema, format="parquet", partitioning=part, partition_base_dir=str(d)
+            )
+        else:
+            src = schema.empty_table()
+        self._cache[name] = (sig, src)
+        return src
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+class SqlEngine:
+    """Sandboxed DuckDB over the store; :meth:`run` executes one query on a fresh connection."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        memory_limit: str = "2GB",
+        threads: int | None = None,
+        tables: dict[str, TableDef] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.datasets = StoreDatasets(self.data_dir, dict(tables or store_tables()))
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "allow_persistent_secrets": False,
+            "python_enable_replacements": False,
+            "temp_directory": "",
+            "memory_limit": memory_limit,
+        }
+        if threads:
+            config["threads"] = int(threads)
+        # An empty database file opened read-only gives a catalogue nothing can be added to;
+        # the file is unlinked at once (DuckDB keeps its descriptor; it is never written).
+        with tempfile.TemporaryDirectory(prefix="twin-sql-") as tmp:
+            path = Path(tmp) / "empty.duckdb"
+            duckdb.connect(str(path)).close()
+            self._db = duckdb.connect(str(path), read_only=True, config=config)
+        self._db.execute("SET TimeZone = 'UTC'")
+        self._db.execute("SET enable_external_access = false")
+        self._db.execute("SET lock_configuration = true")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def views(self) -> list[str]:
+        return sorted([*self.datasets.tables, "rack"])
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        cur = self._db.cursor()
+        for name in self.datasets.tables:
+            cur.register(name, self.datasets.get(name))
+        aggs = ", ".join(f"{sql} AS {name}" for name, sql in RACK_METRICS.items())
+        cur.execute(
+            "CREATE TEMP VIEW rack AS SELECT ts, date, rack, count(*) AS n_gpus, "
+            f"{aggs}, sum(energy_mj) AS energy_mj FROM gpu GROUP BY ts, date, rack"
+        )
+        return cur
+
+    def run(
+        self,
+        sql: str,
+        *,
+        timeout_s: float,
+        max_rows: int,
+        max_bytes: int = 64 << 20,
+        check: bool = True,
+    ) -> pa.Table:
+        """Run one query within timeout_s [s]; raise SqlRefused on any refusal or failure.
+
+        ``check=False`` skips the statement check (tests prove the sandbox holds without it).
+        """
+        text = check_statement(sql).sql if check else check_text(sql)
+        try:
+            return self._run(text, timeout_s, max_rows, max_bytes)
+        except _Vanished:
+            # compaction or retention removed a file between discovery and scan: rediscover
+            self.datasets.forget()
+            return self._run(text, timeout_s, max_rows, max_bytes)
+
+    def _run(self, sql: str, timeout_s: float, max_rows: int, max_bytes: int) -> pa.Table:
+        cur = self._connect()
+        timer = threading.Timer(max(timeout_s, 0.0), cur.interrupt)
+        timer.start()
+        try:
+            rel = cur.sql(sql)
+            if rel is None:  # a statement without a result (only reachable with check=False)
+                return pa.table({})
+            reader = rel.to_arrow_reader(8192)
+            batches: list[pa.RecordBatch] = []
+            rows = size = 0
+            for batch in reader:
+                batches.append(batch)
+                rows += batch.num_rows
+                size += batch.nbytes
+                if rows > max_rows:
+                    raise SqlRefused(
+                        f"result has more than {max_rows} rows; "
+                        "add a LIMIT or aggregate (e.g. a rollup view such as gpu_1m)"
+                    )
+                if size > max_bytes:
+                    raise SqlRefused(
+                        f"result larger than {max_bytes >> 20} MiB; select fewer columns or rows"
+                    )
+            return pa.Table.from_batches(batches, schema=reader.schema)
+        except duckdb.InterruptException as exc:
+            raise SqlTimeout(_timeout_message(timeout_s)) from exc
+        except duckdb.PermissionException as exc:
+            raise SqlRefused("file access is refused: " + _one_line(exc)) from exc
+        except duckdb.OutOfMemoryException as exc:
+            raise SqlRefused("query needs more memory than its limit: " + _one_line(exc)) from exc
+        except duckdb.Error as exc:
+            if "no such file" in str(exc).lower():
+                raise _Vanished from exc
+            if "interrupt" in str(exc).lower():
+                raise SqlTimeout(_timeout_message(timeout_s)) from exc
+            raise SqlRefused("query failed: " + _one_line(exc)) from exc
+        finally:
+            timer.cancel()
+            cur.close()
+
+
+class _Vanished(Exception):
+    """A file listed in a dataset was removed before the scan reached it."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _timeout_message(timeout_s: float) -> str:
+    return (
+        f"query stopped at its time limit ({timeout_s:.3g} s left when it started); "
+        "narrow the time range or use a rollup view"
+    )
