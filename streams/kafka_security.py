@@ -250,10 +250,13 @@ async def check_access(bootstrap: str, security: KafkaSecurity | None) -> None:
         host, _, port = hp.rpartition(":")
         try:
             conn = await create_conn(host, int(port), request_timeout_ms=10_000, **kwargs)
-        except ssl.SSLError as exc:
+        except ssl.SSLCertVerificationError as exc:
             raise BrokerError(
-                f"TLS to Kafka at {hp} failed: {getattr(exc, 'verify_message', None) or exc.reason}"
+                f"TLS to Kafka at {hp} failed: certificate verify failed: {exc.verify_message} "
+                "(--kafka-ca-file)"
             ) from None
+        except ssl.SSLError as exc:
+            raise BrokerError(f"TLS to Kafka at {hp} failed: {exc.reason or exc}") from None
         except KafkaError as exc:
             if "auth" in type(exc).__name__.lower() or "sasl" in type(exc).__name__.lower():
                 raise BrokerError(

@@ -9,22 +9,42 @@ reach /api/racks and Parquet; a wrong password is refused with a one-line error.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
 import shutil
 import ssl
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from storage.cli_sink import with_prefix
+from storage.layout import default_tables, list_parts
+from storage.sink import ParquetSink
+from streams.brokers.apache import ApacheKafkaBroker, SaslSslListener
+from streams.codec import encode_frame
+from streams.httpclient import http_get
 from streams.kafka_security import (
     KafkaSecurity,
     add_kafka_security_flags,
     kafka_client_kwargs,
     kafka_security_from_args,
 )
+from streams.producer import FramePublisher
 from streams.secret import Secret
-from twin.errors import ConfigError
+from streams.settings import Topics
+from streams.topics_admin import ensure_topics
+from tests.streams.frames import known_gpu_batch
+from tests.streams.workerproc import WorkerProcess
+from twin.errors import BrokerError, ConfigError
 
 PASSWORD = "scram-pw-Very-Secret-42"
 
@@ -153,3 +173,176 @@ def make_pki(d: Path) -> Pki:
                  "-extfile", str(ext))  # fmt: skip
         out[name] = (cert, key)
     return Pki(ca, *out["server"], *out["client"])
+
+
+# --- Apache Kafka with a SASL_SSL listener ---------------------------------------------------
+
+USER = "twin"
+
+
+@dataclass
+class SecureKafka:
+    broker: ApacheKafkaBroker
+    pki: Pki
+    password_file: Path
+
+    def security(self, password: str = PASSWORD) -> KafkaSecurity:
+        return KafkaSecurity(
+            protocol="SASL_SSL", username=USER, password=Secret(password), ca_file=self.pki.ca
+        )
+
+    def flags(self, password_file: Path | None = None) -> list[str]:
+        return [
+            "--broker", self.broker.sasl_ssl_url,
+            "--kafka-security-protocol", "SASL_SSL",
+            "--kafka-username", USER,
+            "--kafka-password-file", str(password_file or self.password_file),
+            "--kafka-ca-file", str(self.pki.ca),
+        ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def secure_kafka(
+    apache_kafka_required: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecureKafka]:
+    d = tmp_path_factory.mktemp("secure-kafka")
+    pki = make_pki(d / "pki")
+    listener = SaslSslListener(
+        cert_file=pki.server_cert,
+        key_file=pki.server_key,
+        ca_file=pki.ca,
+        users={USER: PASSWORD},
+        mechanism="SCRAM-SHA-512",
+    )
+    broker = ApacheKafkaBroker(sasl_ssl=listener)
+    try:
+        broker.start()
+    except BrokerError as exc:
+        pytest.fail(f"Apache Kafka with SASL_SSL did not start: {exc}", pytrace=False)
+    pw = d / "kafka-password"
+    pw.write_text(PASSWORD + "\n")
+    try:
+        yield SecureKafka(broker, pki, pw)
+    finally:
+        broker.stop()
+
+
+def twin_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        capture_output=True, text=True, timeout=90, env=clean,
+    )  # fmt: skip
+
+
+@pytest.mark.integration
+def test_wrong_password_or_untrusted_broker_is_a_one_line_error(
+    secure_kafka: SecureKafka, tmp_path: Path, topic_prefix: str
+) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    t0 = time.monotonic()
+    worker = twin_cli("worker", *secure_kafka.flags(wrong), "--topic-prefix", topic_prefix,
+                      "--state-dir", str(tmp_path / "s"),
+                      "--data-dir", str(tmp_path / "d"))  # fmt: skip
+    sink = twin_cli("sink", *secure_kafka.flags(wrong), "--data-dir", str(tmp_path / "d"),
+                    "--topic-prefix", topic_prefix, "--group", f"{topic_prefix}-sink")  # fmt: skip
+    # no CA given: the broker's certificate does not chain to the system trust store
+    untrusted = [f for f in secure_kafka.flags() if f != str(secure_kafka.pki.ca)]
+    untrusted.remove("--kafka-ca-file")
+    sim = twin_cli("sim", *untrusted, "--topic-prefix", topic_prefix, "--duration", "1")
+    for r, status in ((worker, 1), (sink, 2), (sim, 1)):
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == status and len(lines) == 1, r.stderr
+        assert "not-the-password" not in r.stderr and PASSWORD not in r.stderr
+    assert "refused SCRAM-SHA-512 login of user 'twin'" in worker.stderr
+    assert "refused SCRAM-SHA-512 login of user 'twin'" in sink.stderr
+    assert "TLS to Kafka" in sim.stderr and "certificate verify failed" in sim.stderr
+    # refused at once, not after the 30 s an unreachable broker is retried for
+    assert time.monotonic() - t0 < 60
+
+
+def _post(url: str, body: bytes, token: str | None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def _gpu_rows(data_dir: Path) -> int:
+    for _ in range(20):  # a listed file may be compacted away while we read
+        try:
+            return sum(pq.read_metadata(p).num_rows for p in list_parts(data_dir / "gpu"))
+        except FileNotFoundError:
+            continue
+    return 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_worker_and_sink_over_sasl_ssl(
+    secure_kafka: SecureKafka, tmp_path: Path, topic_prefix: str
+) -> None:
+    sec = secure_kafka.security()
+    bootstrap = secure_kafka.broker.sasl_ssl_bootstrap
+    topics = Topics(topic_prefix)
+    await ensure_topics(bootstrap, topics, 8, security=sec)
+    token = "api-token-for-the-secure-test-0123"
+    token_file = tmp_path / "api-token"
+    token_file.write_text(token + "\n")
+    extra = secure_kafka.flags()[2:]  # WorkerProcess gives --broker itself
+    extra += ["--api-token-file", str(token_file), "--sql-token-required"]
+    worker = WorkerProcess(secure_kafka.broker.sasl_ssl_url, topic_prefix, tmp_path,
+                           extra=tuple(extra))  # fmt: skip
+    history = tmp_path / "history"
+    sink = ParquetSink(
+        bootstrap, history, [topics.gpu], f"{topic_prefix}-sink", 1000, 0.5,
+        tables=with_prefix(default_tables(), topic_prefix), security=sec,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    sink_task = asyncio.create_task(sink.run(stop))
+    try:
+        await asyncio.to_thread(worker.wait_healthy, 120.0)
+        racks = [f"R{i:04d}" for i in range(1, 4)]
+        ts = time.time_ns() // 1_000_000
+        async with FramePublisher(bootstrap, security=sec) as pub:
+            futs = [
+                await pub.send(topics.gpu, rack, encode_frame(known_gpu_batch(rack, ts + k * 1000)))
+                for k in range(2)
+                for rack in racks
+            ]
+            await pub.flush()
+            for fut in futs:
+                await fut
+        expected_rows = 2 * len(racks) * 72
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status, body = await asyncio.to_thread(http_get, f"{worker.url}/api/racks/R0003")
+            if status == 200 and _gpu_rows(history) >= expected_rows:
+                break
+            await asyncio.sleep(0.3)
+        assert status == 200, worker.log_tail()
+        doc = json.loads(body)
+        # the latest frame of the rack, every GPU of it
+        assert doc["gpus"]["gpu"] == list(range(72))
+        assert set(doc["gpus"]["ts_ms"]) == {ts + 1000}
+        assert _gpu_rows(history) == expected_rows
+        # the API's own gate, through the real worker: SQL needs the token, Faust views off
+        sql = b'{"sql": "SELECT count(*) AS n FROM gpu"}'
+        assert (await asyncio.to_thread(_post, f"{worker.url}/api/sql", sql, None))[0] == 401
+        wrong = await asyncio.to_thread(_post, f"{worker.url}/api/sql", sql, token + "x")
+        assert wrong[0] == 403
+        ok, answer = await asyncio.to_thread(_post, f"{worker.url}/api/sql", sql, token)
+        assert ok == 200, answer
+        assert json.loads(answer)["rows"] == [{"n": expected_rows}]
+        for path in ("/router/", "/table/", "/table/rack-model/R0001/"):
+            assert (await asyncio.to_thread(http_get, worker.url + path))[0] == 404
+        assert token not in worker.log_tail(100_000) and PASSWORD not in worker.log_tail(100_000)
+    finally:
+        stop.set()
+        await asyncio.wait_for(sink_task, 60)
+        worker.stop()

@@ -13,6 +13,7 @@ directory, so a broker restarted on the same directory keeps its topics and offs
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -22,9 +23,11 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.brokers.ports import LOOPBACK, free_ports
+from streams.brokers.ports import LOOPBACK, free_ports, is_listening
 from streams.brokers.process import (
     ChildProcess,
     ManagedBroker,
@@ -145,8 +148,81 @@ def fetch_jars(version: str | None = None) -> Path:
     return lib
 
 
-def server_properties(state_dir: Path, port: int, controller_port: int) -> str:
-    """server.properties of a combined broker+controller on loopback (ENGINEERING.md 2)."""
+#: Characters allowed in SCRAM user names and passwords given to ``--add-scram``, whose
+#: ``[name=...,password=...]`` syntax has no escape for ``,``, ``]`` or ``=``.
+_SCRAM_SAFE = re.compile(r"[A-Za-z0-9_.@+\-]+")
+
+
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A SASL_SSL listener with SCRAM users, added next to the PLAINTEXT one.
+
+    ``cert_file`` is the server certificate (PEM, chain allowed), ``key_file`` its
+    unencrypted PKCS#8 key (``BEGIN PRIVATE KEY``), ``ca_file`` the PEM trust store for
+    client certificates (``client_auth`` none, requested or required). Kafka reads them as
+    PEM stores (``ssl.keystore.type=PEM``), so no keytool is needed. ``users`` maps SCRAM user
+    names to passwords; they are created when the storage is formatted (``kafka-storage
+    format --add-scram``), so they exist from the first start.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    users: Mapping[str, str] = field(default_factory=dict)
+    mechanism: str = "SCRAM-SHA-512"
+    client_auth: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise BrokerError(f"SASL_SSL listener: unsupported mechanism {self.mechanism!r}")
+        if self.client_auth not in ("none", "requested", "required"):
+            raise BrokerError(f"SASL_SSL listener: bad client_auth {self.client_auth!r}")
+        for name, password in self.users.items():
+            if not _SCRAM_SAFE.fullmatch(name) or not _SCRAM_SAFE.fullmatch(password):
+                raise BrokerError(
+                    f"SCRAM user {name!r}: names and passwords may use only letters, digits "
+                    "and _.@+-"
+                )
+
+    def scram_args(self) -> list[str]:
+        """``--add-scram`` arguments of ``kafka-storage format`` creating every user."""
+        out: list[str] = []
+        for name, password in self.users.items():
+            out += ["--add-scram", f"{self.mechanism}=[name={name},password={password}]"]
+        return out
+
+
+def sasl_ssl_properties(listener: SaslSslListener, keystore: Path, port: int) -> dict[str, str]:
+    """server.properties keys of the SASL_SSL listener on ``port`` (merged by the caller)."""
+    pre = "listener.name.sasl_ssl."
+    mech = listener.mechanism.lower()
+    return {
+        "sasl.enabled.mechanisms": listener.mechanism,
+        f"{pre}{mech}.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        f"{pre}ssl.keystore.type": "PEM",
+        f"{pre}ssl.keystore.location": str(keystore),
+        f"{pre}ssl.truststore.type": "PEM",
+        f"{pre}ssl.truststore.location": str(listener.ca_file),
+        f"{pre}ssl.client.auth": listener.client_auth,
+        "_listener": f"SASL_SSL://{LOOPBACK}:{port}",
+    }
+
+
+def server_properties(
+    state_dir: Path,
+    port: int,
+    controller_port: int,
+    *,
+    sasl_ssl: SaslSslListener | None = None,
+    sasl_ssl_port: int | None = None,
+) -> str:
+    """server.properties of a combined broker+controller on loopback (ENGINEERING.md 2).
+
+    With ``sasl_ssl`` (and its ``sasl_ssl_port``) a SASL_SSL listener is added; the
+    PLAINTEXT listener stays for the broker's own traffic and the readiness probe.
+    """
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -169,7 +245,40 @@ def server_properties(state_dir: Path, port: int, controller_port: int) -> str:
         # Same as streams.schema.DEFAULT_PARTITIONS, for auto-created topics.
         "num.partitions": "8",
     }
+    if sasl_ssl is not None:
+        if sasl_ssl_port is None:
+            raise BrokerError("a SASL_SSL listener needs its port")
+        extra = sasl_ssl_properties(sasl_ssl, sasl_ssl_keystore(state_dir), sasl_ssl_port)
+        listener = extra.pop("_listener")
+        props["listeners"] += f",{listener}"
+        props["advertised.listeners"] += f",{listener}"
+        props["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+        props |= extra
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def sasl_ssl_keystore(state_dir: Path) -> Path:
+    """Where the PEM keystore (key, then certificate chain) of the SASL_SSL listener goes."""
+    return state_dir / "sasl-ssl-keystore.pem"
+
+
+def write_sasl_ssl_keystore(state_dir: Path, listener: SaslSslListener) -> Path:
+    """Write the listener's key and certificate as one PEM keystore (mode 0600)."""
+    try:
+        key = listener.key_file.read_text(encoding="ascii")
+        cert = listener.cert_file.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BrokerError(f"SASL_SSL listener: cannot read key or certificate: {exc}") from None
+    if "BEGIN PRIVATE KEY" not in key and "BEGIN ENCRYPTED PRIVATE KEY" not in key:
+        raise BrokerError(
+            f"SASL_SSL listener: {listener.key_file} is not a PKCS#8 PEM key "
+            "(convert with openssl pkcs8 -topk8 -nocrypt)"
+        )
+    path = sasl_ssl_keystore(state_dir)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(key.rstrip("\n") + "\n" + cert)
+    return path
 
 
 def new_cluster_id() -> str:
@@ -198,6 +307,8 @@ class ApacheKafkaBroker(ManagedBroker):
         start_timeout_s: float = 180.0,
         port_attempts: int = 3,
         detached: bool = False,
+        sasl_ssl: SaslSslListener | None = None,
+        sasl_ssl_port: int | None = None,
     ) -> None:
         fixed = port is not None
         super().__init__(
@@ -211,6 +322,26 @@ class ApacheKafkaBroker(ManagedBroker):
         self._ephemeral = state_dir is None
         self._state_dir = state_dir
         self._ports = (port, controller_port)
+        self.sasl_ssl = sasl_ssl
+        self._sasl_ssl_port = sasl_ssl_port
+        self._chosen_sasl_ssl_port: int | None = None
+
+    @property
+    def sasl_ssl_port(self) -> int:
+        """Port of the SASL_SSL listener; BrokerError without one or before start()."""
+        if self.sasl_ssl is None or self._chosen_sasl_ssl_port is None or not self.running():
+            raise BrokerError("kafka broker has no started SASL_SSL listener")
+        return self._chosen_sasl_ssl_port
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """``host:port`` of the SASL_SSL listener, for clients with KafkaSecurity SASL_SSL."""
+        return f"{self.host}:{self.sasl_ssl_port}"
+
+    @property
+    def sasl_ssl_url(self) -> str:
+        """``kafka://host:port`` of the SASL_SSL listener (twin CLI ``--broker``)."""
+        return f"kafka://{self.sasl_ssl_bootstrap}"
 
     @property
     def state_dir(self) -> Path:
@@ -225,10 +356,25 @@ class ApacheKafkaBroker(ManagedBroker):
         if self._state_dir is None:
             self._state_dir = Path(tempfile.mkdtemp(prefix="twin-kafka-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        saved_sasl_port = self._saved_sasl_ssl_port(attempt)
         port, controller_port = self._choose_ports(attempt)
         self._ensure_free(port, controller_port)
         config = self.state_dir / "server.properties"
-        config.write_text(server_properties(self.state_dir, port, controller_port))
+        if self.sasl_ssl is None:
+            config.write_text(server_properties(self.state_dir, port, controller_port))
+        else:
+            sasl_port = self._choose_sasl_ssl_port(saved_sasl_port, (port, controller_port))
+            self._ensure_free(sasl_port)
+            write_sasl_ssl_keystore(self.state_dir, self.sasl_ssl)
+            config.write_text(
+                server_properties(
+                    self.state_dir,
+                    port,
+                    controller_port,
+                    sasl_ssl=self.sasl_ssl,
+                    sasl_ssl_port=sasl_port,
+                )
+            )
         log4j = self.state_dir / "log4j2.properties"
         log4j.write_text(_LOG4J2)
         classpath = f"{lib}/*"
@@ -256,9 +402,43 @@ class ApacheKafkaBroker(ManagedBroker):
         saved.write_text(json.dumps({"port": port, "controller_port": controller_port}))
         return port, controller_port
 
+    def _saved_sasl_ssl_port(self, attempt: int) -> int | None:
+        # Read before _choose_ports rewrites ports.json with its own two ports.
+        saved = self.state_dir / "ports.json"
+        if self.sasl_ssl is None or self._sasl_ssl_port is not None:
+            return self._sasl_ssl_port
+        if attempt == 0 and saved.exists():
+            value = json.loads(saved.read_text()).get("sasl_ssl_port")
+            return int(value) if value is not None else None
+        return None
+
+    def _choose_sasl_ssl_port(self, saved: int | None, taken: tuple[int, int]) -> int:
+        port = saved
+        while port is None or port in taken:
+            port = free_ports(1)[0]
+        path = self.state_dir / "ports.json"
+        ports = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps(ports | {"sasl_ssl_port": port}))
+        self._chosen_sasl_ssl_port = port
+        return port
+
+    async def _ready(self, child: ChildProcess, port: int) -> None:
+        await super()._ready(child, port)
+        if self._chosen_sasl_ssl_port is None:
+            return
+        # The PLAINTEXT probe passed; the SASL_SSL socket is bound in the same startup,
+        # but do not hand out its address before it accepts connections.
+        deadline = time.monotonic() + 30.0
+        while not is_listening(self._chosen_sasl_ssl_port, self.host):
+            if not child.alive() or time.monotonic() > deadline:
+                raise BrokerError(f"SASL_SSL listener {self._chosen_sasl_ssl_port} never opened")
+            await asyncio.sleep(0.1)
+
     def _format(self, java: str, classpath: str, logging: str, config: Path) -> None:
         argv = [java, logging, "-cp", classpath, "kafka.tools.StorageTool", "format"]
         argv += ["--standalone", "-t", new_cluster_id(), "-c", str(config)]
+        if self.sasl_ssl is not None:
+            argv += self.sasl_ssl.scram_args()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
             raise BrokerError(f"kafka storage format failed: {(done.stdout + done.stderr)[-2000:]}")
