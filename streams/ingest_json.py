@@ -10,106 +10,235 @@ JSON objects, or JSON arrays of them:
      "ts": 1764331200000}
 
 Readings of one rack (or unit) at one instant become one frame, so the rest of the pipeline
-sees exactly what a native Arrow source would have sent.
+sees exactly what a native Arrow source would have sent. Every frame made here then goes
+through the same decoder and checks as an Arrow frame (streams/codec.py), so one set of rules
+applies to both; what cannot be represented (NaN, a clock beyond uint16, an energy beyond
+uint64, a time outside 1970..9999) is refused before any cast could wrap it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, NoReturn
 
 import numpy as np
 import pyarrow as pa
 
-from streams.codec import gpu_batch, points_batch
+from streams.codec import (
+    DEFAULT_LIMITS,
+    Limits,
+    decode_gpu_frame,
+    decode_points_frame,
+    encode_frame,
+    gpu_batch,
+    points_batch,
+)
 from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from twin.errors import DecodeError
 
-_GPU_REQUIRED = ("power_w", "temp_gpu_c", "temp_mem_c", "sm_clock_mhz", "util_pct", "energy_mj")
-_GPU_DEFAULTS = {"clock_event_reasons": 0, "xid": 0}
-_POINT_TOPICS = {"thermal": TOPIC_THERMAL, "power": TOPIC_POWER}
+_GPU_FLOATS: Final = ("power_w", "temp_gpu_c", "temp_mem_c", "util_pct")
+#: Integer fields of a GPU reading -> (default or None if required, largest value): the
+#: range of their column type in GPU_SCHEMA, checked before the cast.
+_GPU_INTS: Final = {
+    "energy_mj": (None, 2**64 - 1),
+    "sm_clock_mhz": (None, 2**16 - 1),
+    "clock_event_reasons": (0, 2**64 - 1),
+    "xid": (0, 2**32 - 1),
+}
+_FLOAT32_MAX: Final = float(np.finfo(np.float32).max)
+_POINT_TOPICS: Final = {"thermal": TOPIC_THERMAL, "power": TOPIC_POWER}
+#: Readings in one message: a few racks of GPUs; more is a flood, not a gateway.
+MAX_READINGS: Final = 4096
+#: Time of a reading [ms since epoch]: 1970-01-01 .. 9999-12-31 (what datetime and the
+#: store's date partitions represent); the live window is the codec's.
+TS_MIN_MS: Final = 0
+TS_MAX_MS: Final = 253_402_300_799_999
 
 
 @dataclass(frozen=True)
 class ConvertedFrame:
-    """A frame ready to publish: destination topic, key and the Arrow batch."""
+    """A frame ready to publish: destination topic, key, the Arrow batch and its bytes."""
 
     topic: str
     key: str
     batch: pa.RecordBatch
+    value: bytes = b""  # the batch as an Arrow IPC stream, as validated
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise DecodeError(f"{name} is not a JSON number", "not_finite")
 
 
 def parse_ts_ms(value: Any) -> int:
     """Timestamp of a reading: integer ms since epoch, or an ISO 8601 string with a zone."""
     if isinstance(value, bool):
-        raise DecodeError(f"ts must be ms since epoch or ISO 8601, got {value!r}")
+        raise DecodeError(f"ts must be ms since epoch or ISO 8601, got {value!r}", "bad_field")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise DecodeError(f"ts {value!r} is not finite", "not_finite")
+        if value < TS_MIN_MS:
+            raise DecodeError(f"ts {value!r} is before 1970", "ts_too_old")
+        if value > TS_MAX_MS:
+            raise DecodeError(f"ts {value!r} is after 9999", "ts_future")
         return int(value)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise DecodeError(f"ts {value!r} is not ISO 8601") from None
+            raise DecodeError(f"ts {value[:40]!r} is not ISO 8601", "bad_field") from None
         if parsed.tzinfo is None:
-            raise DecodeError(f"ts {value!r} has no time zone; add Z or +00:00")
-        return int(parsed.timestamp() * 1000)
-    raise DecodeError(f"ts must be ms since epoch or ISO 8601, got {value!r}")
+            raise DecodeError(f"ts {value!r} has no time zone; add Z or +00:00", "bad_field")
+        try:
+            ms = int(parsed.timestamp() * 1000)
+        except (OverflowError, ValueError):
+            raise DecodeError(f"ts {value!r} is out of range", "ts_too_old") from None
+        return parse_ts_ms(ms)
+    raise DecodeError(f"ts must be ms since epoch or ISO 8601, got {_short(value)}", "bad_field")
 
 
-def _number(reading: dict[str, Any], name: str) -> float:
-    value = reading.get(name)
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(reading: dict[str, Any], name: str, default: float | None = None) -> float:
+    value = reading.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise DecodeError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
-def convert_json(data: bytes) -> list[ConvertedFrame]:
-    """Parse one telemetry.ingest message and group its readings into frames."""
+        raise DecodeError(f"{name} must be a number, got {_short(value)}", "bad_field")
     try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"not JSON: {exc}") from None
+        number = float(value)
+    except OverflowError:  # an integer beyond float64
+        raise DecodeError(f"{name} is out of range: {_short(value)}", "out_of_range") from None
+    if not math.isfinite(number):
+        raise DecodeError(f"{name} is not finite ({number})", "not_finite")
+    return number
+
+
+def _integer(reading: dict[str, Any], name: str, default: int | None, top: int) -> int:
+    value = reading.get(name, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DecodeError(f"{name} must be an integer, got {_short(value)}", "bad_field")
+    if not 0 <= value <= top:
+        raise DecodeError(f"{name} out of range [0, {top}]: {_short(value)}", "out_of_range")
+    return value
+
+
+def _name(reading: dict[str, Any], field: str, i: int) -> str:
+    value = reading.get(field)
+    if not isinstance(value, str) or not value:
+        raise DecodeError(f"reading {i}: {field} must be a non-empty string", "bad_field")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape (\ud800) is valid JSON, not UTF-8
+        raise DecodeError(f"reading {i}: {field} is not valid UTF-8", "bad_field") from None
+    return value
+
+
+def _parse(data: bytes, limits: Limits) -> list[Any]:
+    if len(data) > limits.max_message_bytes:
+        raise DecodeError(
+            f"oversized payload: {len(data)} bytes > {limits.max_message_bytes}", "oversized"
+        )
+    if not data:
+        raise DecodeError("empty payload", "empty")
+    try:
+        doc = json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply", "too_deep") from None
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}", "not_json") from None
+    except ValueError as exc:  # JSONDecodeError, an integer of more than 4,300 digits
+        raise DecodeError(f"not JSON: {str(exc)[:200]}", "not_json") from None
     readings = doc if isinstance(doc, list) else [doc]
     if not readings:
-        raise DecodeError("empty list of readings")
+        raise DecodeError("empty list of readings", "empty")
+    if len(readings) > MAX_READINGS:
+        raise DecodeError(
+            f"{len(readings)} readings in one message > {MAX_READINGS}", "too_many_rows"
+        )
+    return readings
+
+
+def convert_json(
+    data: bytes,
+    *,
+    now_ms: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    replay: bool = False,
+) -> list[ConvertedFrame]:
+    """Parse one telemetry.ingest message and group its readings into validated frames.
+
+    Each frame is checked as the Arrow decoders check a frame from the wire, with ``now_ms``
+    [ms since epoch] bounding the timestamps as for live telemetry (None: only 1970..9999).
+    Any refused reading refuses the whole message (DecodeError with a reason code).
+    """
+    readings = _parse(data, limits)
     gpus: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     points: dict[tuple[str, str, int], dict[str, float]] = defaultdict(dict)
     for i, r in enumerate(readings):
         if not isinstance(r, dict):
-            raise DecodeError(f"reading {i} is not a JSON object")
+            raise DecodeError(f"reading {i} is not a JSON object", "bad_field")
         kind = r.get("kind")
+        if kind != "gpu" and kind not in _POINT_TOPICS:
+            raise DecodeError(
+                f"reading {i}: kind must be gpu, thermal or power, got {_short(kind)}",
+                "unknown_kind",
+            )
         ts_ms = parse_ts_ms(r.get("ts"))
         if kind == "gpu":
-            rack = r.get("rack")
+            rack = _name(r, "rack", i)
             gpu = r.get("gpu")
-            if not isinstance(rack, str) or not rack:
-                raise DecodeError(f"reading {i}: rack must be a non-empty string")
             if isinstance(gpu, bool) or not isinstance(gpu, int) or not 0 <= gpu < 65536:
-                raise DecodeError(f"reading {i}: gpu must be an integer index, got {gpu!r}")
+                raise DecodeError(
+                    f"reading {i}: gpu must be an integer index, got {_short(gpu)}", "bad_field"
+                )
             gpus[(rack, ts_ms)].append(r)
-        elif kind in _POINT_TOPICS:
-            unit, point = r.get("unit"), r.get("point")
-            if not isinstance(unit, str) or not unit or not isinstance(point, str) or not point:
-                raise DecodeError(f"reading {i}: unit and point must be non-empty strings")
-            points[(str(kind), unit, ts_ms)][point] = _number(r, "value")
         else:
-            raise DecodeError(f"reading {i}: kind must be gpu, thermal or power, got {kind!r}")
+            unit, point = _name(r, "unit", i), _name(r, "point", i)
+            points[(str(kind), unit, ts_ms)][point] = _number(r, "value")
     frames: list[ConvertedFrame] = []
     for (rack, ts_ms), rows in gpus.items():
         cols: dict[str, np.ndarray] = {"gpu": np.array([r["gpu"] for r in rows], dtype=np.uint16)}
-        for name in _GPU_REQUIRED:
+        for name in _GPU_FLOATS:
             cols[name] = np.array([_number(r, name) for r in rows])
-        for name, default in _GPU_DEFAULTS.items():
-            cols[name] = np.array([int(r.get(name, default)) for r in rows])
         cols["power_limit_w"] = np.array(
-            [float(r.get("power_limit_w", r["power_w"])) for r in rows]
+            [_number(r, "power_limit_w", r.get("power_w")) for r in rows]
         )
-        if (cols["energy_mj"] < 0).any():
-            raise DecodeError(f"{rack}: energy_mj must not be negative")
-        frames.append(ConvertedFrame(TOPIC_GPU, rack, gpu_batch(ts_ms, rack, cols)))
+        for name in (*_GPU_FLOATS, "power_limit_w"):
+            # float32 columns: a bigger value would become inf in the cast, not a range error
+            if np.abs(cols[name]).max() > _FLOAT32_MAX:
+                raise DecodeError(
+                    f"rack {rack}: {name} out of range: {cols[name].max()}", "out_of_range"
+                )
+        for name, (default, top) in _GPU_INTS.items():
+            cols[name] = np.array([_integer(r, name, default, top) for r in rows], dtype=np.uint64)
+        batch = gpu_batch(ts_ms, rack, cols)
+        value = encode_frame(batch)
+        try:
+            decode_gpu_frame(value, key=rack.encode(), now_ms=now_ms, limits=limits, replay=replay)
+        except DecodeError as exc:
+            raise DecodeError(f"rack {rack}: {exc.reason}", exc.code) from None
+        frames.append(ConvertedFrame(TOPIC_GPU, rack, batch, value))
     for (kind, unit, ts_ms), values in points.items():
-        frames.append(ConvertedFrame(_POINT_TOPICS[kind], unit, points_batch(ts_ms, unit, values)))
+        topic = _POINT_TOPICS[kind]
+        batch = points_batch(ts_ms, unit, values)
+        value = encode_frame(batch)
+        try:
+            decode_points_frame(
+                value,
+                key=unit.encode(),
+                now_ms=now_ms,
+                limits=limits,
+                replay=replay,
+                contract=topic,
+            )
+        except DecodeError as exc:
+            raise DecodeError(f"unit {unit}: {exc.reason}", exc.code) from None
+        frames.append(ConvertedFrame(topic, unit, batch, value))
     return frames
