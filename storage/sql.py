@@ -143,6 +143,40 @@ class SqlService:
             self._lock.release()
 
 
+def sql_from_body(body: bytes) -> str:
+    """The query of a ``POST /api/sql`` body: ``{"sql": "..."}`` or the SQL as text.
+
+    Raises SqlRefused with a one-line reason (the caller answers 400) for a body that is not
+    UTF-8, not JSON when it looks like JSON, has no "sql" text, or whose SQL fails
+    :func:`~storage.sql_check.check_text` (lone surrogates from a ``\\ud800`` escape, NUL).
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SqlRefused(f"request body is not valid UTF-8 (byte {exc.start})") from None
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SqlRefused(f"request body is not valid JSON: {exc.msg} at {exc.pos}") from None
+        except RecursionError:
+            raise SqlRefused("request body JSON is nested too deeply") from None
+        if not isinstance(doc, dict) or "sql" not in doc:
+            raise SqlRefused('POST {"sql": "SELECT ..."} or the SQL as text')
+        return check_text(doc["sql"])
+    return check_text(text)
+
+
+def result_json(table: pa.Table) -> bytes:
+    """The ``POST /api/sql`` answer: strict JSON of columns, rows and row count."""
+    doc = {
+        "columns": table.column_names,
+        "rows": to_json_records(table),
+        "row_count": table.num_rows,
+    }
+    return json.dumps(doc, allow_nan=False).encode()
+
+
 # ---- rendering ---------------------------------------------------------------------------
 
 

@@ -7,7 +7,6 @@ other modules add their own routes through ``extra_views``.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -47,9 +46,10 @@ def register_views(
     def sql_service() -> Any:
         # Opened on first use: DuckDB views over the store of this worker's --data-dir.
         if "svc" not in sql_state:
-            from storage.sql import SqlService
+            from storage.sql import POOL_WORKERS, SqlService
 
-            sql_state["svc"] = SqlService(settings.history_dir)
+            # worker processes: deadlines from submission, an express lane, no file writes
+            sql_state["svc"] = SqlService(settings.history_dir, workers=POOL_WORKERS)
         return sql_state["svc"]
 
     @app.page("/api/snapshot")
@@ -65,30 +65,17 @@ def register_views(
             refused = sql_auth(request, settings)  # --sql-token-required: bearer token
             if refused is not None:
                 return refused
-            from storage.sql import SqlRefused, to_json_records
+            from storage.sql import SqlRefused, result_json, sql_from_body
 
             body = await request.read()
-            try:
-                doc = json.loads(body) if body[:1] in (b"{", b"[") else {"sql": body.decode()}
-                sql = doc["sql"] if isinstance(doc, dict) else None
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError):
-                sql = None
-            if not isinstance(sql, str) or not sql.strip():
-                return self.json(
-                    {"error": 'POST {"sql": "SELECT ..."} or the SQL as text'}, status=400
-                )
             loop = asyncio.get_running_loop()
             try:
+                sql = sql_from_body(body)  # 400 for bad UTF-8, JSON, surrogates, NUL
                 table = await loop.run_in_executor(None, sql_service().query, sql)
+                data = result_json(table)  # strict JSON: NaN -> null, BLOB -> base64
             except SqlRefused as exc:
-                return self.json({"error": str(exc)}, status=400)
-            return self.json(
-                {
-                    "columns": table.column_names,
-                    "rows": to_json_records(table),
-                    "row_count": table.num_rows,
-                }
-            )
+                return self.json({"error": " ".join(str(exc).split())}, status=400)
+            return self.bytes(data, content_type="application/json")
 
     @app.page("/")
     class Index(View):
