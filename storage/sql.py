@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -213,12 +214,51 @@ def json_value(v: object) -> Any:
     return str(v)
 
 
-def to_json_records(table: pa.Table) -> list[dict[str, object]]:
-    """Rows as JSON-ready dicts (every value through :func:`json_value`)."""
+_INF_INT64: Final = 2**63 - 1  # DuckDB's timestamp 'infinity' (and -_INF_INT64)
+_INF_DATE: Final = 2**31 - 1  # DuckDB's date 'infinity' in days
+
+
+def _temporal_strings(col: pa.ChunkedArray) -> list[object]:
+    """ISO strings for timestamps/dates Python's datetime cannot hold (year > 9999,
+    'infinity'), through numpy's wider datetime64."""
+    is_ts = pa.types.is_timestamp(col.type)
+    big = _INF_INT64 if is_ts else _INF_DATE
+    unit: Any = col.type.unit if is_ts else "D"
+    out: list[object] = []
+    for v in col.cast(pa.int64() if is_ts else pa.int32()).to_pylist():
+        if v is None:
+            out.append(None)
+        elif abs(v) >= big:
+            out.append("infinity" if v > 0 else "-infinity")
+        else:
+            out.append(str(np.datetime64(v, unit)))
+    return out
+
+
+def column_values(col: pa.ChunkedArray) -> list[object]:
+    """A result column as JSON-ready values (:func:`json_value`), whatever its range."""
     try:
-        return [{k: json_value(v) for k, v in row.items()} for row in table.to_pylist()]
+        return [json_value(v) for v in col.to_pylist()]
+    except (OverflowError, ValueError, pa.ArrowException):
+        if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+            return _temporal_strings(col)
+    out: list[object] = []
+    for i in range(len(col)):  # nested values out of range: those values alone become null
+        try:
+            out.append(json_value(col[i].as_py()))
+        except (OverflowError, ValueError, pa.ArrowException):
+            out.append(None)
+    return out
+
+
+def to_json_records(table: pa.Table) -> list[dict[str, object]]:
+    """Rows as JSON-ready dicts (every value through :func:`column_values`)."""
+    try:
+        cols = [column_values(c) for c in table.columns]
     except RecursionError:
         raise SqlRefused("result values are nested too deeply to render as JSON") from None
+    names = table.column_names
+    return [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
 
 
 def to_json(table: pa.Table) -> str:
@@ -245,7 +285,7 @@ def _csv_ready(table: pa.Table) -> pa.Table:
         if any(f(col.type) for f in plain):
             cols.append(col)
             continue
-        vals = [json_value(v) for v in col.to_pylist()]
+        vals = column_values(col)
         cols.append(
             pa.array(
                 [v if v is None or isinstance(v, str) else json.dumps(v) for v in vals],
@@ -276,10 +316,17 @@ def cell_text(v: object) -> str:
     return str(v)
 
 
+def _text_values(col: pa.ChunkedArray) -> list[object]:
+    try:
+        return list(col.to_pylist())  # NaN stays visible as nan
+    except (OverflowError, ValueError, pa.ArrowException):
+        return column_values(col)
+
+
 def to_text(table: pa.Table, max_width: int = 40) -> str:
     """A plain aligned text table (the CLI uses rich when printing to a terminal)."""
     names = table.column_names
-    cols = [[cell_text(v)[:max_width] for v in c.to_pylist()] for c in table]
+    cols = [[cell_text(v)[:max_width] for v in _text_values(c)] for c in table.columns]
     widths = [max([len(n), *(len(v) for v in col)]) for n, col in zip(names, cols, strict=True)]
     lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
