@@ -162,3 +162,26 @@ def test_a_corrupt_checkpoint_is_refused_with_a_reason() -> None:
     for bad in (b"", b"garbage", data[:-7], b"PK\x03\x04broken zip"):
         with pytest.raises(CheckpointError):
             RackModel.from_bytes(bad)
+
+
+def test_a_gap_of_many_steps_only_seeds_and_a_new_rate_is_followed() -> None:
+    frames = _frames("R1", 3, 160, seed=9)
+    pool = RackModels()
+    pool.update([(f, 45.0) for f in frames[:30]])
+    before = pool.get("R1").estimator.snapshot()
+    pool.update([(frames[60], 45.0)])  # 31 s after the last sample: a restart's gap
+    after = pool.get("R1").estimator.snapshot()
+    np.testing.assert_array_equal(after["theta"], before["theta"])
+    np.testing.assert_array_equal(after["n_updates"], before["n_updates"])
+    pool.update([(frames[61], 45.0)])  # the next 1 s step fits again
+    assert pool.get("R1").estimator.n_updates.tolist() == [30] * 3
+    # a source that goes from 1 s to 10 s steps: one sample seeds, then 10 s steps fit
+    for k in (71, 81, 91):
+        pool.update([(frames[k], 45.0)])
+    assert pool.get("R1").estimator.n_updates.tolist() == [32] * 3
+    # a restored checkpoint knows its usual step (10 s now): 28 s is a step, 68 s a gap
+    for k, updates in ((119, 33), (159, 32)):
+        restored = RackModels()
+        restored.put("R1", RackModel.from_bytes(pool.get("R1").to_bytes()))
+        restored.update([(frames[k], 45.0)])
+        assert restored.get("R1").estimator.n_updates.tolist() == [updates] * 3
