@@ -19,7 +19,9 @@ from storage.cliutil import (
 from storage.layout import TableDef, default_tables
 from storage.sink import ParquetSink
 from storage.site_tables import site_rack_cdu, write_site_tables
+from streams.codec import DEFAULT_LIMITS, Limits
 from streams.kafka_security import add_kafka_security_flags, kafka_security_from_args
+from streams.schema import TOPIC_DLQ
 from streams.settings import parse_broker_url
 from twin.errors import ConfigError, TwinError
 from twin.site import load_site
@@ -59,6 +61,37 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
         type=float,
         default=float(env("TWIN_SINK_MAINTENANCE_S", "300")),
         help="compaction, rollups and retention every N s (0: off)",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(env("TWIN_MAX_MESSAGE_BYTES", str(1 << 20))),
+        help="largest message accepted, as the worker's --max-message-bytes",
+    )
+    p.add_argument(
+        "--max-age-seconds",
+        type=float,
+        default=float(env("TWIN_SINK_MAX_AGE_S", "86400")),
+        help="live window: samples older than this at their broker time are refused unless "
+        "marked as replay (the worker's limit)",
+    )
+    p.add_argument(
+        "--max-lag-seconds",
+        type=float,
+        default=float(env("TWIN_SINK_MAX_LAG_S", str(7 * 86400))),
+        help="how far behind its records the sink may read and still judge them at their "
+        "broker time (beyond: against now)",
+    )
+    p.add_argument(
+        "--dedupe-window-seconds",
+        type=float,
+        default=float(env("TWIN_SINK_DEDUPE_WINDOW_S", "600")),
+        help="recent history whose sample keys stay in memory (older: checked on disk)",
+    )
+    p.add_argument(
+        "--dlq-topic",
+        default=env("TWIN_SINK_DLQ_TOPIC", ""),
+        help="dead-letter topic for refused twin.* records (default: <prefix>telemetry.dlq)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     add_kafka_security_flags(p)
@@ -103,6 +136,16 @@ async def _main(sink: ParquetSink) -> None:
     await sink.run(stop)
 
 
+def _limits(args: argparse.Namespace) -> Limits:
+    if args.max_age_seconds <= 0 or args.max_lag_seconds < 0 or args.max_message_bytes <= 0:
+        raise ConfigError("--max-age-seconds and --max-message-bytes must be > 0, lag >= 0")
+    if args.dedupe_window_seconds <= 0:
+        raise ConfigError("--dedupe-window-seconds must be > 0")
+    return dataclasses.replace(
+        DEFAULT_LIMITS, max_age_s=args.max_age_seconds, max_message_bytes=args.max_message_bytes
+    )
+
+
 def run_sink(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     try:
@@ -121,6 +164,10 @@ def run_sink(args: argparse.Namespace) -> int:
             tables=tables,
             consumer_config={"max_poll_records": args.max_poll_records},
             security=kafka_security_from_args(args),
+            limits=_limits(args),
+            max_lag_s=args.max_lag_seconds,
+            dedupe_window_s=args.dedupe_window_seconds,
+            dlq_topic=args.dlq_topic or args.topic_prefix + TOPIC_DLQ,
         )
         asyncio.run(_main(sink))
     except TwinError as exc:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+
+def recent_ms(n_steps: int, dt_ms: int = 1000) -> int:
+    """A start instant [ms] whose ``n_steps`` samples all lie within the live window."""
+    return time.time_ns() // 1_000_000 - (n_steps + 5) * dt_ms
 
 
 def unique(prefix: str) -> str:

@@ -29,7 +29,7 @@ from storage.layout import TableDef, default_tables, list_parts, list_temp_files
 from storage.sink import ParquetSink, StoreIndex
 from streams.brokers import Broker
 
-from .storage_kafka_util import create_topic, produce, unique
+from .storage_kafka_util import create_topic, produce, recent_ms, unique
 
 pytestmark = pytest.mark.integration
 
@@ -221,7 +221,7 @@ async def test_unwritable_store_pauses_keeps_rows_and_resumes(
     topic = unique("gpu")
     group = unique("g")
     await create_topic(bootstrap, topic, PARTITIONS)
-    rows = synth.gpu_table(3, 72, 40, seed=3)
+    rows = synth.gpu_table(3, 72, 40, seed=3, start_ms=recent_ms(40))
     frames = synth.frames(rows, "rack")
     first, during, while_paused = frames[:60], frames[60:75], frames[75:]
     tables = default_tables()
@@ -283,7 +283,7 @@ async def test_stop_while_unwritable_loses_nothing(
     topic = unique("gpu")
     group = unique("g")
     await create_topic(bootstrap, topic, PARTITIONS)
-    rows = synth.gpu_table(2, 72, 30, seed=4)
+    rows = synth.gpu_table(2, 72, 30, seed=4, start_ms=recent_ms(30))
     frames = synth.frames(rows, "rack")
     tables = default_tables()
     tdef = tables["gpu"] = dataclasses.replace(tables["gpu"], topic=topic)

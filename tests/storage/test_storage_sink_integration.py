@@ -20,7 +20,7 @@ from storage.layout import default_tables, list_parts, list_temp_files
 from storage.sink import ParquetSink
 from streams.brokers import Broker
 
-from .storage_kafka_util import create_topic, produce, unique
+from .storage_kafka_util import create_topic, produce, recent_ms, unique
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ async def test_sink_writes_every_row_once(broker: Broker, tmp_path: Path) -> Non
     bootstrap = broker.bootstrap
     topic = unique("gpu")
     await create_topic(bootstrap, topic, 2)
-    rows = synth.gpu_table(3, 72, 30, seed=1)
+    rows = synth.gpu_table(3, 72, 30, seed=1, start_ms=recent_ms(30))
     await produce(bootstrap, topic, synth.frames(rows, "rack"))
     tables = default_tables()
     tables["gpu"] = dataclasses.replace(tables["gpu"], topic=topic)
@@ -111,7 +111,7 @@ async def test_sigkill_leaves_no_gap_and_no_duplicate(broker: Broker, tmp_path: 
     topic = unique("gpu")
     group = unique("g")
     await create_topic(bootstrap, topic, 2)
-    rows = synth.gpu_table(4, 72, 60, seed=2)
+    rows = synth.gpu_table(4, 72, 60, seed=2, start_ms=recent_ms(60))
     frames = synth.frames(rows, "rack")
     half = len(frames) // 2
     await produce(bootstrap, topic, frames[:half])
