@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.layout import TEMP_PREFIX, date_dir, list_parts
 from storage.rollup_schema import GPU_METRICS, RACK_METRICS, RESOLUTIONS, rollup_tables
 from storage.writer import fsync_dir, write_file
+
+log = logging.getLogger("storage.rollup")
 
 STATE_FILE: Final = "_rollup_state.json"
 
@@ -61,30 +66,45 @@ def _plant_sql(src: str, width_s: int, source: str) -> str:
     )
 
 
+#: Hours [ms since epoch] rollups are computed for: 1970-01-01 .. 9999-12-30. A bucket's
+#: end must still be a datetime (9999-12-31T23:00 + 1 h is not); rows beyond are left out.
+_HOUR_MS: Final = 3_600_000
+_FIRST_HOUR_MS: Final = 0
+_LAST_HOUR_MS: Final = 253_402_128_000_000  # 9999-12-30T00:00Z
+
+
 def _hours_of(path: Path) -> set[dt.datetime]:
-    """Hours [UTC] touched by a file, from its ts column statistics."""
-    md = pq.ParquetFile(path).metadata
-    idx = md.schema.to_arrow_schema().get_field_index("ts")
-    out: set[dt.datetime] = set()
-    for i in range(md.num_row_groups):
-        st = md.row_group(i).column(idx).statistics
-        if st is None or not st.has_min_max:
-            continue
-        lo = st.min.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-        hi = st.max.astimezone(dt.UTC)
-        h = lo
-        while h <= hi:
-            out.add(h)
-            h += dt.timedelta(hours=1)
-    return out
+    """Hours [UTC] holding rows of a file, from its ts column (raw int64, never overflows).
+
+    Read from the rows, not the min/max statistics: a file whose rows span decades (bad
+    input stored before validation) must not make this walk every hour in between.
+    """
+    ts = pq.read_table(path, columns=["ts"]).column("ts").cast(pa.int64())
+    hours = np.unique(ts.drop_null().to_numpy() // _HOUR_MS) * _HOUR_MS
+    ok = (hours >= _FIRST_HOUR_MS) & (hours <= _LAST_HOUR_MS)
+    if not ok.all():
+        log.warning(
+            "rollups skip %d hours of %s outside 1970..9999 (ts of bad input)",
+            int((~ok).sum()),
+            path,
+        )
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return {epoch + dt.timedelta(milliseconds=int(h)) for h in hours[ok].tolist()}
 
 
 def _load_state(data_dir: Path) -> dict[str, list[str]]:
     p = data_dir / STATE_FILE
     if not p.exists():
         return {}
-    doc: dict[str, list[str]] = json.loads(p.read_text())
-    return doc
+    try:
+        doc = json.loads(p.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        return {str(k): [str(x) for x in v] for k, v in doc.items()}
+    except (ValueError, TypeError) as exc:
+        # A torn or foreign state file: recompute every hour rather than stop for good.
+        log.error("rollup state %s unreadable (%s): recomputing all rollups", p, exc)
+        return {}
 
 
 def _save_state(data_dir: Path, state: dict[str, list[str]]) -> None:

@@ -154,3 +154,38 @@ def test_merge_groups_bound_the_rows_merged_at_once() -> None:
     groups = _merge_groups(files, max_rows=700)
     # [f0,f1] (600), [f2] alone is dropped, [f3] alone dropped, [f4,f5] (200)
     assert [[p.name for p in g] for g in groups] == [["f0", "f1"], ["f4", "f5"]]
+
+
+def _far_rows(ts_ms: int) -> pa.Table:
+    t = synth.gpu_table(1, 2, 2)
+    return t.set_column(0, "ts", pa.array([ts_ms] * t.num_rows, pa.int64()).cast(t.schema[0].type))
+
+
+def test_rollups_survive_samples_in_year_9999_and_1950(tmp_path: Path) -> None:
+    """Bad rows stored before validation existed must not stop rollups for good."""
+    gdef = TABLES["gpu"]
+    for ms in (253_402_300_799_000, -631_152_000_000):  # 9999-12-31T23:59:59, 1950
+        rows = _far_rows(ms)
+        day = dt.date(9999, 12, 31) if ms > 0 else dt.date(1950, 1, 1)
+        write_file(gdef, rows, date_dir(tmp_path, "gpu", day))
+    write_file(gdef, _gpu_rows([0, 1], [0, 0], [100.0, 200.0]), date_dir(tmp_path, "gpu", DAY))
+    written = update_rollups(tmp_path)
+    assert written  # the ordinary hour is rolled up
+    assert not (tmp_path / "gpu_1m" / "date=9999-12-31").exists()
+
+
+def test_a_failing_step_does_not_stop_the_others(tmp_path: Path) -> None:
+    from storage.maintenance import MaintenanceError, run_maintenance
+
+    write_file(TABLES["gpu"], _gpu_rows([0], [0], [100.0]), date_dir(tmp_path, "gpu", DAY))
+    old = date_dir(tmp_path, "state", DAY - dt.timedelta(days=400))
+    old.mkdir(parents=True)
+    (tmp_path / "_rollup_state.json").mkdir()  # unreadable and unwritable: rollups fail
+    try:
+        run_maintenance(tmp_path, today=DAY)
+    except MaintenanceError as exc:
+        assert [s for s, _ in exc.failures] == ["rollups"]
+        assert exc.counts["expired_partitions"] == 1  # retention still ran
+    else:
+        raise AssertionError("a failed rollup must be reported")
+    assert not old.exists()
