@@ -5,6 +5,8 @@ dry coolers (effectiveness-NTU with airflow-dependent UA, cube-law fans) and the
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,15 +35,25 @@ class FwsParams:
 
 @dataclass(frozen=True)
 class DryCoolerParams:
-    """Dry coolers. Defaults: FACTS.md sections 4 and 8 ``dry_coolers``."""
+    """Dry coolers. Sources: docs/sources.md.
+
+    Design point of one unit: rating_w with the FWS design range (design_range_k) on the
+    fluid, design_approach_k (fluid out minus air in) at design_air_c; the air warms by
+    design_air_rise_k at full airflow. Fan power at design is fan_power_frac_at_design of the
+    rating (market data: ~1-3 % of rejected heat at design; Energies 16(9) 3661) and follows
+    the affinity laws (airflow ~ N, P ~ N^fan_law_exponent).
+    """
 
     rating_w: float = field(default=1.6e6, metadata=_m(1.0))  # est.: 8 units for 12.8 MW
     redundancy: int = field(default=1, metadata=_m(0))  # N+1 (est., as for CDUs)
-    design_approach_k: float = field(default=10.0, metadata=_m(0.1, 50.0))  # FACTS s.4/s.8
-    design_air_c: float = field(default=30.0, metadata=_m(-50.0, 60.0))  # FACTS s.8 design dry bulb
-    fan_power_frac_at_design: float = field(default=0.015, metadata=_m(0.0, 0.5))  # FACTS s.8
-    fan_law_exponent: float = field(default=3.0, metadata=_m(1.0, 4.0))  # FACTS s.4/s.8
-    min_airflow_frac: float = field(default=0.1, metadata=_m(0.0, 1.0))  # FACTS s.8
+    design_approach_k: float = field(default=10.0, metadata=_m(0.1, 50.0))  # Energies 16 3661
+    design_air_c: float = field(default=30.0, metadata=_m(-50.0, 60.0))  # design dry bulb, est.
+    design_range_k: float = field(default=10.0, metadata=_m(0.1, 50.0))  # = FWS design dT
+    # air temperature rise at full airflow (est.): air capacity 0.83 of the fluid's
+    design_air_rise_k: float = field(default=12.0, metadata=_m(0.1, 50.0))
+    fan_power_frac_at_design: float = field(default=0.015, metadata=_m(0.0, 0.5))  # 1-3 %
+    fan_law_exponent: float = field(default=3.0, metadata=_m(1.0, 4.0))  # affinity law
+    min_airflow_frac: float = field(default=0.1, metadata=_m(0.0, 1.0))  # EC fan floor, est.
     # air-side film coefficient ~ airflow^0.6 for finned coils (est.)
     ua_airflow_exponent: float = field(default=0.6, metadata=_m(0.0, 2.0))
 
@@ -66,8 +78,10 @@ class HeatPumpParams:
     dh_supply_winter_c: float = field(default=75.0, metadata=_m(0.0, 150.0))  # FACTS s.8
     dh_supply_summer_c: float = field(default=65.0, metadata=_m(0.0, 150.0))  # FACTS s.8
     dh_return_c: float = field(default=45.0, metadata=_m(0.0, 150.0))  # FACTS s.8
-    offtake_max_winter_w: float = field(default=8.0e6, metadata=_m(0.0))  # FACTS s.8
-    offtake_max_summer_w: float = field(default=2.0e6, metadata=_m(0.0))  # FACTS s.8
+    # heating capacity of the heat-pump plant for the site file's hall (8 MW for 64 racks,
+    # the suggested winter offtake); equipment, so it scales with the racks. What the
+    # network takes is its demand (twin.district_heat), up to this capacity.
+    capacity_w: float = field(default=8.0e6, metadata=_m(0.0))
     # refrigerant vs water temperature differences in evaporator/condenser (est.); they put
     # the COP at 3.9 (winter) to 5.0 (summer), near FACTS s.8's 3.5-4.4
     hx_pinch_k: float = field(default=3.0, metadata=_m(0.0, 20.0))
@@ -111,6 +125,74 @@ def heat_pump(
     return delivered, src, delivered - src
 
 
+def crossflow_effectiveness(ntu: float, cr: float) -> float:
+    """Effectiveness [1] of a single-pass cross-flow exchanger, both fluids unmixed
+    (Incropera & DeWitt, Fundamentals of Heat and Mass Transfer, Table 11.3, eq. 11.32):
+    eps = 1 - exp((NTU^0.22 / Cr) (exp(-Cr NTU^0.78) - 1)); Cr -> 0 gives 1 - exp(-NTU)."""
+    if ntu <= 0.0:
+        return 0.0
+    if cr < 1e-9:
+        return 1.0 - math.exp(-ntu)
+    return 1.0 - math.exp(ntu**0.22 / cr * (math.exp(-cr * ntu**0.78) - 1.0))
+
+
+@functools.cache
+def design_ua_w_k(p: DryCoolerParams) -> float:
+    """UA [W/K] of one unit at full airflow, from its design point (bisection on NTU)."""
+    c_w = p.rating_w / p.design_range_k
+    c_a = p.rating_w / p.design_air_rise_k
+    c_min, c_max = min(c_w, c_a), max(c_w, c_a)
+    eps = p.rating_w / (c_min * (p.design_range_k + p.design_approach_k))
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"dry-cooler design point infeasible: effectiveness {eps:.3f}")
+    lo, hi = 0.0, 1.0
+    while crossflow_effectiveness(hi, c_min / c_max) < eps:
+        hi *= 2.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if crossflow_effectiveness(mid, c_min / c_max) < eps:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi) * c_min
+
+
+def dry_cooler_heat_w(
+    speed: float, m_cp_w_k: float, inlet_c: float, air_c: float, p: DryCoolerParams
+) -> float:
+    """Heat [W] one unit rejects at fan speed ``speed`` [1] with fluid capacity rate
+    ``m_cp_w_k`` [W/K] entering at ``inlet_c`` [C] and air at ``air_c`` [C]:
+    eps(NTU, Cr) C_min (T_in - T_air), air capacity = speed x design, UA = UA_d speed^n."""
+    dt = inlet_c - air_c
+    if speed <= 0.0 or m_cp_w_k <= 0.0 or dt <= 0.0:
+        return 0.0
+    c_a = speed * p.rating_w / p.design_air_rise_k
+    c_min, c_max = min(c_a, m_cp_w_k), max(c_a, m_cp_w_k)
+    ua = design_ua_w_k(p) * speed**p.ua_airflow_exponent
+    return crossflow_effectiveness(ua / c_min, c_min / c_max) * c_min * dt
+
+
+def dry_cooler_speed(
+    heat_w: float, m_cp_w_k: float, inlet_c: float, air_c: float, p: DryCoolerParams
+) -> float:
+    """Slowest fan speed [1] at which one unit rejects ``heat_w`` [W] (0 when no heat;
+    min_airflow_frac when even that is enough, the rest by-passes the coil; 1 at most).
+    Bisection: the heat rejected rises monotonically with speed."""
+    if heat_w <= 0.0:
+        return 0.0
+    lo = p.min_airflow_frac
+    if dry_cooler_heat_w(lo, m_cp_w_k, inlet_c, air_c, p) >= heat_w:
+        return lo
+    hi = 1.0
+    for _ in range(30):  # speed to ~1e-9
+        mid = 0.5 * (lo + hi)
+        if dry_cooler_heat_w(mid, m_cp_w_k, inlet_c, air_c, p) < heat_w:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def dry_coolers(
     heat_w: float,
     flow_kg_s: float,
@@ -123,11 +205,10 @@ def dry_coolers(
 ) -> tuple[FloatArray, FloatArray, float]:
     """Dry-cooler bank: (fan speed [1] per unit, heat rejected [W] per unit, outlet [C]).
 
-    The BMS isolates units with failed fans; the working units share flow ``flow_kg_s`` [kg/s]
-    entering at ``inlet_c`` [C] and run the fans as slow as possible while bringing the fluid
-    down to ``setpoint_c`` [C] (by-pass mixing below min airflow). Each unit follows
-    effectiveness-NTU, eps = 1 - exp(-NTU), NTU = UA(s)/(m_dot cp), UA(s) = UA_d * s^n, with
-    UA_d from the design point (rating at design approach above design_air_c).
+    The BMS isolates units with failed fans; the working units share flow ``flow_kg_s``
+    [kg/s] entering at ``inlet_c`` [C] and run their fans as slowly as possible to bring the
+    fluid down to ``setpoint_c`` [C] and to reject at most ``heat_w`` [W] (crossflow
+    effectiveness-NTU with both capacity rates; by-pass below min airflow).
     """
     n_ok = int(np.count_nonzero(fan_ok))
     speed = np.zeros(fan_ok.shape, dtype=np.float64)
@@ -135,24 +216,12 @@ def dry_coolers(
     if n_ok == 0 or heat_w <= 0.0 or flow_kg_s <= 0.0 or inlet_c <= air_c:
         return speed, rejected, inlet_c
     m_cp = flow_kg_s * cp_j_kgk / n_ok
-    # design point: a unit at rating with the FWS design rise; eps_d = range / (T_in - T_air)
-    m_cp_d = p.rating_w / 10.0
-    eps_d = 10.0 / (10.0 + p.design_approach_k)
-    ua_d = -np.log(1.0 - eps_d) * m_cp_d
-    eps_need = (inlet_c - setpoint_c) / (inlet_c - air_c)
-    if eps_need <= 0.0:
-        s = p.min_airflow_frac
-    elif eps_need >= 1.0:
-        s = 1.0
-    else:
-        s_raw = (-np.log(1.0 - eps_need) * m_cp / ua_d) ** (1.0 / p.ua_airflow_exponent)
-        s = min(max(float(s_raw), p.min_airflow_frac), 1.0)
-    eps = 1.0 - np.exp(-ua_d * s**p.ua_airflow_exponent / m_cp)
-    out = inlet_c - eps * (inlet_c - air_c)
-    out = max(out, min(setpoint_c, inlet_c))  # by-pass mixing holds the setpoint
+    need = min(heat_w / n_ok, max(m_cp * (inlet_c - setpoint_c), 0.0))
+    q = min(need, dry_cooler_heat_w(1.0, m_cp, inlet_c, air_c, p))
+    s = dry_cooler_speed(q, m_cp, inlet_c, air_c, p)
     speed[fan_ok] = s
-    rejected[fan_ok] = m_cp * (inlet_c - out)
-    return speed, rejected, out
+    rejected[fan_ok] = q
+    return speed, rejected, inlet_c - q / m_cp
 
 
 def dry_cooler_fan_power_w(speed: Any, p: DryCoolerParams) -> FloatArray:

@@ -89,14 +89,19 @@ def ups_modules(
         return out + loss_norm, loss_norm, np.zeros(out.shape, dtype=bool), s0.copy()
     loss_dc = ups_loss_w(out, p.ups_rated_w, p.ups_loss_coeff)
     energy_j = p.ups_rated_w * p.battery_autonomy_s
-    drain = (out + loss_dc) * dt_s / energy_j
     on_batt = ~ok & (s0 > 0.0)
+    # on battery: the battery carries output + loss until it is empty; if it empties within
+    # the step, the static bypass takes over and the mains supply the rest of the step's
+    # energy (so no energy is created when a step is longer than the autonomy left)
+    from_batt = np.minimum(out + loss_dc, s0 * energy_j / dt_s)  # [W] mean over the step
     charge = np.where(ok & (s0 < 1.0), p.recharge_frac * p.ups_rated_w, 0.0)
     charge = np.minimum(charge, (1.0 - s0) * energy_j / dt_s)
-    soc_new = np.where(on_batt, np.maximum(s0 - drain, 0.0), s0 + charge * dt_s / energy_j)
+    soc_new = np.where(
+        on_batt, np.maximum(s0 - from_batt * dt_s / energy_j, 0.0), s0 + charge * dt_s / energy_j
+    )
     loss_bypass = ups_loss_w(out, p.ups_rated_w, p.ups_eco_loss_coeff)
     loss = np.where(on_batt, loss_dc, np.where(ok, loss_norm, loss_bypass))
-    inp = np.where(on_batt, 0.0, out + loss + charge)
+    inp = np.where(on_batt, out + loss_dc - from_batt, out + loss + charge)
     return inp, loss, on_batt, soc_new
 
 

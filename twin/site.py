@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from twin.cdu import CduParams, TcsParams
+from twin.district_heat import DistrictHeatParams
 from twin.errors import SiteError
 from twin.fluids import FLUIDS
 from twin.gpu import GpuParams, _m
@@ -25,6 +26,7 @@ from twin.kpi import CarbonParams
 from twin.plant import ChillerParams, DryCoolerParams, FwsParams, HeatPumpParams
 from twin.power import AuxParams, PowerParams
 from twin.rack import RackParams
+from twin.room_air import RoomAirParams
 from twin.weather import WeatherParams
 from twin.workload import WorkloadParams
 
@@ -65,6 +67,8 @@ SECTIONS: dict[str, type] = {
     "dry_coolers": DryCoolerParams,
     "trim_chiller": ChillerParams,
     "heat_pump": HeatPumpParams,
+    "district_heating": DistrictHeatParams,
+    "room_air": RoomAirParams,
     "power": PowerParams,
     "aux": AuxParams,
     "weather": WeatherParams,
@@ -92,6 +96,8 @@ class Site:
     dry_coolers: DryCoolerParams
     trim_chiller: ChillerParams
     heat_pump: HeatPumpParams
+    district_heating: DistrictHeatParams
+    room_air: RoomAirParams
     power: PowerParams
     aux: AuxParams
     weather: WeatherParams
@@ -110,7 +116,7 @@ class Site:
     ups_ids: tuple[str, ...]
     tx_ids: tuple[str, ...]
     pdu_ids: tuple[str, ...]
-    scale: float = 1.0  # racks / racks in the file: scales the district-heating offtake
+    scale: float = 1.0  # racks / racks in the file: scales the heat-pump plant's capacity
 
     @property
     def n_racks(self) -> int:
@@ -246,6 +252,19 @@ def build_site(
     for sec in ("weather", "carbon"):
         if parts[sec].model == "csv" and not parts[sec].csv_path:
             raise SiteError(f'[{sec}] csv_path: expected a CSV file path when model = "csv"')
+    dcp: DryCoolerParams = parts["dry_coolers"]
+    if dcp.design_air_rise_k >= dcp.design_range_k + dcp.design_approach_k:
+        raise SiteError(
+            "[dry_coolers] design_air_rise_k: expected less than design_range_k + "
+            f"design_approach_k = {dcp.design_range_k + dcp.design_approach_k} K (air cannot "
+            f"leave warmer than the fluid enters), got {dcp.design_air_rise_k}"
+        )
+    ra: RoomAirParams = parts["room_air"]
+    if ra.coil_return_c <= ra.coil_supply_c:
+        raise SiteError(
+            f"[room_air] coil_return_c: expected more than coil_supply_c = {ra.coil_supply_c},"
+            f" got {ra.coil_return_c}"
+        )
     limit = info.max_racks if max_racks is None else max_racks
     n = layout.racks if racks is None else racks
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n > limit:

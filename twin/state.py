@@ -123,6 +123,13 @@ class FacilityState:
     # weather
     outdoor_c: float
     weather_noise_k: float
+    # room air, district heating (defaults: states built before these existed)
+    air_heat_w: float = 0.0  # heat into room air, taken by the CRAH coils [W]
+    crah_fan_power_w: float = 0.0  # CRAH fans [W]
+    air_chiller_cooling_w: float = 0.0  # CRAH coil heat the chiller takes [W]
+    air_chiller_power_w: float = 0.0  # its compressor power [W]
+    dh_demand_w: float = 0.0  # town network heat demand [W]
+    dh_offtake_w: float = 0.0  # what the network takes from the campus at most [W]
 
     def copy(self) -> FacilityState:
         """Deep copy (arrays copied)."""

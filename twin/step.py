@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from twin import cdu as cdu_m
+from twin import district_heat, room_air
 from twin import gpu as gpu_m
 from twin import plant as plant_m
 from twin import power as power_m
@@ -167,6 +168,7 @@ class _SiteConstants:
     fws_volume_m3: float
     ups_per_hall: FloatArray  # (H,)
     tx_per_hall: FloatArray  # (H,)
+    air_design_w: float  # design heat of the room-air system [W]
 
     @classmethod
     def of(cls, site: Site) -> _SiteConstants:
@@ -191,6 +193,7 @@ class _SiteConstants:
             fws_volume_m3=site.fws.volume_m3_per_mw * site.it_design_w / 1e6,
             ups_per_hall=np.bincount(site.ups_hall, minlength=n_h).astype(np.float64),
             tx_per_hall=np.bincount(site.tx_hall, minlength=n_h).astype(np.float64),
+            air_design_w=site.room_air.design_heat_frac_it * site.it_design_w,
         )
         for v in vars(k).values():
             if isinstance(v, np.ndarray):
@@ -268,22 +271,38 @@ def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> F
         state.rack_coolant_c, inlet, rack_flow, q_liq, cp_rack, cap, dt_s
     )
 
-    # --- CDUs: mix rack returns, pass heat through the HX, control supply temperature
+    # --- CDU pumps (their work ends up in the coolant as heat), CDUs: each CDU's loop (its
+    # racks' coolant and the loop mass at supply temperature) gains the racks' liquid heat
+    # and the pump work, and loses what the HX passes to facility water. The supply relaxes
+    # toward its target with the loop's mixing lag; the HX heat is what closes the loop's
+    # energy balance exactly over the step.
     served = k.served
-    cdu_flow = np.bincount(site.rack_cdu, weights=rack_flow, minlength=n_c).astype(np.float64)
-    mixed = np.bincount(site.rack_cdu, weights=rack_flow * out_mean, minlength=n_c)
-    plain = np.bincount(site.rack_cdu, weights=out_c, minlength=n_c) / served
-    ret_c = np.where(cdu_flow > 0.0, mixed / np.where(cdu_flow > 0.0, cdu_flow, 1.0), plain)
-    cp_cdu = cp_j_kgk(tcs_fluid, ret_c)
-    q_hx = np.maximum(cdu_flow * cp_cdu * (ret_c - state.cdu_supply_c), 0.0)
-    target = cdu_m.supply_target_c(tcs_set, state.fws_supply_c, q_hx, cd)
-    supply_c = cdu_m.supply_step(state.cdu_supply_c, target, cdu_flow, cp_cdu, dt_s, cd)
     design_m3_s = (
         k.cdu_design_m3_s
         if tcs_set == k.tcs_set_c
         else _cdu_design_m3_s(served, design_flow, tcs_fluid, tcs_set)
     )
     pump_w = cdu_m.pump_power_w(speed, inputs.pump_on, design_m3_s, cd)
+    cdu_flow = np.bincount(site.rack_cdu, weights=rack_flow, minlength=n_c).astype(np.float64)
+    mixed = np.bincount(site.rack_cdu, weights=rack_flow * out_mean, minlength=n_c)
+    plain = np.bincount(site.rack_cdu, weights=out_c, minlength=n_c) / served
+    ret_c = np.where(cdu_flow > 0.0, mixed / np.where(cdu_flow > 0.0, cdu_flow, 1.0), plain)
+    # enthalpy the rack loops return to the CDU above their inlet [W], as the racks saw it
+    carried = np.bincount(
+        site.rack_cdu, weights=rack_flow * cp_rack * (out_mean - inlet), minlength=n_c
+    )
+    q_in_cdu = carried + pump_w
+    cp_cdu = cp_j_kgk(tcs_fluid, ret_c)
+    target = cdu_m.supply_target_c(tcs_set, state.fws_supply_c, q_in_cdu, cd)
+    supply_c = cdu_m.supply_step(state.cdu_supply_c, target, cdu_flow, cp_cdu, dt_s, cd)
+    q_hx = q_in_cdu - cd.thermal_mass_j_k * (supply_c - state.cdu_supply_c) / dt_s
+    if (q_hx < 0.0).any():
+        # the HX cannot heat the loop: what the racks and pump add stays in it
+        neg = q_hx < 0.0
+        supply_c = np.where(
+            neg, state.cdu_supply_c + q_in_cdu * dt_s / cd.thermal_mass_j_k, supply_c
+        )
+        q_hx = np.where(neg, 0.0, q_hx)
     cp_f = float(cp_j_kgk(fws_fluid, state.fws_supply_c))
     fws_design = k.fws_design_kg_s
     fac_design = k.fac_design_kg_s
@@ -291,46 +310,50 @@ def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> F
         q_hx, state.fws_supply_c, cp_f, site.fws.design_dt_k, fac_design, cd
     )
 
-    # --- facility water: heat pump first, then dry coolers, then the trim chiller
+    # --- facility water: heat pump first, then dry coolers, then the trim chiller. The loop's
+    # water (one mixed volume at supply temperature) relaxes toward what the plant can reach;
+    # the heat the plant takes over the step is what closes the loop's balance, given to the
+    # stages in order, each up to what it can take at this step's inlet temperature.
     fw = site.fws
-    q_fws = float(q_hx.sum())
     fws_flow = max(float(fac_flow.sum()), fw.min_flow_frac * fws_design)
-    bypass = fws_flow - float(fac_flow.sum())
-    fws_ret = (float((fac_flow * fac_ret).sum()) + bypass * state.fws_supply_c) / fws_flow
     m_cp = fws_flow * cp_f
-    hp = site.heat_pump
-    winter = float(plant_m.season_weight(inputs.day_of_year))
-    offtake = site.scale * (
-        winter * hp.offtake_max_winter_w + (1.0 - winter) * hp.offtake_max_summer_w
-    )
-    dh_supply = winter * hp.dh_supply_winter_c + (1.0 - winter) * hp.dh_supply_summer_c
-    hp_cop = float(plant_m.heat_pump_cop(dh_supply, hp))
-    avail = max(m_cp * (fws_ret - hp.source_out_c), 0.0)
-    hp_heat, hp_src, hp_w = (float(x) for x in plant_m.heat_pump(avail, offtake, hp_cop))
-    t_mid = fws_ret - hp_src / m_cp
-    dc_speed, dc_heat, t_dc = plant_m.dry_coolers(
-        q_fws - hp_src,
-        fws_flow,
-        cp_f,
-        t_mid,
-        inputs.outdoor_c,
-        fws_set,
-        inputs.dc_fan_ok,
-        site.dry_coolers,
-    )
-    dc_fan_w = plant_m.dry_cooler_fan_power_w(dc_speed, site.dry_coolers)
-    ch = site.trim_chiller
-    ch_cap = ch.capacity_frac_it * site.it_design_w
-    ch_q = min(max(m_cp * (t_dc - fws_set), 0.0), ch_cap)
-    ch_cop = float(
-        plant_m.chiller_cop(fws_set + ch.t_evap_offset_k, inputs.outdoor_c + ch.t_cond_offset_k, ch)
-    )
-    ch_w = ch_q / ch_cop if ch_q > 0.0 else 0.0
-    t_plant = t_dc - ch_q / m_cp
     rho_f = float(density_kg_m3(fws_fluid, state.fws_supply_c))
-    volume = k.fws_volume_m3
-    fws_supply = float(exp_relax(state.fws_supply_c, t_plant, fws_flow / (volume * rho_f), dt_s))
     fws_pump_w = float(plant_m.fws_pump_power_w(fws_flow, fws_design, rho_f, fw))
+    q_fws = float(q_hx.sum()) + fws_pump_w  # the pump's work heats the water
+    fws_ret = state.fws_supply_c + q_fws / m_cp
+    out = inputs.outdoor_c
+    hp, dh = site.heat_pump, site.district_heating
+    dh_demand = district_heat.heat_demand_w(out, dh)
+    offtake = district_heat.campus_offtake_w(out, hp.capacity_w * site.scale, dh)
+    dh_supply = district_heat.supply_temp_c(out, hp.dh_supply_summer_c, hp.dh_supply_winter_c, dh)
+    hp_cop = float(plant_m.heat_pump_cop(dh_supply, hp))
+    hp_max = min(max(m_cp * (fws_ret - hp.source_out_c), 0.0), offtake * (hp_cop - 1.0) / hp_cop)
+    t_hp = fws_ret - hp_max / m_cp
+    dcp = site.dry_coolers
+    n_ok = int(np.count_nonzero(inputs.dc_fan_ok))
+    m_cp_unit = m_cp / max(n_ok, 1)
+    dc_max = n_ok * plant_m.dry_cooler_heat_w(1.0, m_cp_unit, t_hp, out, dcp)
+    dc_max = min(dc_max, max(m_cp * (t_hp - fws_set), 0.0))
+    t_dc = t_hp - dc_max / m_cp
+    ch = site.trim_chiller
+    ch_max = min(max(m_cp * (t_dc - fws_set), 0.0), ch.capacity_frac_it * site.it_design_w)
+    t_plant = t_dc - ch_max / m_cp
+    volume = k.fws_volume_m3
+    c_fws = volume * rho_f * cp_f  # [J/K]
+    t_relax = float(exp_relax(state.fws_supply_c, t_plant, fws_flow / (volume * rho_f), dt_s))
+    q_plant = max(q_fws - c_fws * (t_relax - state.fws_supply_c) / dt_s, 0.0)
+    hp_src = min(q_plant, hp_max)
+    dc_q = min(q_plant - hp_src, dc_max)
+    ch_q = min(q_plant - hp_src - dc_q, ch_max)
+    fws_supply = state.fws_supply_c + (q_fws - hp_src - dc_q - ch_q) * dt_s / c_fws
+    hp_heat = hp_src * hp_cop / (hp_cop - 1.0) if hp_src > 0.0 else 0.0
+    hp_w = hp_heat - hp_src
+    s_unit = plant_m.dry_cooler_speed(dc_q / max(n_ok, 1), m_cp_unit, t_hp, out, dcp)
+    dc_speed = np.where(inputs.dc_fan_ok, s_unit, 0.0)
+    dc_heat = np.where(inputs.dc_fan_ok, dc_q / max(n_ok, 1), 0.0)
+    dc_fan_w = plant_m.dry_cooler_fan_power_w(dc_speed, dcp)
+    ch_cop = float(plant_m.chiller_cop(fws_set + ch.t_evap_offset_k, out + ch.t_cond_offset_k, ch))
+    ch_w = ch_q / ch_cop if ch_q > 0.0 else 0.0
 
     # --- power chain: racks -> PDUs -> UPS (per hall) -> transformers (per hall)
     pw = site.power
@@ -343,8 +366,27 @@ def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> F
         ups_out, inputs.ups_mains_ok, state.ups_soc, dt_s, pw
     )
     it_w = float(rack_ac.sum())
-    aux_w = (site.aux.lighting_bms_frac_it + site.aux.residual_air_fan_frac_it) * it_w
-    mech_w = float(pump_w.sum()) + fws_pump_w + float(dc_fan_w.sum()) + ch_w + aux_w
+
+    # --- room air: rack air share, PDU and UPS losses, lighting and the CRAH fans go to the
+    # CRAH coils; the coil loop is free-cooled below the economiser limit, the chiller
+    # takes the rest (same Carnot fraction as the trim chiller, evaporating below the coil
+    # supply)
+    ra = site.room_air
+    light_w = site.aux.lighting_bms_frac_it * it_w
+    air_in = float(q_air.sum()) + float(pdu_loss.sum()) + float(ups_loss.sum()) + light_w
+    crah_w = room_air.crah_fan_power_w(
+        air_in, k.air_design_w, site.aux.residual_air_fan_frac_it * site.it_design_w, ra
+    )
+    air_heat = air_in + crah_w
+    air_ch_q = air_heat * (1.0 - room_air.economiser_frac(out, ra))
+    air_ch_cop = float(
+        plant_m.chiller_cop(ra.coil_supply_c + ch.t_evap_offset_k, out + ch.t_cond_offset_k, ch)
+    )
+    air_ch_w = air_ch_q / air_ch_cop if air_ch_q > 0.0 else 0.0
+
+    mech_w = (
+        float(pump_w.sum()) + fws_pump_w + float(dc_fan_w.sum()) + ch_w + light_w + crah_w
+    ) + air_ch_w
     if hp.boundary == "site":
         mech_w += hp_w
     hall_it = np.bincount(site.rack_hall, weights=rack_ac, minlength=n_h)
@@ -410,4 +452,10 @@ def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> F
         facility_power_w=float(tx_in.sum()),
         outdoor_c=inputs.outdoor_c,
         weather_noise_k=state.weather_noise_k,
+        air_heat_w=air_heat,
+        crah_fan_power_w=crah_w,
+        air_chiller_cooling_w=air_ch_q,
+        air_chiller_power_w=air_ch_w,
+        dh_demand_w=dh_demand,
+        dh_offtake_w=offtake,
     )

@@ -11,7 +11,11 @@ from twin.plant import (
     FwsParams,
     HeatPumpParams,
     chiller_cop,
+    crossflow_effectiveness,
+    design_ua_w_k,
     dry_cooler_fan_power_w,
+    dry_cooler_heat_w,
+    dry_cooler_speed,
     dry_coolers,
     fws_pump_power_w,
     heat_pump,
@@ -40,14 +44,49 @@ def test_season_weight() -> None:
     assert_allclose(season_weight([15.0, 15.0 + 365.25 / 2]), [1.0, 0.0], atol=1e-12)
 
 
+def test_crossflow_effectiveness_both_unmixed() -> None:
+    # Incropera Table 11.3 eq. 11.32 at NTU = 1, Cr = 1: 1 - exp(exp(-1) - 1) = 0.4685
+    assert_allclose(crossflow_effectiveness(1.0, 1.0), 1.0 - np.exp(np.exp(-1.0) - 1.0))
+    # Cr -> 0 is the one-stream-condensing limit 1 - exp(-NTU)
+    assert_allclose(crossflow_effectiveness(1.5, 0.0), 1.0 - np.exp(-1.5))
+    assert_allclose(crossflow_effectiveness(1.5, 1e-6), 1.0 - np.exp(-1.5), rtol=1e-5)
+    # more air (lower Cr at fixed NTU) helps; effectiveness rises with NTU
+    assert crossflow_effectiveness(1.5, 0.5) > crossflow_effectiveness(1.5, 1.0)
+    assert crossflow_effectiveness(3.0, 0.8) > crossflow_effectiveness(1.5, 0.8)
+
+
 def test_dry_cooler_design_point_needs_full_airflow() -> None:
-    # one unit at rating, 50 C in, 30 C air, 40 C set: exactly the design point
+    # one unit at rating, 50 C in, 30 C air, 40 C set: exactly the design point. Air is the
+    # smaller stream (1.6 MW / 12 K = 133 kW/K vs 160 kW/K): eps = 1.6 MW / (133 kW/K x 20 K)
     ok = np.array([True])
     flow = DC.rating_w / (10.0 * 3844.0)
     speed, rej, out = dry_coolers(DC.rating_w, flow, 3844.0, 50.0, 30.0, 40.0, ok, DC)
-    assert_allclose(speed, [1.0])
-    assert_allclose(out, 40.0)
-    assert_allclose(rej, [DC.rating_w])
+    assert_allclose(speed, [1.0], atol=1e-6)
+    assert_allclose(out, 40.0, atol=1e-6)
+    assert_allclose(rej, [DC.rating_w], rtol=1e-9)
+    c_a = DC.rating_w / DC.design_air_rise_k
+    eps = crossflow_effectiveness(design_ua_w_k(DC) / c_a, c_a / (DC.rating_w / 10.0))
+    assert_allclose(eps, 0.6, rtol=1e-9)
+
+
+def test_dry_cooler_air_side_carries_the_fluid_heat() -> None:
+    # the air leaves warmer by Q / C_air and never warmer than the fluid enters
+    m_cp = DC.rating_w / 10.0
+    for speed, air_c in ((0.3, -10.0), (0.6, 15.0), (1.0, 30.0)):
+        q = dry_cooler_heat_w(speed, m_cp, 50.0, air_c, DC)
+        air_out = air_c + q / (speed * DC.rating_w / DC.design_air_rise_k)
+        assert air_c < air_out < 50.0
+        assert 50.0 - q / m_cp > air_c  # fluid outlet stays above the air inlet
+
+
+def test_dry_cooler_speed_inverts_the_heat() -> None:
+    m_cp = DC.rating_w / 10.0
+    for target in (0.5e6, 0.9e6, 1.4e6):  # above the 0.36 MW rejected at the fan floor
+        s = dry_cooler_speed(target, m_cp, 48.0, 20.0, DC)
+        assert_allclose(dry_cooler_heat_w(s, m_cp, 48.0, 20.0, DC), target, rtol=1e-6)
+    assert dry_cooler_speed(0.0, m_cp, 48.0, 20.0, DC) == 0.0
+    # a tiny load is met at the fan floor with the rest by-passing the coil
+    assert dry_cooler_speed(1e3, m_cp, 48.0, 20.0, DC) == DC.min_airflow_frac
 
 
 def test_dry_coolers_slow_down_in_the_cold_and_share_failed_units_load() -> None:
@@ -67,7 +106,7 @@ def test_dry_cooler_cannot_reach_setpoint_in_a_heat_wave() -> None:
     ok = np.array([True])
     flow = DC.rating_w / (10.0 * 3844.0)
     speed, _, out = dry_coolers(DC.rating_w, flow, 3844.0, 50.0, 35.0, 40.0, ok, DC)
-    # eps = 0.5 at full airflow: out = 50 - 0.5 * 15 = 42.5 C
+    # same NTU and Cr as at design, eps C_min = 0.6 x 133.3 kW/K: out = 50 - 80 x 15 / 160
     assert_allclose(speed, [1.0])
     assert_allclose(out, 42.5)
 
