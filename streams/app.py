@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from streams.codec import DecodeError, decode_points_frame, encode_frame
 from streams.codec_batch import GpuMessage, decode_gpu_frames
 from streams.facility import FacilityModel
 from streams.faust_app import TwinFaustApp
+from streams.inflight import InflightGuard, MessageKey
 from streams.ingest_json import convert_json
 from streams.runtime import TwinRuntime, merge_by_partition, partition_for
-from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
+from streams.schema import DLQ_REASONS, TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL, DlqReason
 from streams.settings import Settings
 from streams.stateview import follow_state
 from streams.web import register_views
@@ -37,6 +39,23 @@ log = logging.getLogger(__name__)
 REPLAY_HEADER = "twin-replay"
 #: Head of an oversized payload kept in its dead-letter record.
 DLQ_MAX_VALUE_BYTES = 64 * 1024
+#: Longest ``dlq.detail`` header [bytes of UTF-8].
+DLQ_MAX_DETAIL_BYTES = 1024
+#: Test only: bytes that make the worker abort (or raise) while applying a message holding
+#: them. Not TWIN_* settings: nothing but the poison-pill tests sets them.
+TEST_CRASH_ENV = "DC_TWIN_TEST_CRASH_ON"
+TEST_RAISE_ENV = "DC_TWIN_TEST_RAISE_ON"
+
+
+def _detail_header(detail: str) -> bytes:
+    """The detail as UTF-8, cut to DLQ_MAX_DETAIL_BYTES on a character boundary."""
+    raw = detail.encode("utf-8", "backslashreplace")[:DLQ_MAX_DETAIL_BYTES]
+    return raw.decode("utf-8", "ignore").encode()
+
+
+def _message_key(msg: Any) -> MessageKey:
+    """(topic, partition, offset) of a Kafka message."""
+    return (str(msg.topic), int(msg.partition), int(msg.offset))
 
 
 @dataclass
@@ -137,19 +156,23 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     # Table recoveries Faust has completed, and the one whose checkpoints were restored.
     sync_state = {"recovered": 0, "synced": 0}
 
-    async def dead_letter(ev: EventT, reason: str) -> None:
+    async def dead_letter(ev: EventT, code: str, detail: str) -> None:
+        # code: one of the fixed DLQ reasons (bounded /metrics label); detail: free text.
         msg = ev.message
-        rt.counters.dead_letter(reason)
+        code = code if code in DLQ_REASONS else DlqReason.INVALID.value
+        rt.counters.dead_letter(code)
         log.warning(
-            "dlq topic=%s partition=%s offset=%s reason=%s",
+            "dlq topic=%s partition=%s offset=%s reason=%s detail=%.300s",
             msg.topic,
             msg.partition,
             msg.offset,
-            reason,
+            code,
+            detail,
         )
         value = msg.value or b""
         headers = [
-            ("dlq.reason", reason.encode()),
+            ("dlq.reason", code.encode()),
+            ("dlq.detail", _detail_header(detail)),
             ("dlq.topic", str(msg.topic).encode()),
             ("dlq.partition", str(msg.partition).encode()),
             ("dlq.offset", str(msg.offset).encode()),
@@ -166,16 +189,95 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             log.error("dlq send failed topic=%s offset=%s: %r", msg.topic, msg.offset, exc)
 
     BatchApply = Callable[[list[Any], int], list[DecodeError | None]]
+    # Poison-pill guards (streams/inflight.py): one note file per agent of this worker.
+    guard_dir = settings.state_dir / "inflight" / f"{settings.app_id}-{settings.web_port}"
+    # Test only (tests/streams/test_poison_integration.py): a message whose value holds
+    # these bytes aborts the process while it is applied, as a segfault in a native library
+    # would, or raises, as a bug would.
+    crash_marker = os.environ.get(TEST_CRASH_ENV, "").encode()
+    raise_marker = os.environ.get(TEST_RAISE_ENV, "").encode()
 
-    async def consume_frames(stream: Any, apply: BatchApply) -> None:
+    def crash_if_marked(msgs: list[Any]) -> None:
+        if crash_marker and any(crash_marker in (m.value or b"") for m in msgs):
+            os.abort()
+        if raise_marker and any(raise_marker in (m.value or b"") for m in msgs):
+            raise RuntimeError("test-only failure on a marked message")
+
+    def apply_one(
+        msg: Any, now: int, apply: BatchApply, guard: InflightGuard, *, solo: bool
+    ) -> DecodeError | None:
+        guard.begin([_message_key(msg)], solo=solo)
+        try:
+            crash_if_marked([msg])
+            (error,) = apply([msg], now)
+        except Exception as exc:  # a bug or an input no check foresaw: only this message
+            log.error("applying %s failed", _message_key(msg), exc_info=True)
+            error = DecodeError(f"{type(exc).__name__}: {exc}", DlqReason.INTERNAL_ERROR)
+        guard.done()
+        return error
+
+    def apply_batch(
+        msgs: list[Any], now: int, apply: BatchApply, guard: InflightGuard
+    ) -> list[DecodeError | None]:
+        guard.begin(_message_key(m) for m in msgs)
+        try:
+            crash_if_marked(msgs)
+            refused = apply(msgs, now)
+        except Exception:
+            # One message must not take the batch (or the agent) with it: apply them one at
+            # a time and dead-letter only those that raise. Frames of the batch applied
+            # before the exception are applied again; rack state keeps the latest reading.
+            log.error("applying a batch of %d failed; one at a time", len(msgs), exc_info=True)
+            refused = [apply_one(m, now, apply, guard, solo=False) for m in msgs]
+        guard.done()
+        return refused
+
+    def apply_guarded(
+        msgs: list[Any], now: int, apply: BatchApply, guard: InflightGuard
+    ) -> list[DecodeError | None]:
+        if not guard.suspects and not guard.poisoned:
+            return apply_batch(msgs, now, apply, guard)
+        # After a crash: messages of the batch that was in flight go one at a time, and the
+        # one that was in flight alone when the process died is not applied again.
+        out: list[DecodeError | None] = [None] * len(msgs)
+        ordinary: list[int] = []
+
+        def flush() -> None:
+            done = apply_batch([msgs[i] for i in ordinary], now, apply, guard)
+            for i, error in zip(ordinary, done, strict=True):
+                out[i] = error
+            ordinary.clear()
+
+        for i, msg in enumerate(msgs):
+            key = _message_key(msg)
+            if guard.is_poisoned(key):
+                if ordinary:
+                    flush()
+                out[i] = DecodeError(
+                    "the worker died while processing this message alone", DlqReason.CRASHED
+                )
+                guard.forget(key)
+            elif guard.is_suspect(key):
+                if ordinary:
+                    flush()
+                out[i] = apply_one(msg, now, apply, guard, solo=True)
+            else:
+                ordinary.append(i)
+        if ordinary:
+            flush()
+        return out
+
+    async def consume_frames(stream: Any, apply: BatchApply, agent: str) -> None:
         # Whole batches: Faust's per-event cost is paid once, the frame work is numpy.
+        guard = InflightGuard(guard_dir / f"{agent}.json")
         async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
             sync_tables_now()  # restore newly owned checkpoints before any frame is applied
             msgs = [ev.message for ev in events]
-            refused = apply(msgs, rt.clock_ms())
+            # Synchronous from begin to done: a cancelled agent never leaves a note behind.
+            refused = apply_guarded(msgs, rt.clock_ms(), apply, guard)
             for ev, msg, error in zip(events, msgs, refused, strict=True):
                 if error is not None:
-                    await dead_letter(ev, error.reason)
+                    await dead_letter(ev, error.code, error.reason)
                 rt.record_position(msg.topic, msg.partition, msg.offset)
 
     def apply_gpu(msgs: list[Any], now: int) -> list[DecodeError | None]:
@@ -213,30 +315,56 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
 
     @app.agent(gpu_topic, name="gpu-frames")
     async def gpu_frames(stream: Any) -> None:
-        await consume_frames(stream, apply_gpu)
+        await consume_frames(stream, apply_gpu, "gpu-frames")
 
     @app.agent(thermal_topic, name="thermal-frames")
     async def thermal_frames(stream: Any) -> None:
-        await consume_frames(stream, points_applier(names.thermal))
+        await consume_frames(stream, points_applier(names.thermal), "thermal-frames")
 
     @app.agent(power_topic, name="power-frames")
     async def power_frames(stream: Any) -> None:
-        await consume_frames(stream, points_applier(names.power))
+        await consume_frames(stream, points_applier(names.power), "power-frames")
 
     # contract name (what convert_json returns) -> this twin's (maybe prefixed) topic
     telemetry = {TOPIC_GPU: gpu_topic, TOPIC_THERMAL: thermal_topic, TOPIC_POWER: power_topic}
 
     @app.agent(ingest_topic, name="json-ingest")
     async def json_ingest(stream: Any) -> None:
+        guard = InflightGuard(guard_dir / "json-ingest.json")
         async for ev in stream.events():
             msg = ev.message
-            try:
-                frames = convert_json(msg.value or b"")
-            except DecodeError as exc:
-                await dead_letter(ev, exc.reason)
+            key = _message_key(msg)
+            if guard.is_poisoned(key):
+                guard.forget(key)
+                await dead_letter(ev, DlqReason.CRASHED, "the worker died converting it")
                 continue
-            for f in frames:
-                await telemetry[f.topic].send(key=f.key.encode(), value=encode_frame(f.batch))
+            guard.begin([key], solo=guard.is_suspect(key))
+            try:
+                crash_if_marked([msg])
+                frames = convert_json(
+                    msg.value or b"",
+                    now_ms=rt.clock_ms(),
+                    limits=limits,
+                    replay=REPLAY_HEADER in _headers(msg),
+                )
+            except DecodeError as exc:
+                guard.done()
+                await dead_letter(ev, exc.code, exc.reason)
+                continue
+            except Exception as exc:  # never the agent: dead-letter this message, go on
+                guard.done()
+                log.error("converting %s failed", key, exc_info=True)
+                await dead_letter(ev, DlqReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                continue
+            guard.done()
+            try:
+                for f in frames:
+                    await telemetry[f.topic].send(key=f.key.encode(), value=f.value)
+            except Exception as exc:
+                log.error("publishing frames of %s failed", key, exc_info=True)
+                await dead_letter(
+                    ev, DlqReason.INTERNAL_ERROR, f"publish: {type(exc).__name__}: {exc}"
+                )
 
     def partition_of(key: str) -> int:
         return partition_for(key, settings.partitions)

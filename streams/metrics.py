@@ -67,7 +67,9 @@ class _TwinCollector(Collector):
             value=rt.counters.samples_in,
         )
         dlq = CounterMetricFamily(
-            "twin_frames_dlq", "Messages sent to the dead-letter topic.", labels=["reason"]
+            "twin_frames_dlq",
+            "Messages sent to the dead-letter topic, by reason code (streams/schema.py DlqReason).",
+            labels=["reason"],
         )
         for reason, n in rt.counters.dlq.items():
             dlq.add_metric([reason], n)

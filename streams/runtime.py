@@ -19,7 +19,7 @@ from aiokafka.partitioner import murmur2
 from streams.codec import GpuFrame, PointsFrame
 from streams.modelpool import RackModels
 from streams.rackmodel import RackModel, coolant_at_plates_c
-from streams.schema import KPI_SCHEMA, TS_TYPE
+from streams.schema import DLQ_REASONS, KPI_SCHEMA, TS_TYPE, DlqReason
 from streams.state import RackState, UnitState, facility_summary
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Counters:
 
     frames_in: dict[str, int] = field(default_factory=dict)  # per topic
     samples_in: int = 0  # GPU samples (rows of telemetry.gpu frames)
-    dlq: dict[str, int] = field(default_factory=dict)  # per reason class
+    dlq: dict[str, int] = field(default_factory=dict)  # per reason code (DlqReason)
     checkpoints: int = 0
     #: table checkpoints that could not be restored (corrupt or of another layout)
     bad_checkpoints: int = 0
@@ -82,10 +82,10 @@ class Counters:
         """Count one accepted frame."""
         self.frames_in[topic] = self.frames_in.get(topic, 0) + 1
 
-    def dead_letter(self, reason: str) -> None:
-        """Count one message sent to the DLQ, by the first words of its reason."""
-        cls = reason.split(":", 1)[0][:40]
-        self.dlq[cls] = self.dlq.get(cls, 0) + 1
+    def dead_letter(self, code: str) -> None:
+        """Count one message sent to the DLQ by its reason code (a bounded label set)."""
+        code = code if code in DLQ_REASONS else DlqReason.INVALID.value
+        self.dlq[code] = self.dlq.get(code, 0) + 1
 
 
 @dataclass

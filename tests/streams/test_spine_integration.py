@@ -158,9 +158,12 @@ def test_state_equals_frames_dlq_and_survives_sigkill(spine: tuple[Broker, Topic
         assert worker.get_json("/api/racks/R0097")[0] == 404
 
         dlq = asyncio.run(_read_dlq(broker.bootstrap, topics.dlq, 6))
-        reasons = sorted(d["headers"]["dlq.reason"].split(":")[0] for d in dlq)
+        reasons = sorted(d["headers"]["dlq.reason"] for d in dlq)
         assert len(dlq) == 6, reasons
-        joined = " | ".join(d["headers"]["dlq.reason"] for d in dlq)
+        assert reasons == sorted(
+            ["not_arrow", "schema", "not_finite", "oversized", "out_of_range", "not_json"]
+        )
+        joined = " | ".join(d["headers"]["dlq.detail"] for d in dlq)
         for expected_reason in (
             "not an Arrow IPC stream",
             "wrong schema",
@@ -171,7 +174,7 @@ def test_state_equals_frames_dlq_and_survives_sigkill(spine: tuple[Broker, Topic
         ):
             assert expected_reason in joined
         assert all(d["headers"]["dlq.topic"] for d in dlq)
-        garbage = next(d for d in dlq if "not an Arrow" in d["headers"]["dlq.reason"])
+        garbage = next(d for d in dlq if d["headers"]["dlq.reason"] == "not_arrow")
         assert garbage["value"] == b"\x00not arrow at all"  # nothing lost: the bytes are kept
 
         status, body = http_get(worker.url + "/metrics")
@@ -179,6 +182,7 @@ def test_state_equals_frames_dlq_and_survives_sigkill(spine: tuple[Broker, Topic
         assert status == 200
         assert 'twin_rack_power_watts{rack="R0001"}' in text
         assert "twin_frames_dlq_total" in text and "twin_consumer_lag_messages" in text
+        assert 'twin_frames_dlq_total{reason="not_arrow"} 1.0' in text
 
         status, body = http_post(
             worker.url + "/api/sql", b'{"sql": "SELECT count(*) AS n FROM gpu"}'
