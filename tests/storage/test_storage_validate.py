@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
 
-import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -20,72 +18,13 @@ from storage.decode import (
     table_day,
 )
 from storage.layout import default_tables
-from streams.codec import encode_frame, gpu_batch, points_batch
-from streams.schema import GPU_SCHEMA
+from streams.codec import encode_frame, points_batch
 from twin.errors import DecodeError
+
+from .bad_inputs import BAD_FRAMES, NOW_MS, frame, year_ms
 
 TABLES = default_tables()
 GPU = TABLES["gpu"]
-NOW_MS = int(time.time() * 1000)
-
-
-def _cols(n: int = 8) -> dict[str, np.ndarray]:
-    return {
-        "power_w": np.full(n, 1000.0),
-        "energy_mj": np.arange(n, dtype=np.uint64) + 10**9,
-        "temp_gpu_c": np.full(n, 60.0),
-        "temp_mem_c": np.full(n, 65.0),
-        "sm_clock_mhz": np.full(n, 1800),
-        "util_pct": np.full(n, 90.0),
-        "clock_event_reasons": np.zeros(n, np.uint64),
-        "xid": np.zeros(n, np.uint32),
-        "power_limit_w": np.full(n, 1800.0),
-    }
-
-
-def _frame(ts_ms: int = NOW_MS, rack: str = "R0001", **over: object) -> bytes:
-    cols = _cols(len(over["gpu"]) if "gpu" in over else 8)  # type: ignore[arg-type]
-    cols.update({k: np.asarray(v) for k, v in over.items()})
-    return encode_frame(gpu_batch(ts_ms, rack, cols))
-
-
-def _with_nulls(column: str) -> bytes:
-    batch = gpu_batch(NOW_MS, "R0001", _cols(4))
-    arrays = list(batch.columns)
-    i = GPU_SCHEMA.get_field_index(column)
-    arrays[i] = pa.array([None, *arrays[i].to_pylist()[1:]], type=arrays[i].type)
-    loose = pa.schema([f.with_nullable(True) for f in GPU_SCHEMA])
-    return encode_frame(pa.RecordBatch.from_arrays(arrays, schema=loose))
-
-
-def _year_ms(year: int) -> int:
-    return int((np.datetime64(f"{year}-01-01", "ms") - np.datetime64(0, "ms")).astype(np.int64))
-
-
-def _mixed_racks() -> bytes:
-    a = gpu_batch(NOW_MS, "R0001", _cols(4))
-    b = gpu_batch(NOW_MS, "R0002", _cols(4))
-    return encode_frame(pa.Table.from_batches([a, b]).combine_chunks().to_batches()[0])
-
-
-BAD_FRAMES = {
-    "nan power": lambda: _frame(power_w=np.full(8, np.nan)),
-    "inf temperature": lambda: _frame(temp_gpu_c=np.full(8, np.inf)),
-    "-500 W": lambda: _frame(power_w=np.full(8, -500.0)),
-    "1e30 W": lambda: _frame(power_w=np.full(8, 1e30)),
-    "1000 C": lambda: _frame(temp_gpu_c=np.full(8, 1000.0)),
-    "250 % util": lambda: _frame(util_pct=np.full(8, 250.0)),
-    "duplicated gpu index": lambda: _frame(gpu=np.zeros(200, np.uint16)),
-    "2,000-GPU frame": lambda: _frame(gpu=np.arange(2000, dtype=np.uint16)),
-    "mixed racks": _mixed_racks,
-    "ts 1950": lambda: _frame(ts_ms=_year_ms(1950)),
-    "ts 2300": lambda: _frame(ts_ms=_year_ms(2300)),
-    "ts 9999": lambda: _frame(ts_ms=_year_ms(9999)),
-    "null ts": lambda: _with_nulls("ts"),
-    "null temperature": lambda: _with_nulls("temp_gpu_c"),
-    "corrupt arrow": lambda: b"\xff\xff\xff\xff" + b"\x00" * 40,
-    "truncated arrow": lambda: _frame()[:-30],
-}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FRAMES))
@@ -96,18 +35,18 @@ def test_bad_gpu_frames_are_refused_with_a_code(name: str) -> None:
         decode_message(GPU, key, value, NOW_MS, now_ms=NOW_MS)
     assert reason_code(info.value)
     # The batch path refuses it too, and keeps its good neighbour.
-    good = _frame()
+    good = frame()
     got = decode_many(GPU, [Incoming(b"R0001", good, NOW_MS), Incoming(key, value, NOW_MS)], NOW_MS)
     assert isinstance(got[0], pa.Table) and got[0].num_rows == 8
     assert isinstance(got[1], DecodeError)
 
 
 def test_replay_header_lifts_only_the_age_limit() -> None:
-    old = _frame(ts_ms=NOW_MS - 3 * 86_400_000)
+    old = frame(ts_ms=NOW_MS - 3 * 86_400_000)
     with pytest.raises(DecodeError):
         decode_message(GPU, b"R0001", old, NOW_MS, now_ms=NOW_MS)
     assert decode_message(GPU, b"R0001", old, NOW_MS, now_ms=NOW_MS, replay=True).num_rows == 8
-    future = _frame(ts_ms=_year_ms(2300))
+    future = frame(ts_ms=year_ms(2300))
     with pytest.raises(DecodeError):
         decode_message(GPU, b"R0001", future, NOW_MS, now_ms=NOW_MS, replay=True)
 
@@ -160,16 +99,16 @@ def test_null_or_invalid_record_time_is_refused_not_raised() -> None:
 
 
 def test_table_day_and_split_by_day() -> None:
-    t = decode_message(GPU, b"R0001", _frame(ts_ms=1_790_000_000_000), 0)
+    t = decode_message(GPU, b"R0001", frame(ts_ms=1_790_000_000_000), 0)
     assert table_day(t).isoformat() == "2026-09-21"
-    two = pa.concat_tables([t, decode_message(GPU, b"R0001", _frame(1_790_100_000_000), 0)])
+    two = pa.concat_tables([t, decode_message(GPU, b"R0001", frame(1_790_100_000_000), 0)])
     assert [d.isoformat() for d, _ in split_by_day(two)] == ["2026-09-21", "2026-09-22"]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_mutated_frames_never_raise_anything_but_decode_error(data: st.DataObject) -> None:
-    value = bytearray(_frame())
+    value = bytearray(frame())
     for _ in range(data.draw(st.integers(1, 8))):
         i = data.draw(st.integers(0, len(value) - 1))
         value[i] = data.draw(st.integers(0, 255))
