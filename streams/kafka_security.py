@@ -145,6 +145,18 @@ def kafka_client_kwargs(security: KafkaSecurity | None) -> dict[str, Any]:
     return (security or PLAINTEXT).client_kwargs()
 
 
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a client error (aiokafka wraps it in KafkaConnectionError)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ssl.SSLError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -258,6 +270,14 @@ async def check_access(bootstrap: str, security: KafkaSecurity | None) -> None:
         except ssl.SSLError as exc:
             raise BrokerError(f"TLS to Kafka at {hp} failed: {exc.reason or exc}") from None
         except KafkaError as exc:
+            tls = _ssl_cause(exc)
+            if tls is not None:
+                # e.g. the broker's "bad certificate" alert: it wants a client certificate
+                # (ssl.client.auth=required) that we did not show or that it does not trust.
+                raise BrokerError(
+                    f"TLS to Kafka at {hp} refused by the broker: {tls.reason or tls} "
+                    "(--kafka-cert-file/--kafka-key-file)"
+                ) from None
             if "auth" in type(exc).__name__.lower() or "sasl" in type(exc).__name__.lower():
                 raise BrokerError(
                     f"Kafka at {hp} refused {security.mechanism} login of user "

@@ -144,6 +144,11 @@ class Pki:
     client_key: Path
 
 
+#: P-256 keys: generated in milliseconds (RSA 2048 takes about a second here); Kafka's PEM
+#: keystore reads EC keys as well.
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+
+
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
@@ -154,7 +159,7 @@ def make_pki(d: Path) -> Pki:
         pytest.skip("the openssl CLI is needed to make test certificates")
     d.mkdir(parents=True, exist_ok=True)
     ca_key, ca = d / "ca.key", d / "ca.pem"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+    _openssl("req", "-x509", *EC_KEY, "-nodes", "-keyout", str(ca_key),
              "-out", str(ca), "-days", "2", "-subj", "/CN=dc-twin test CA",
              "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
@@ -166,7 +171,7 @@ def make_pki(d: Path) -> Pki:
     out = {}
     for name in ("server", "client"):
         key, csr, cert = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.pem"
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        _openssl("req", *EC_KEY, "-nodes", "-keyout", str(key), "-out", str(csr),
                  "-subj", f"/CN={name}")  # fmt: skip
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
                  "-CAcreateserial", "-out", str(cert), "-days", "2",
@@ -188,7 +193,12 @@ class SecureKafka:
 
     def security(self, password: str = PASSWORD) -> KafkaSecurity:
         return KafkaSecurity(
-            protocol="SASL_SSL", username=USER, password=Secret(password), ca_file=self.pki.ca
+            protocol="SASL_SSL",
+            username=USER,
+            password=Secret(password),
+            ca_file=self.pki.ca,
+            cert_file=self.pki.client_cert,
+            key_file=self.pki.client_key,
         )
 
     def flags(self, password_file: Path | None = None) -> list[str]:
@@ -198,6 +208,8 @@ class SecureKafka:
             "--kafka-username", USER,
             "--kafka-password-file", str(password_file or self.password_file),
             "--kafka-ca-file", str(self.pki.ca),
+            "--kafka-cert-file", str(self.pki.client_cert),
+            "--kafka-key-file", str(self.pki.client_key),
         ]  # fmt: skip
 
 
@@ -213,6 +225,8 @@ def secure_kafka(
         ca_file=pki.ca,
         users={USER: PASSWORD},
         mechanism="SCRAM-SHA-512",
+        # every client shows the client certificate too (mutual TLS), so that path is tested
+        client_auth="required",
     )
     broker = ApacheKafkaBroker(sasl_ssl=listener)
     try:
@@ -227,12 +241,19 @@ def secure_kafka(
         broker.stop()
 
 
-def twin_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def twin_cli_all(*argvs: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Run several ``twin`` commands at once (each as a user types it, no TWIN_* env)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        capture_output=True, text=True, timeout=90, env=clean,
-    )  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "streams", *argv], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=clean)
+        for argv in argvs
+    ]  # fmt: skip
+    out = []
+    for argv, proc in zip(argvs, procs, strict=True):
+        stdout, stderr = proc.communicate(timeout=90)
+        out.append(subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr))
+    return out
 
 
 @pytest.mark.integration
@@ -241,23 +262,28 @@ def test_wrong_password_or_untrusted_broker_is_a_one_line_error(
 ) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-password\n")
-    t0 = time.monotonic()
-    worker = twin_cli("worker", *secure_kafka.flags(wrong), "--topic-prefix", topic_prefix,
-                      "--state-dir", str(tmp_path / "s"),
-                      "--data-dir", str(tmp_path / "d"))  # fmt: skip
-    sink = twin_cli("sink", *secure_kafka.flags(wrong), "--data-dir", str(tmp_path / "d"),
-                    "--topic-prefix", topic_prefix, "--group", f"{topic_prefix}-sink")  # fmt: skip
     # no CA given: the broker's certificate does not chain to the system trust store
     untrusted = [f for f in secure_kafka.flags() if f != str(secure_kafka.pki.ca)]
     untrusted.remove("--kafka-ca-file")
-    sim = twin_cli("sim", *untrusted, "--topic-prefix", topic_prefix, "--duration", "1")
-    for r, status in ((worker, 1), (sink, 2), (sim, 1)):
+    t0 = time.monotonic()
+    # no client certificate: the broker asks for one (ssl.client.auth=required)
+    no_cert = secure_kafka.flags()[:-4]
+    worker, sink, sim, anonymous = twin_cli_all(
+        ["worker", *secure_kafka.flags(wrong), "--topic-prefix", topic_prefix,
+         "--state-dir", str(tmp_path / "s"), "--data-dir", str(tmp_path / "d")],
+        ["sink", *secure_kafka.flags(wrong), "--data-dir", str(tmp_path / "d"),
+         "--topic-prefix", topic_prefix, "--group", f"{topic_prefix}-sink"],
+        ["sim", *untrusted, "--topic-prefix", topic_prefix, "--duration", "1"],
+        ["sim", *no_cert, "--topic-prefix", topic_prefix, "--duration", "1"],
+    )  # fmt: skip
+    for r, status in ((worker, 1), (sink, 2), (sim, 1), (anonymous, 1)):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == status and len(lines) == 1, r.stderr
         assert "not-the-password" not in r.stderr and PASSWORD not in r.stderr
     assert "refused SCRAM-SHA-512 login of user 'twin'" in worker.stderr
     assert "refused SCRAM-SHA-512 login of user 'twin'" in sink.stderr
     assert "TLS to Kafka" in sim.stderr and "certificate verify failed" in sim.stderr
+    assert "refused by the broker: SSLV3_ALERT_BAD_CERTIFICATE" in anonymous.stderr
     # refused at once, not after the 30 s an unreachable broker is retried for
     assert time.monotonic() - t0 < 60
 
