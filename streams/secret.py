@@ -60,6 +60,12 @@ class Secret:
     def __hash__(self) -> int:
         return hash(Secret)
 
+    def __copy__(self) -> Secret:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Secret:
+        return self
+
     def __reduce__(self) -> tuple[object, ...]:
         # Settings are pickled into worker processes by nothing today; refuse rather than
         # write a secret somewhere unexpected.
@@ -75,7 +81,8 @@ def read_secret_file(path: Path, what: str) -> Secret:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {what} from {path}: {type(exc).__name__}") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"cannot read {what} from {path}: {why}") from None
     lines = text.splitlines()
     value = lines[0].strip() if lines else ""
     if not value:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,8 @@ def test_secret_compares_by_value_and_refuses_pickling() -> None:
     assert Secret(TOKEN) == Secret(TOKEN) and Secret(TOKEN) != Secret("other")
     with pytest.raises(TypeError):
         pickle.dumps(Secret(TOKEN))
+    settings = Settings(api_token=Secret(TOKEN))
+    assert copy.deepcopy(settings).api_token == settings.api_token
 
 
 def test_secret_file_first_line_and_errors_never_show_content(tmp_path: Path) -> None:
