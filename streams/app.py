@@ -15,7 +15,7 @@ import logging
 import os
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -56,6 +56,42 @@ def _detail_header(detail: str) -> bytes:
 def _message_key(msg: Any) -> MessageKey:
     """(topic, partition, offset) of a Kafka message."""
     return (str(msg.topic), int(msg.partition), int(msg.offset))
+
+
+@dataclass
+class _TolerantGuard(InflightGuard):
+    """The poison-pill guard of an agent, whose notes may fail to be written (a full disk):
+    that loses crash protection while it lasts, logged once, and never stops the agent."""
+
+    failing: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except OSError as exc:  # unreadable note: start without what it would have said
+            log.warning("in-flight note %s unreadable: %r", self.path, exc)
+
+    def begin(self, keys: Iterable[MessageKey], *, solo: bool = False) -> None:
+        """Note the messages about to be processed, if the note can be written."""
+        self._tolerate(lambda: super(_TolerantGuard, self).begin(keys, solo=solo))
+
+    def done(self) -> None:
+        """Forget the noted messages, if the note can be removed."""
+        self._tolerate(super().done)
+
+    def _tolerate(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except OSError as exc:
+            if not self.failing:
+                log.warning(
+                    "in-flight note %s failed, no crash guard meanwhile: %r", self.path, exc
+                )
+            self.failing = True
+            return
+        if self.failing:
+            log.warning("in-flight note %s written again", self.path)
+            self.failing = False
 
 
 @dataclass
@@ -269,7 +305,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
 
     async def consume_frames(stream: Any, apply: BatchApply, agent: str) -> None:
         # Whole batches: Faust's per-event cost is paid once, the frame work is numpy.
-        guard = InflightGuard(guard_dir / f"{agent}.json")
+        guard = _TolerantGuard(guard_dir / f"{agent}.json")
         async for events in stream.take_events(settings.batch_max, within=settings.batch_window_s):
             sync_tables_now()  # restore newly owned checkpoints before any frame is applied
             msgs = [ev.message for ev in events]
@@ -330,7 +366,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
 
     @app.agent(ingest_topic, name="json-ingest")
     async def json_ingest(stream: Any) -> None:
-        guard = InflightGuard(guard_dir / "json-ingest.json")
+        guard = _TolerantGuard(guard_dir / "json-ingest.json")
         async for ev in stream.events():
             msg = ev.message
             key = _message_key(msg)
