@@ -322,6 +322,7 @@ async def test_worker_and_sink_over_sasl_ssl(
     token_file.write_text(token + "\n")
     extra = secure_kafka.flags()[2:]  # WorkerProcess gives --broker itself
     extra += ["--api-token-file", str(token_file), "--sql-token-required"]
+    extra += ["--log-level", "info"]  # more to search for a leaked secret
     worker = WorkerProcess(secure_kafka.broker.sasl_ssl_url, topic_prefix, tmp_path,
                            extra=tuple(extra))  # fmt: skip
     history = tmp_path / "history"
