@@ -157,6 +157,15 @@ def design_ua_w_k(p: DryCoolerParams) -> float:
     return 0.5 * (lo + hi) * c_min
 
 
+def _unit_heat_w(
+    speed: float, m_cp: float, dt_k: float, ua_d: float, c_a_d: float, n: float
+) -> float:
+    """dry_cooler_heat_w with the design constants passed in (no per-call hashing)."""
+    c_a = speed * c_a_d
+    c_min, c_max = (c_a, m_cp) if c_a < m_cp else (m_cp, c_a)
+    return crossflow_effectiveness(ua_d * speed**n / c_min, c_min / c_max) * c_min * dt_k
+
+
 def dry_cooler_heat_w(
     speed: float, m_cp_w_k: float, inlet_c: float, air_c: float, p: DryCoolerParams
 ) -> float:
@@ -166,31 +175,47 @@ def dry_cooler_heat_w(
     dt = inlet_c - air_c
     if speed <= 0.0 or m_cp_w_k <= 0.0 or dt <= 0.0:
         return 0.0
-    c_a = speed * p.rating_w / p.design_air_rise_k
-    c_min, c_max = min(c_a, m_cp_w_k), max(c_a, m_cp_w_k)
-    ua = design_ua_w_k(p) * speed**p.ua_airflow_exponent
-    return crossflow_effectiveness(ua / c_min, c_min / c_max) * c_min * dt
+    c_a_d = p.rating_w / p.design_air_rise_k
+    return _unit_heat_w(speed, m_cp_w_k, dt, design_ua_w_k(p), c_a_d, p.ua_airflow_exponent)
 
 
 def dry_cooler_speed(
     heat_w: float, m_cp_w_k: float, inlet_c: float, air_c: float, p: DryCoolerParams
 ) -> float:
     """Slowest fan speed [1] at which one unit rejects ``heat_w`` [W] (0 when no heat;
-    min_airflow_frac when even that is enough, the rest by-passes the coil; 1 at most).
-    Bisection: the heat rejected rises monotonically with speed."""
-    if heat_w <= 0.0:
-        return 0.0
-    lo = p.min_airflow_frac
-    if dry_cooler_heat_w(lo, m_cp_w_k, inlet_c, air_c, p) >= heat_w:
+    min_airflow_frac when even that is enough, the rest by-passes the coil; 1 when even full
+    speed is not). The heat rejected rises monotonically with speed: regula falsi with the
+    Illinois modification, to 1e-9 of the heat (~5-10 evaluations instead of ~30 for
+    bisection; this runs every step)."""
+    dt = inlet_c - air_c
+    if heat_w <= 0.0 or m_cp_w_k <= 0.0 or dt <= 0.0:
+        return 0.0 if heat_w <= 0.0 else 1.0
+    ua_d, c_a_d, n = design_ua_w_k(p), p.rating_w / p.design_air_rise_k, p.ua_airflow_exponent
+    lo, hi = p.min_airflow_frac, 1.0
+    f_lo = _unit_heat_w(lo, m_cp_w_k, dt, ua_d, c_a_d, n) - heat_w if lo > 0.0 else -heat_w
+    if f_lo >= 0.0:
         return lo
-    hi = 1.0
-    for _ in range(30):  # speed to ~1e-9
-        mid = 0.5 * (lo + hi)
-        if dry_cooler_heat_w(mid, m_cp_w_k, inlet_c, air_c, p) < heat_w:
-            lo = mid
+    f_hi = _unit_heat_w(hi, m_cp_w_k, dt, ua_d, c_a_d, n) - heat_w
+    if f_hi <= 0.0:
+        return hi
+    side = 0
+    s = hi
+    for _ in range(60):
+        s = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+        f = _unit_heat_w(s, m_cp_w_k, dt, ua_d, c_a_d, n) - heat_w
+        if abs(f) <= 1e-9 * heat_w:
+            break
+        if f < 0.0:
+            lo, f_lo = s, f
+            if side == -1:
+                f_hi *= 0.5
+            side = -1
         else:
-            hi = mid
-    return hi
+            hi, f_hi = s, f
+            if side == 1:
+                f_lo *= 0.5
+            side = 1
+    return s
 
 
 def dry_coolers(
