@@ -80,6 +80,25 @@ def _batch_header(meta: bytes) -> tuple[int, bool]:
     return rows, bool(_flatbuffer_field(meta, header, 3))
 
 
+#: Schemas of the contracts by the bytes of their IPC schema message: every frame of a
+#: source carries the same one, and parsing it is a third of reading a frame. Only schemas
+#: equal to a contract's are kept, at most _SCHEMA_CACHE_MAX, so input cannot grow it.
+_SCHEMA_CACHE: dict[bytes, pa.Schema] = {}
+_SCHEMA_CACHE_MAX: Final = 16
+
+
+def _read_schema(message: pa.ipc.Message) -> pa.Schema:
+    key = bytes(message.metadata)
+    schema = _SCHEMA_CACHE.get(key)
+    if schema is None:
+        schema = pa.ipc.read_schema(message)
+        if len(_SCHEMA_CACHE) < _SCHEMA_CACHE_MAX and any(
+            schema.equals(c, check_metadata=False) for c in (GPU_SCHEMA, POINTS_SCHEMA)
+        ):
+            _SCHEMA_CACHE[key] = schema
+    return schema
+
+
 def _read_single_batch(data: bytes, limits: Limits) -> pa.RecordBatch:
     """The one record batch of an IPC stream, fully validated before any buffer is read.
 
@@ -99,7 +118,7 @@ def _read_single_batch(data: bytes, limits: Limits) -> pa.RecordBatch:
         head = reader.read_next_message()
         if head.type != "schema":  # read_schema of another message type segfaults
             raise ValueError(f"first message is a {head.type}, not a schema")
-        schema = pa.ipc.read_schema(head)
+        schema = _read_schema(head)
         message = reader.read_next_message()
     except (pa.ArrowException, OSError, ValueError, StopIteration) as exc:
         raise DecodeError(
