@@ -44,7 +44,8 @@ class AuxParams:
     """Auxiliary loads. Defaults: FACTS.md section 8 ``aux``."""
 
     lighting_bms_frac_it: float = field(default=0.005, metadata=_m(0.0, 0.5))  # FACTS s.8
-    residual_air_fan_frac_it: float = field(default=0.002, metadata=_m(0.0, 0.5))  # FACTS s.8
+    # CRAH fan power at the design air heat (twin.room_air), est.
+    residual_air_fan_frac_it: float = field(default=0.002, metadata=_m(0.0, 0.5))
 
 
 def pdu_loss_w(power_w: Any, p: PowerParams) -> FloatArray:

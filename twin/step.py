@@ -40,7 +40,7 @@ class StepInputs:
     util: FloatArray  # GPU utilisation [1]
     power_limit_w: FloatArray  # enforced power limit [W]
     outdoor_c: float  # outdoor dry bulb [C]
-    day_of_year: float  # [d], for the district-heating season
+    day_of_year: float  # [d]; the plant follows outdoor_c (district-heat demand, supply)
     fouling: FloatArray  # cold-plate resistance multiplier [1], 1 = clean
     gpu_stuck: BoolArray  # GPU stuck in HW slowdown
     pump_health: FloatArray  # CDU pump head/flow factor [1], 1 = new
