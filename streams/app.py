@@ -426,7 +426,11 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         for unit, data in units.items():
             put(unit_table, unit, data)
 
-    @app.timer(interval=settings.model_checkpoint_interval_s)
+    # --checkpoint-interval bounds the model checkpoints too (both 10 s by default): what a
+    # restart loses of a fit is what was learned since its last checkpoint.
+    model_checkpoint_s = min(settings.model_checkpoint_interval_s, settings.checkpoint_interval_s)
+
+    @app.timer(interval=model_checkpoint_s)
     async def checkpoint_models() -> None:
         if app.in_recovery:
             return
