@@ -185,7 +185,7 @@ def convert_json(
         if not isinstance(r, dict):
             raise DecodeError(f"reading {i} is not a JSON object", "bad_field")
         kind = r.get("kind")
-        if kind != "gpu" and kind not in _POINT_TOPICS:
+        if not isinstance(kind, str) or (kind != "gpu" and kind not in _POINT_TOPICS):
             raise DecodeError(
                 f"reading {i}: kind must be gpu, thermal or power, got {_short(kind)}",
                 "unknown_kind",

@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.codec import decode_gpu_frame, decode_points_frame
 from streams.ingest_json import convert_json, parse_ts_ms
@@ -181,3 +183,44 @@ def test_converted_frames_pass_the_arrow_decoder() -> None:
 def test_parse_ts_forms() -> None:
     assert parse_ts_ms(1000) == 1000
     assert parse_ts_ms("1970-01-01T00:00:01+00:00") == 1000
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers(-(2**80), 2**80) | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+POINT = {"kind": "thermal", "unit": "CDU01", "point": "flow_kg_s", "value": 40.0, "ts": NOW}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.sampled_from([GOOD, POINT]),
+    field=st.sampled_from([*GOOD, *POINT, "power_limit_w", "xid", "clock_event_reasons"]),
+    value=JSON_VALUES,
+)
+def test_any_value_in_any_field_is_converted_or_refused_with_a_code(
+    base: dict[str, object], field: str, value: object
+) -> None:
+    doc = json.dumps([base | {"gpu": 0}, base | {field: value}]).encode()
+    try:
+        frames = convert_json(doc, now_ms=NOW)
+    except DecodeError as exc:
+        assert exc.code in DLQ_REASONS, exc.reason
+        return
+    for f in frames:  # what is accepted is what the Arrow decoder accepts
+        decoder = decode_gpu_frame if f.topic == TOPIC_GPU else decode_points_frame
+        decoder(f.value, key=f.key.encode(), now_ms=NOW)
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=JSON_VALUES)
+def test_any_json_document_is_converted_or_refused_with_a_code(doc: object) -> None:
+    try:
+        convert_json(json.dumps(doc).encode(), now_ms=NOW)
+    except DecodeError as exc:
+        assert exc.code in DLQ_REASONS, exc.reason
