@@ -315,7 +315,8 @@ def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> F
     # the heat the plant takes over the step is what closes the loop's balance, given to the
     # stages in order, each up to what it can take at this step's inlet temperature.
     fw = site.fws
-    fws_flow = max(float(fac_flow.sum()), fw.min_flow_frac * fws_design)
+    # a floor keeps m_cp > 0 even with a site file that sets every flow floor to 0
+    fws_flow = max(float(fac_flow.sum()), fw.min_flow_frac * fws_design, 1e-6 * fws_design)
     m_cp = fws_flow * cp_f
     rho_f = float(density_kg_m3(fws_fluid, state.fws_supply_c))
     fws_pump_w = float(plant_m.fws_pump_power_w(fws_flow, fws_design, rho_f, fw))
