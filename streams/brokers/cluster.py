@@ -207,6 +207,12 @@ class KafkaCluster:
 
     def stop(self) -> None:
         """Stop every node; remove the state directory if it was a temporary one."""
+        # SIGTERM all first: one after the other, the last nodes' controlled shutdowns
+        # wait for a quorum that is already gone (tens of seconds each).
+        for n in self.nodes:
+            if n.child is not None and n.child.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(n.child.pid, signal.SIGTERM)
         for n in self.nodes:
             if n.child is not None:
                 n.child.stop(self.stop_timeout_s)
