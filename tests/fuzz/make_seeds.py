@@ -125,6 +125,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "copy_relative": b"COPY (SELECT 1) TO 'out.csv'",
         },
     }
+    out["sql_pool"] = out["sql"]
     return out
 
 

@@ -87,14 +87,14 @@ def _worker(target: str, seed: int, start: int, end: int, files: Path | None) ->
 
     t = all_targets()[target]
     if t.group == "sql":
-        sql_world()
+        sql_world(1 if target == "sql_pool" else 0)
     make_case(target, seed, start, files)  # build the corpus before case 1's clock starts
     os.write(1, b"ready\n")
     for i in range(start, end):
         out = run_case(target, make_case(target, seed, i, files))
         os.write(1, f"{i}\t{json.dumps(out)}\n".encode())
     if t.group == "sql":
-        sql_world().close()
+        sql_world(1 if target == "sql_pool" else 0).close()
 
 
 # ---- parent ----------------------------------------------------------------------------

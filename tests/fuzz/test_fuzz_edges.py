@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +48,14 @@ CASES_PER_GROUP = 10_000
 SQL_CASES = int(os.environ.get("TWIN_FUZZ_SQL_CASES", "2000"))
 
 
-def _check(stats: dict[str, TargetStats], tmp_path: Path) -> None:
+def _check(stats: dict[str, TargetStats], name: str) -> None:
     table = format_table(list(stats.values()))
     bad = sum(len(s.crashes) + len(s.hangs) + len(s.violations) for s in stats.values())
     if bad:
-        saved = save_findings(stats.values(), tmp_path / "findings")
+        # a fixed place (pytest's tmp dirs rotate away while other suites run)
+        out = Path(tempfile.gettempdir()) / "twin-fuzz-findings" / name
+        shutil.rmtree(out, ignore_errors=True)
+        saved = save_findings(stats.values(), out)
         lines = summarize_findings(stats.values())
         pytest.fail(
             f"{bad} findings (inputs saved under {saved[0].parent}):\n{table}\n"
@@ -142,14 +147,14 @@ def test_runner_survives_segfaults_hangs_and_crashes(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("group", ["arrow", "json", "store", "sql"])
-def test_fuzz_group(group: str, tmp_path: Path) -> None:
+def test_fuzz_group(group: str) -> None:
     cases = SQL_CASES if group == "sql" else CASES_PER_GROUP
-    _check(run_fuzz(plan(group, cases), seed=0, chunk=cases), tmp_path)
+    _check(run_fuzz(plan(group, cases), seed=0, chunk=cases), group)
 
 
-def test_regression_seeds(tmp_path: Path) -> None:
+def test_regression_seeds() -> None:
     """Inputs that once crashed, hung or broke a rule (tests/fuzz/seeds/<target>/*.bin):
     each is now refused with a reason or accepted cleanly, within its time limit."""
     todo = [(d.name, len(seed_files(SEEDS, d.name))) for d in sorted(SEEDS.iterdir()) if d.is_dir()]
     assert sum(n for _, n in todo) >= 20, f"regression seeds missing under {SEEDS}"
-    _check(run_fuzz(todo, files=SEEDS), tmp_path)
+    _check(run_fuzz(todo, files=SEEDS), "seeds")
