@@ -13,6 +13,7 @@ import datetime as dt
 import heapq
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from storage.cliutil import (
     env,
     setup_logging,
 )
+from storage.decode import Incoming, decode_many, reason_code
 from storage.layout import TableDef, default_tables, list_parts
 from storage.synth import frames
 from streams.kafka_security import (
@@ -40,7 +42,7 @@ from streams.kafka_security import (
 )
 from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from streams.settings import parse_broker_url
-from twin.errors import ConfigError, TwinError
+from twin.errors import ConfigError, DecodeError, TwinError
 
 #: Replayed tables: name -> (key column, topic).
 REPLAYED = {
@@ -95,10 +97,23 @@ def read_range(
 
 
 def replay_messages(
-    data_dir: Path, t0: dt.datetime, t1: dt.datetime, chunk_s: float = 600.0
+    data_dir: Path,
+    t0: dt.datetime,
+    t1: dt.datetime,
+    chunk_s: float = 600.0,
+    *,
+    refused: Counter[str] | None = None,
+    now_ms: int | None = None,
 ) -> Iterator[Message]:
-    """Messages of every replayed table in time order, read one chunk of time at a time."""
+    """Messages of every replayed table in time order, read one chunk of time at a time.
+
+    Each frame is validated as the worker will validate it (a replay: no age limit, but
+    bounds, duplicates, frame size and the future limit still apply against ``now_ms``,
+    default the wall clock), so rows stored before validation existed are not sent; the
+    frames left out are counted per reason code in ``refused``.
+    """
     tables = default_tables()
+    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     a = t0
     while a < t1:
         b = min(a + dt.timedelta(seconds=chunk_s), t1)
@@ -110,11 +125,24 @@ def replay_messages(
                 fr = frames(rows, key)
                 # frames() splits on (ts, key) changes, so each frame's first ts is its ts.
                 starts = _frame_starts(ts, rows.column(key).to_numpy(zero_copy_only=False))
-                streams.append(
-                    [(int(ts[s]), topic, k, v) for s, (k, v) in zip(starts, fr, strict=True)]
-                )
+                msgs = [(int(ts[s]), topic, k, v) for s, (k, v) in zip(starts, fr, strict=True)]
+                streams.append(_valid(tables[name], msgs, now, refused))
         yield from heapq.merge(*streams, key=lambda m: m[0])
         a = b
+
+
+def _valid(
+    tdef: TableDef, msgs: list[Message], now_ms: int, refused: Counter[str] | None
+) -> list[Message]:
+    checked = decode_many(tdef, [Incoming(k, v, ts, replay=True) for ts, _, k, v in msgs], now_ms)
+    out = []
+    for m, got in zip(msgs, checked, strict=True):
+        if isinstance(got, DecodeError):
+            if refused is not None:
+                refused[reason_code(got)] += 1
+            continue
+        out.append(m)
+    return out
 
 
 def _frame_starts(ts: Any, keys: Any) -> list[int]:
@@ -208,7 +236,15 @@ def run_replay(args: argparse.Namespace) -> int:
             raise ConfigError(f"--speed must be >= 0, got {args.speed}")
         bootstrap = parse_broker_url(args.broker)
         security = kafka_security_from_args(args)
-        messages = list(replay_messages(args.data_dir, t0, t1))
+        refused: Counter[str] = Counter()
+        messages = list(replay_messages(args.data_dir, t0, t1, refused=refused))
+        if refused:
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(refused.items()))
+            print(
+                f"twin replay: left out {sum(refused.values())} stored frames the worker "
+                f"would refuse ({reasons})",
+                file=sys.stderr,
+            )
         if not messages:
             print(f"twin replay: nothing stored in [{t0}, {t1})", file=sys.stderr)
             return 0

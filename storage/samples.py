@@ -68,8 +68,19 @@ def _bits(mask: int, size: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:size].astype(bool)
 
 
+def _ints(col: pa.ChunkedArray) -> np.ndarray:
+    """An integer column as int64 numpy (zero-copy view of a one-chunk column)."""
+    if col.num_chunks == 1 and col.null_count == 0:
+        return col.chunk(0).to_numpy().astype(np.int64, copy=False)
+    return col.to_numpy().astype(np.int64)
+
+
 def _ts_ms(table: pa.Table) -> np.ndarray:
-    return table.column("ts").cast(pa.int64()).to_numpy()
+    """``ts`` [ms since epoch] as int64 numpy, without a cast for one-chunk columns."""
+    col = table.column("ts")
+    if col.num_chunks == 1 and col.null_count == 0 and col.type.unit == "ms":
+        return col.chunk(0).view(pa.int64()).to_numpy()
+    return col.cast(pa.int64()).to_numpy()
 
 
 class SampleIndex:
@@ -101,14 +112,15 @@ class SampleIndex:
         return None if self.newest is None else self.newest - self.window_ms
 
     def admit(
-        self, table: pa.Table, now_ms: int | None = None
+        self, table: pa.Table, now_ms: int | None = None, *, frame: bool = False
     ) -> tuple[pa.Table, pa.Table | None, int]:
         """Split ``table`` into (new in-window rows, late rows, in-window duplicates).
 
         New rows are recorded as seen; late rows are neither checked nor recorded
         (:meth:`admit_late` does, given what the store holds). The newest instant never
         moves past ``now_ms`` [ms] plus a day, so one far-future row cannot make every
-        later sample late.
+        later sample late. ``frame``: the rows are one validated telemetry frame (one
+        entity, no sub-key twice), which skips those checks.
         """
         if table.num_rows == 0:
             return table, None, 0
@@ -122,7 +134,7 @@ class SampleIndex:
             ts = ts[~is_late]
             if table.num_rows == 0:
                 return table, late, 0
-        keep = self._check(table, ts, self._seen)
+        keep = self._check(table, ts, self._seen, frame)
         dups = 0
         if keep is not None:
             dups = int((~keep).sum())
@@ -136,20 +148,31 @@ class SampleIndex:
         return table, late, dups
 
     def _check(
-        self, table: pa.Table, ts: np.ndarray, seen: dict[tuple[Any, int], Any]
+        self,
+        table: pa.Table,
+        ts: np.ndarray,
+        seen: dict[tuple[Any, int], Any],
+        frame: bool = False,
     ) -> np.ndarray | None:
         """Record the rows' keys in ``seen``; a keep mask, or None when every row is new."""
+        if not self.bits or ts[0] != ts[-1] or not (ts == ts[0]).all():
+            return self._check_rows(table, ts, seen)
         ent = table.column(self.entity)
-        one = ts[0] == ts[-1] and (ts == ts[0]).all() and pc.count_distinct(ent).as_py() == 1
-        if self.bits and one:  # one frame: one GPU mask operation, no per-row work
-            return self._check_frame(ent[0].as_py(), int(ts[0]), table, seen)
-        return self._check_rows(table, ts, seen)
+        if not frame and pc.count_distinct(ent).as_py() != 1:
+            return self._check_rows(table, ts, seen)
+        # One rack at one instant: one GPU mask operation, no per-row work.
+        return self._check_frame(ent[0].as_py(), int(ts[0]), table, seen, frame)
 
     def _check_frame(
-        self, entity: Any, ts: int, table: pa.Table, seen: dict[tuple[Any, int], Any]
+        self,
+        entity: Any,
+        ts: int,
+        table: pa.Table,
+        seen: dict[tuple[Any, int], Any],
+        frame: bool,
     ) -> np.ndarray | None:
-        idx = table.column(self.subs[0]).to_numpy().astype(np.int64)
-        if np.unique(idx).size != idx.size:  # only via a frame the codec did not check
+        idx = _ints(table.column(self.subs[0]))
+        if not frame and np.unique(idx).size != idx.size:
             return self._check_rows(table, np.full(idx.size, ts), seen)
         m = _mask(idx)
         key = (entity, ts)
@@ -206,28 +229,28 @@ class SampleIndex:
         disk. Returns (new rows, duplicates).
         """
         ts = _ts_ms(late)
-        days = ts // _DAY_MS
+        ents = late.column(self.entity).to_pylist()
+        subs = [late.column(c).to_pylist() for c in self.subs]
         keep = np.ones(late.num_rows, bool)
-        for d in np.unique(days).tolist():
-            sel = days == d
-            day = day_of(int(d) * _DAY_MS)
-            pending = self._late.setdefault(day, {})
-            part = late.filter(pa.array(sel))
-            part_ts = ts[sel]
-            # What the store holds counts as seen: check against a copy merged with it.
-            merged: dict[tuple[Any, int], Any] = {}
-            for k in set(stored) | set(pending):
-                a, b = stored.get(k), pending.get(k)
-                if self.bits:
-                    merged[k] = (a or 0) | (b or 0)
+        pendings: dict[int, dict[tuple[Any, int], Any]] = {}
+        for i, t in enumerate(ts.tolist()):
+            d = t // _DAY_MS
+            pending = pendings.get(d)
+            if pending is None:
+                pending = pendings[d] = self._late.setdefault(day_of(d * _DAY_MS), {})
+            key = (ents[i], t)
+            if self.bits:
+                bit = 1 << int(subs[0][i])
+                if (stored.get(key, 0) | pending.get(key, 0)) & bit:
+                    keep[i] = False
                 else:
-                    merged[k] = set(a or ()) | set(b or ())
-            sub_keep = self._check_rows(part, part_ts, merged)
-            if sub_keep is not None:
-                keep[np.flatnonzero(sel)] = sub_keep
-            kept = part if sub_keep is None else part.filter(pa.array(sub_keep))
-            if kept.num_rows:
-                self._check_rows(kept, _ts_ms(kept), pending)
+                    pending[key] = pending.get(key, 0) | bit
+            else:
+                sub = tuple(c[i] for c in subs)
+                if sub in stored.get(key, ()) or sub in pending.get(key, ()):
+                    keep[i] = False
+                else:
+                    pending.setdefault(key, set()).add(sub)
         dups = int((~keep).sum())
         return (late if dups == 0 else late.filter(pa.array(keep))), dups
 

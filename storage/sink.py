@@ -561,7 +561,9 @@ class ParquetSink:
         """Buffer the new in-window rows of a decoded record; returns its late rows."""
         if table.num_rows == 0:
             return None
-        new, late, dups = self.samples[it.tdef.name].admit(table, now_ms)
+        new, late, dups = self.samples[it.tdef.name].admit(
+            table, now_ms, frame=is_telemetry_table(it.tdef)
+        )
         self.stats["duplicates"] += dups
         self._add(it, new)
         return late
@@ -575,17 +577,30 @@ class ParquetSink:
             self.writer.add(it.tdef, day, part, (it.tp.topic, it.tp.partition), it.rec.offset)
 
     async def _store_late(self, late: list[tuple[_Item, pa.Table]]) -> None:
-        """Rows older than the in-memory window: checked against the store's files."""
+        """Rows older than the in-memory window: checked against the store's files.
+
+        One lookup per table and batch (a replay or backlog is late frame after frame).
+        """
+        by_table: dict[str, list[tuple[_Item, pa.Table]]] = {}
         for it, rows in late:
-            idx = self.samples[it.tdef.name]
+            by_table.setdefault(it.tdef.name, []).append((it, rows))
+        for name, group in by_table.items():
+            idx = self.samples[name]
             try:
+                rows = pa.concat_tables([r for _, r in group])
                 async with self._store_lock:
                     stored = await asyncio.to_thread(stored_samples, self.data_dir, idx, rows)
-                new, dups = idx.admit_late(rows, stored)
-                self.stats["duplicates"] += dups
-                self._add(it, new)
             except Exception as exc:
-                await self._refuse(it, refuse(CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
+                for it, _ in group:
+                    await self._refuse(it, refuse(CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
+                continue
+            for it, rows in group:
+                try:
+                    new, dups = idx.admit_late(rows, stored)
+                    self.stats["duplicates"] += dups
+                    self._add(it, new)
+                except Exception as exc:
+                    await self._refuse(it, refuse(CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
 
     async def _refuse(self, it: _Item, exc: DecodeError) -> None:
         code = reason_code(exc)

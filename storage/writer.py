@@ -76,6 +76,8 @@ def _unavailable(action: str, path: Path, exc: OSError) -> StoreUnavailable:
 def conform(tdef: TableDef, data: pa.RecordBatch | pa.Table) -> pa.Table:
     """``data`` as a table in ``tdef.schema`` (columns reordered and cast)."""
     table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+    if table.schema.equals(tdef.schema, check_metadata=False):
+        return table  # the usual case (a validated frame): nothing to reorder or cast
     names = tdef.schema.names
     missing = [n for n in names if n not in table.column_names]
     if missing:

@@ -39,3 +39,25 @@ def test_replay_reproduces_frames(tmp_path: Path) -> None:
     mask = pc.and_(pc.equal(gpu["rack"], key.decode()), pc.equal(gpu["ts"].cast(pa.int64()), ts))
     expect = gpu.filter(mask)
     assert frame.sort_by("gpu").equals(expect.sort_by("gpu").cast(frame.schema))
+
+
+def test_replay_leaves_out_frames_the_worker_would_refuse(tmp_path: Path) -> None:
+    """Rows stored before validation existed (1000 C, a 2,000-GPU frame) are not replayed."""
+    from collections import Counter
+
+    import numpy as np
+
+    tables = default_tables()
+    good = synth.gpu_table(2, 4, 3, start_ms=START_MS, seed=3)
+    hot = synth.gpu_table(1, 4, 1, start_ms=START_MS + 1000, rack_prefix="HOT")
+    hot = hot.set_column(5, "temp_gpu_c", pa.array(np.full(4, 1000.0, np.float32)))
+    huge = synth.gpu_table(1, 2000, 1, start_ms=START_MS + 2000, rack_prefix="BIG")
+    day = day_of_ms(START_MS)
+    for t in (good, hot, huge):
+        write_file(tables["gpu"], t, date_dir(tmp_path, "gpu", day))
+    t0 = dt.datetime.fromtimestamp(START_MS / 1000, dt.UTC)
+    refused: Counter[str] = Counter()
+    msgs = list(replay_messages(tmp_path, t0, t0 + dt.timedelta(seconds=10), refused=refused))
+    assert sorted({m[2] for m in msgs}) == [b"R0000", b"R0001"]
+    assert len(msgs) == 6
+    assert sum(refused.values()) == 2
