@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -65,7 +65,9 @@ class Totals:
         return (self.facility - self.reused) / self.it
 
 
-def run(site: Site, days: float, dt_s: float, seed: int, start_ms: int) -> list[Totals]:
+def run(
+    site: Site, days: float, dt_s: float, seed: int, start_ms: int, *, quiet: bool = False
+) -> list[Totals]:
     """Step ``site`` for ``days`` from start_ms; returns one Totals per day, and checks the
     energy balance of every node day by day (prints the worst residual)."""
     rng = np.random.default_rng(seed)
@@ -106,8 +108,9 @@ def run(site: Site, days: float, dt_s: float, seed: int, start_ms: int) -> list[
         for name in NODES:
             worst[name] = max(worst[name], float(np.abs(ledger.residual(name)).max()))
         out.append(tot)
-    print("  energy balance, worst daily residual |in - out - stored| / in per node:")
-    print("   " + ", ".join(f"{n} {v:.1e}" for n, v in worst.items()))
+    if not quiet:
+        print("  energy balance, worst daily residual |in - out - stored| / in per node:")
+        print("   " + ", ".join(f"{n} {v:.1e}" for n, v in worst.items()))
     return out
 
 
@@ -178,6 +181,16 @@ def main() -> None:
             )
         ratio = (hot.facility - hot.it) / (cold.facility - cold.it)
         print(f"  the hot week's overhead is {ratio:.2f}x the cold week's")
+        # the same two weeks without heat reuse (heat pump off): the dry coolers carry it all
+        no_hp = replace(site, heat_pump=replace(site.heat_pump, capacity_w=0.0))
+        print("  the same weeks with the heat pump off (weather noise restarts at 0):")
+        for label, w in (("hot ", hot), ("cold", cold)):
+            start = START_MS + round(weeks.index(w) * 7 * DAY_S * 1000)
+            v = merge(run(no_hp, 7, args.dt, args.seed, start, quiet=True))
+            print(
+                f"  {label}: outdoor mean {np.mean(v.outdoor):5.1f} C, PUE {v.pue:.4f}, "
+                f"overhead {(v.facility - v.it) / mwh:,.1f} MWh, DC fans {v.dc_fans / mwh:.2f} MWh"
+            )
 
     campus = load_site(racks=1250)
     print("campus, 1,250 racks: a January week and a July week (heat sold vs heat made)")
