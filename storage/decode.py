@@ -57,11 +57,7 @@ CODE_INTERNAL: Final = "internal_error"
 
 def refuse(code: str, detail: str) -> DecodeError:
     """A DecodeError carrying ``code`` (the reason code) and ``detail`` (its message)."""
-    exc = DecodeError(detail)
-    if getattr(exc, "code", None) != code:
-        # twin.errors.DecodeError may not take a code yet; the attribute is the contract.
-        setattr(exc, "code", code)  # noqa: B010
-    return exc
+    return DecodeError(detail, code)
 
 
 def reason_code(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from storage.decode import (
 )
 from storage.layout import default_tables
 from streams.codec import encode_frame, points_batch
+from streams.schema import DLQ_REASONS
 from twin.errors import DecodeError
 
 from .bad_inputs import BAD_FRAMES, NOW_MS, frame, year_ms
@@ -33,7 +34,7 @@ def test_bad_gpu_frames_are_refused_with_a_code(name: str) -> None:
     key = None if name == "mixed racks" else b"R0001"
     with pytest.raises(DecodeError) as info:
         decode_message(GPU, key, value, NOW_MS, now_ms=NOW_MS)
-    assert reason_code(info.value)
+    assert reason_code(info.value) in DLQ_REASONS
     # The batch path refuses it too, and keeps its good neighbour.
     good = frame()
     got = decode_many(GPU, [Incoming(b"R0001", good, NOW_MS), Incoming(key, value, NOW_MS)], NOW_MS)
@@ -119,3 +120,10 @@ def test_mutated_frames_never_raise_anything_but_decode_error(data: st.DataObjec
         return
     assert t.num_rows <= 1024
     assert table_day(t)
+
+
+def test_every_code_of_the_store_is_a_dlq_reason() -> None:
+    import storage.decode as d
+
+    codes = {v for k, v in vars(d).items() if k.startswith("CODE_")}
+    assert len(codes) >= 10 and codes <= DLQ_REASONS
