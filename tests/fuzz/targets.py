@@ -230,16 +230,18 @@ def _unrepresentable(doc: Any) -> str | None:
 def run_convert_json(data: bytes) -> str:
     """Convert, then do what the json-ingest agent does: encode key and frame, and the
     worker's decoder must accept the frame (the converter passes on nothing it refuses)."""
-    frames = convert_json(data)
+    live = "now_ms" in inspect.signature(convert_json).parameters  # as the agent calls it
+    now = corpus.NOW_MS if live else None
+    frames = convert_json(data, now_ms=now) if live else convert_json(data)
     for f in frames:
         key = f.key.encode()
         value = _encode_frame(f.batch)
         try:
             if f.topic == schema.TOPIC_GPU:
-                gf = decode_gpu_frame(value, key=key, now_ms=None)
-                bad = gpu_frame_violation(gf, key, None)
+                gf = decode_gpu_frame(value, key=key, now_ms=now)
+                bad = gpu_frame_violation(gf, key, now)
             else:
-                pf = decode_points_frame(value, key=key, now_ms=None)
+                pf = decode_points_frame(value, key=key, now_ms=now)
                 bad = points_frame_violation(pf, key)
         except DecodeError as exc:
             return f"I:converted a frame the worker refuses: {exc}"
