@@ -14,7 +14,7 @@ import io
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ def _state_from_arrays(arrays: dict[str, np.ndarray]) -> FacilityState:
     for f in fields(FacilityState):
         key = f"state.{f.name}"
         if key not in arrays:
+            if f.default is not MISSING:  # a field added since: its default is what it was
+                continue
             raise SnapshotError(f"snapshot: missing {key!r} (written by another twin version?)")
         value = arrays[key]
         if value.ndim == 0 and str(f.type) in ("float", "int", "bool"):
