@@ -56,7 +56,9 @@ class SqlService:
     ``timeout_s`` [s] is each query's deadline counted from the call to :meth:`query`;
     ``max_rows`` and ``max_bytes`` bound a result; ``memory_limit`` is DuckDB's, per
     process. ``workers=0`` runs queries in this process one at a time; ``workers=N`` runs
-    them in a :class:`~storage.sql_pool.SqlPool` of N processes plus an express one.
+    them in a :class:`~storage.sql_pool.SqlPool` of N processes plus an express one, each
+    recycled after a query that leaves it ``recycle_mb`` [MiB] above its baseline and capped
+    at ``headroom_mb`` [MiB] of address space beyond its start-up size.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class SqlService:
         tables: dict[str, TableDef] | None = None,
         workers: int = 0,
         recycle_mb: float = 100.0,
+        headroom_mb: float = 3072.0,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.timeout_s = timeout_s
@@ -88,6 +91,7 @@ class SqlService:
                 memory_limit=memory_limit,
                 threads=threads,
                 recycle_mb=recycle_mb,
+                headroom_mb=headroom_mb,
             )
         else:
             self._engine = SqlEngine(
@@ -127,7 +131,12 @@ class SqlService:
         if self._pool is not None:
             left = self.timeout_s - (time.monotonic() - t0)
             return self._pool.query(
-                text, timeout_s=left, max_rows=self.max_rows, max_bytes=self.max_bytes, check=check
+                text,
+                timeout_s=left,
+                max_rows=self.max_rows,
+                max_bytes=self.max_bytes,
+                check=check,
+                limit_s=self.timeout_s,
             )
         assert self._engine is not None
         if not self._lock.acquire(timeout=self.timeout_s):

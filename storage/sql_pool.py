@@ -10,7 +10,8 @@
   plus ``grace_s`` is killed and replaced, so a stuck query cannot hold a slot.
 - At most ``max_waiting`` queries wait or run at once; more are refused at once.
 - A worker whose resident memory ends a query more than ``recycle_mb`` above its baseline
-  exits after replying and is replaced, so memory returns to its baseline.
+  exits after replying and is replaced, so memory returns to its baseline; its address
+  space is capped at its start-up size + ``headroom_mb`` (see storage/sql_worker.py).
 
 No thread of its own: callers' threads (the web server's executor, the CLI) do the work.
 """
@@ -93,6 +94,16 @@ class _Worker:
             self.info = json.loads(self.recv(until))
             self.ready = True
 
+    def poll_ready(self) -> bool:
+        """True once the process has started (does not block; its ready frame is tiny)."""
+        out = self.proc.stdout
+        if not self.ready and out is not None and select.select([out.fileno()], [], [], 0)[0]:
+            try:
+                self.wait_ready(time.monotonic() + 1.0)
+            except _Dead:
+                return False
+        return self.ready
+
     def stop(self) -> None:
         """End the process (kill: it may be in the middle of a query) and reap it."""
         if self.proc.poll() is None:
@@ -139,6 +150,7 @@ class SqlPool:
         memory_limit: str = "1GB",
         threads: int | None = None,
         recycle_mb: float = 100.0,
+        headroom_mb: float = 3072.0,
         max_waiting: int = 16,
         grace_s: float = 2.0,
     ) -> None:
@@ -156,6 +168,8 @@ class SqlPool:
             str(threads or 0),
             "--recycle-mb",
             str(recycle_mb),
+            "--headroom-mb",
+            str(headroom_mb),
         ]
         self.express_s = express_s
         self.max_waiting = max_waiting
@@ -216,12 +230,22 @@ class SqlPool:
                 if self._closed:
                     raise SqlRefused("the SQL service is shut down")
                 queued = [x for x in self._waiting if not x.running]
-                if self._idle and queued and queued[0] is t:
-                    t.running = True
-                    return False, self._idle.pop()
-                untried = [x for x in queued if not x.tried_express]
                 express = self._express
-                if express and not self._express_busy and untried and untried[-1] is t:
+                express_free = bool(express and not self._express_busy and not t.tried_express)
+                if self._idle and queued and queued[0] is t:
+                    ready = [w for w in self._idle if w.poll_ready()]
+                    # a general process still starting (just replaced): the express lane
+                    # tries the query meanwhile, if it is up
+                    if ready or not (express_free and express and express.poll_ready()):
+                        w = ready[0] if ready else self._idle[0]
+                        self._idle.remove(w)
+                        t.running = True
+                        return False, w
+                    t.running = t.tried_express = self._express_busy = True
+                    assert express is not None
+                    return True, express
+                untried = [x for x in queued if not x.tried_express]
+                if express and express_free and untried and untried[-1] is t:
                     t.running = t.tried_express = self._express_busy = True
                     return True, express
                 left = t.deadline - time.monotonic()
@@ -256,8 +280,12 @@ class SqlPool:
         max_rows: int,
         max_bytes: int = 64 << 20,
         check: bool = True,
+        limit_s: float | None = None,
     ) -> pa.Table:
-        """Run one query; the deadline is ``timeout_s`` [s] from this call."""
+        """Run one query; the deadline is ``timeout_s`` [s] from this call.
+
+        ``limit_s`` [s] is the limit named in refusals (the caller's, if it spent some of it).
+        """
         check_text(sql)
         t = _Ticket(time.monotonic() + timeout_s)
         with self._cv:
@@ -269,9 +297,11 @@ class SqlPool:
             self._waiting.append(t)
         try:
             while True:
-                is_express, t.worker = self._acquire(t, timeout_s)
+                is_express, t.worker = self._acquire(t, limit_s or timeout_s)
                 try:
-                    result = self._run_on(is_express, t, sql, timeout_s, max_rows, max_bytes, check)
+                    result = self._run_on(
+                        is_express, t, sql, limit_s or timeout_s, max_rows, max_bytes, check
+                    )
                 finally:
                     self._release(is_express, t.worker, t)
                 if result is not None:

@@ -6,7 +6,9 @@ its first request:
 
 - Landlock (Linux >= 5.13): no file may be opened for writing, truncated, created,
   renamed or removed anywhere, for this process and anything it could start;
-- ``RLIMIT_FSIZE = 0`` (any file write fails with EFBIG) and no core dumps.
+- ``RLIMIT_FSIZE = 0`` (any file write fails with EFBIG) and no core dumps;
+- ``RLIMIT_AS`` = its size after start-up + ``--headroom-mb``: allocations DuckDB's
+  memory_limit does not see (aggregate states, Arrow buffers) fail in this process.
 
 Protocol on stdin/stdout, one frame = 4-byte big-endian length + payload: the worker
 sends ``{"ready": true, ...}`` once, then for each request ``{"sql", "timeout_s",
@@ -50,18 +52,27 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 where there is none (not Linux, too old, off)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return max(int(libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), 1)), 0)
+    except (OSError, AttributeError):
+        return 0
+
+
 def forbid_file_writes() -> bool:
     """Make every file write of this process fail; True if Landlock enforces it too."""
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
-    if not sys.platform.startswith("linux"):
+    abi = landlock_abi()
+    if abi < 1:
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        abi = libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), 1)
-        if abi < 1:
-            return False
         handled = (
             _FS_WRITE_ABI1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
         )
@@ -101,11 +112,31 @@ def _ipc(table: pa.Table) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def serve(engine: SqlEngine, inp: BinaryIO, out: BinaryIO, recycle_bytes: int) -> int:
+def _vm_size_bytes() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def limit_address_space(headroom_bytes: int) -> int:
+    """Cap this process's address space at its current size + headroom [bytes].
+
+    DuckDB's memory_limit covers its buffer manager only; aggregate states (list(),
+    string_agg) and Arrow buffers are allocated beside it. With this cap they fail with
+    "Out of Memory" in this process instead of growing the machine's memory without bound.
+    """
+    cap = _vm_size_bytes() + headroom_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return cap
+
+
+def serve(
+    engine: SqlEngine, inp: BinaryIO, out: BinaryIO, recycle_bytes: int, headroom_bytes: int
+) -> int:
     """Answer requests until end of input or a recycle; returns the exit status."""
     engine.run("SELECT * FROM rack LIMIT 0", timeout_s=30.0, max_rows=1)  # warm-up
     base = rss_bytes()
     landlock = forbid_file_writes()
+    limit_address_space(headroom_bytes)
     send(out, json.dumps({"ready": True, "rss_bytes": base, "landlock": landlock}).encode())
     while (raw := recv(inp)) is not None:
         req: dict[str, Any] = json.loads(raw)
@@ -143,13 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-limit", default="1GB")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--recycle-mb", type=float, default=100.0)
+    p.add_argument("--headroom-mb", type=float, default=3072.0)
     args = p.parse_args(argv)
     # The protocol owns the real stdout; anything else printed goes to stderr.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     engine = SqlEngine(args.data_dir, memory_limit=args.memory_limit, threads=args.threads or None)
     try:
-        return serve(engine, sys.stdin.buffer, out, int(args.recycle_mb * 2**20))
+        return serve(
+            engine,
+            sys.stdin.buffer,
+            out,
+            int(args.recycle_mb * 2**20),
+            int(args.headroom_mb * 2**20),
+        )
     finally:
         engine.close()
 
