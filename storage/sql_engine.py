@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Final
 
@@ -95,7 +96,11 @@ class StoreDatasets:
             )
         else:
             src = schema.empty_table()
-        self._cache[name] = (sig, src)
+        # A directory changed within the last second may change again within the same
+        # timestamp tick (file times are coarse): such a listing is used but not cached.
+        newest_ns = max((m for _, m in sig), default=0)
+        if time.time_ns() - newest_ns > 1_000_000_000:
+            self._cache[name] = (sig, src)
         return src
 
     def forget(self) -> None:
@@ -210,6 +215,13 @@ class SqlEngine:
                 raise _Vanished from exc
             if "interrupt" in str(exc).lower():
                 raise SqlTimeout(_timeout_message(timeout_s)) from exc
+            raise SqlRefused("query failed: " + _one_line(exc)) from exc
+        except (pa.ArrowException, OSError) as exc:
+            # DuckDB's errors surface as Arrow errors when raised while streaming the result
+            if "interrupt" in str(exc).lower():
+                raise SqlTimeout(_timeout_message(timeout_s)) from exc
+            if "no such file" in str(exc).lower():
+                raise _Vanished from exc
             raise SqlRefused("query failed: " + _one_line(exc)) from exc
         finally:
             timer.cancel()

@@ -68,6 +68,19 @@ def test_new_files_appear_in_views(tmp_path: Path) -> None:
     assert s.query("SELECT count(*) AS n FROM gpu").column("n")[0].as_py() == 6
 
 
+def test_views_follow_files_that_go_and_come_at_once(tmp_path: Path) -> None:
+    s = SqlService(tmp_path)
+    gdef = default_tables()["gpu"]
+    part = date_dir(tmp_path, "gpu", day_of_ms(START_MS))
+    first = write_file(gdef, synth.gpu_table(1, 2, 3, start_ms=START_MS), part)
+    assert s.query("SELECT count(*) AS n FROM gpu").column("n")[0].as_py() == 6
+    # compaction-like: a new file and the old one removed within the same instant
+    write_file(gdef, synth.gpu_table(1, 2, 5, start_ms=START_MS), part)
+    Path(first).unlink()
+    assert s.query("SELECT count(*) AS n FROM gpu").column("n")[0].as_py() == 10
+    s.close()
+
+
 @pytest.mark.parametrize(
     "sql",
     [
