@@ -179,7 +179,8 @@ def add_sim_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KIND:TARGET@T",
-        help="inject a fault, e.g. fouling:R0003/G12@600 (repeatable)",
+        help="inject a fault, e.g. fouling:R0003/G12@600 (repeatable); a GPU is its NVML "
+        "index from 0 (G00..G71), as in telemetry and residual entities",
     )
     p.add_argument(
         "--faults-log",

@@ -1,7 +1,9 @@
 """Fault specifications (``KIND:TARGET@T``), their parsing, and their physical effect on a
 step's inputs. Sensor faults (stuck, drift) act on readings and are applied by the simulator.
 
-Kinds and targets (T = seconds after the simulator's start):
+Kinds and targets (T = seconds after the simulator's start). A GPU is named by its NVML
+device index, counted from 0 (``G00``..``G71`` in a 72-GPU rack), the same numbering as the
+``gpu`` column of telemetry.gpu and the residual entities (``R0003/G12`` is index 12):
 
 - ``fouling:R0003/G12@600``: cold-plate resistance creeps up (a whole rack: ``R0003``)
 - ``pump_degrade:CDU01@120``: pump head/flow factor falls linearly to a floor
@@ -144,10 +146,12 @@ def resolve(spec: FaultSpec, site: Site) -> ResolvedFault:
         m = _GPU_RE.match(spec.target)
         assert m is not None
         rack = _lookup(site.rack_ids, m.group(1), spec)
-        gpu = -1 if m.group(2) is None else int(m.group(2)) - 1
-        if gpu >= site.n_gpus or (m.group(2) is not None and gpu < 0):
+        # NVML device index, from 0: the numbering of telemetry and residual entities
+        gpu = -1 if m.group(2) is None else int(m.group(2))
+        if gpu >= site.n_gpus:
             raise ConfigError(
-                f"fault {spec.kind}:{spec.target}: expected a GPU from G01 to G{site.n_gpus:02d}"
+                f"fault {spec.kind}:{spec.target}: expected a GPU from G00 to "
+                f"G{site.n_gpus - 1:02d} (NVML index, from 0)"
             )
         return ResolvedFault(spec, rack, gpu)
     if form in ("cdu", "dc", "ups"):
@@ -156,7 +160,7 @@ def resolve(spec: FaultSpec, site: Site) -> ResolvedFault:
     m = _POINT_RE.match(spec.target)
     assert m is not None
     unit, gpu_s, point = m.groups()
-    gpu = -1 if gpu_s is None else int(gpu_s[1:]) - 1
+    gpu = -1 if gpu_s is None else int(gpu_s[1:])  # NVML index, from 0
     return ResolvedFault(spec, -1, gpu, unit, point)
 
 

@@ -265,7 +265,7 @@ class Simulator:
             where = f"fault {f.spec.kind}:{f.spec.target}"
             if f.gpu >= 0:
                 if f.unit not in self.site.rack_ids or f.gpu >= self.site.n_gpus:
-                    raise ConfigError(f"{where}: no GPU {f.unit}/G{f.gpu + 1:02d} in this site")
+                    raise ConfigError(f"{where}: no GPU {f.unit}/G{f.gpu:02d} in this site")
                 if f.point not in frame.gpu or f.point in ("energy_mj",):
                     raise ConfigError(f"{where}: expected a GPU field of {sorted(frame.gpu)}")
                 continue

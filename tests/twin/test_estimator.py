@@ -439,7 +439,7 @@ def test_fed_the_simulator_converges_to_its_true_parameters_and_tracks_fouling()
         site,
         seed=3,
         start_ms=1_784_124_000_000,
-        faults=[parse_fault(f"fouling:R0001/G05@0,rate_per_s={rate}")],
+        faults=[parse_fault(f"fouling:R0001/G04@0,rate_per_s={rate}")],
     )
     n = site.n_racks * site.n_gpus
     slow = ThermalEstimator(n)  # forgetting 0.999: precise parameters
@@ -461,7 +461,7 @@ def test_fed_the_simulator_converges_to_its_true_parameters_and_tracks_fouling()
     r_true = cold_plate_resistance_k_w(
         state.rack_flow_kg_s[:, None] / design, np.ones((2, site.n_gpus)), site.gpu
     ).ravel()
-    fouled = 4  # R0001/G05
+    fouled = 4  # R0001/G04
     clean = np.arange(n) != fouled
     assert np.max(np.abs(slow.r_k_w[clean] / r_true[clean] - 1.0)) < 0.01
     assert np.median(np.abs(slow.c_j_k[clean] / 550.0 - 1.0)) < 0.04

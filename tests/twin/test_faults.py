@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from twin.errors import ConfigError
-from twin.faults import FaultSpec, parse_fault
+from twin.faults import FaultSpec, parse_fault, resolve
 from twin.gpu import REASON_HW_SLOWDOWN, REASON_SW_THERMAL
 from twin.sim import SimFrame, Simulator
 from twin.site import Site, load_site
@@ -35,6 +35,18 @@ def _baseline() -> tuple[Simulator, list[SimFrame]]:
 
 def _pt(frames: list[SimFrame], unit: str, point: str) -> np.ndarray:
     return np.array([(f.thermal.get(unit) or f.power[unit])[point] for f in frames])
+
+
+def test_gpu_targets_are_nvml_indices_from_zero() -> None:
+    """``R0003/G12`` is NVML index 12: the residual entity ``R0003/G12`` and row 12 of
+    telemetry.gpu for rack R0003 (docs/nomenclature.md)."""
+    site = _site()
+    assert resolve(parse_fault("fouling:R0003/G12@0"), site).gpu == 12
+    assert resolve(parse_fault("fouling:R0003/G00@0"), site).gpu == 0
+    assert resolve(parse_fault("gpu_throttle_stuck:R0001/G71@0"), site).gpu == 71
+    assert resolve(parse_fault("fouling:R0003@0"), site).gpu == -1  # the whole rack
+    stuck = resolve(parse_fault("sensor_stuck:R0001/G00/temp_gpu_c@0"), site)
+    assert (stuck.unit, stuck.gpu, stuck.point) == ("R0001", 0, "temp_gpu_c")
 
 
 def test_parse_examples() -> None:
@@ -69,7 +81,8 @@ def test_parse_errors_are_one_line(text: str, match: str) -> None:
     ("text", "match"),
     [
         ("pump_trip:CDU99@1", "no unit 'CDU99'"),
-        ("fouling:R0001/G99@1", "expected a GPU from G01 to G72"),
+        ("fouling:R0001/G99@1", "expected a GPU from G00 to G71"),
+        ("fouling:R0001/G72@1", "expected a GPU from G00 to G71"),
         ("sensor_stuck:R0002/bogus_c@3", "has no point 'bogus_c'"),
         ("sensor_drift:XYZ/supply_temp_c@3", "no unit 'XYZ'"),
     ],
@@ -83,11 +96,12 @@ def test_fouling_heats_one_gpu_only() -> None:
     _, base = _baseline()
     _, frames = _run("fouling:R0003/G12@10,rate_per_s=0.01")
     d = frames[-1].gpu["temp_gpu_c"] - base[-1].gpu["temp_gpu_c"]
+    # G12 is NVML index 12 (from 0), the gpu column of telemetry.gpu
     # R x 3.9 would add ~50 K; the GPU throttles at slowdown instead
-    assert d[2, 11] > 5.0 and frames[-1].gpu["temp_gpu_c"][2, 11] >= 88.0
-    assert frames[-1].gpu["clock_event_reasons"][2, 11] & REASON_SW_THERMAL
-    assert frames[-1].gpu["power_w"][2, 11] < base[-1].gpu["power_w"][2, 11]
-    d[2, 11] = 0.0
+    assert d[2, 12] > 5.0 and frames[-1].gpu["temp_gpu_c"][2, 12] >= 88.0
+    assert frames[-1].gpu["clock_event_reasons"][2, 12] & REASON_SW_THERMAL
+    assert frames[-1].gpu["power_w"][2, 12] < base[-1].gpu["power_w"][2, 12]
+    d[2, 12] = 0.0
     assert np.abs(d).max() <= 1.0
     assert np.array_equal(_pt(frames, "CDU01", "flow_kg_s"), _pt(base, "CDU01", "flow_kg_s"))
     assert frames[5].faults_started == [] and frames[1].faults_started[0]["target"] == "R0003/G12"
@@ -175,7 +189,7 @@ def test_ups_on_battery() -> None:
 
 def test_gpu_stuck_throttling() -> None:
     _, base = _baseline()
-    _, frames = _run("gpu_throttle_stuck:R0001/G05@5")
+    _, frames = _run("gpu_throttle_stuck:R0001/G04@5")
     g = frames[-1].gpu
     assert g["clock_event_reasons"][0, 4] & REASON_HW_SLOWDOWN
     if base[-1].gpu["util_pct"][0, 4] > 0:
@@ -189,7 +203,7 @@ def test_gpu_stuck_throttling() -> None:
 
 
 def test_gpu_sensor_fault_and_whole_rack_fouling() -> None:
-    sim, frames = _run("sensor_stuck:R0001/G03/temp_gpu_c@10", noise=True)
+    sim, frames = _run("sensor_stuck:R0001/G02/temp_gpu_c@10", noise=True)
     ref, _ = _run(None, noise=True)
     readings = np.array([f.gpu["temp_gpu_c"][0, 2] for f in frames[2:]])
     assert np.all(readings == readings[0])

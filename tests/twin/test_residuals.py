@@ -166,14 +166,14 @@ _QUIET = {
     ("fault", "key", "where", "moved"),
     [
         # R0003/G12: the fouled cold plate (x1.5 resistance after 450 s) runs hotter
-        ("fouling:R0003/G12@60", "gpu_temp_k", (2, 11), 8.0),
+        ("fouling:R0003/G12@60", "gpu_temp_k", (2, 12), 8.0),
         # a worn pump delivers less at the same speed (the controller speeds it up)
         ("pump_degrade:CDU01@60", "cdu_flow_kg_s", (0,), -10.0),
         # 0.005 K/s for 690 s: +3.45 K on that reading only
         ("sensor_drift:R0002/inlet_temp_c@60", "rack_inlet_k", (1,), 3.0),
         ("sensor_drift:CDU01/return_temp_c@60", "cdu_return_k", (0,), 3.0),
         # the die reading frozen at its t = 60 s value, ~15 K below where the die is later
-        ("sensor_stuck:R0001/G03/temp_gpu_c@60", "gpu_temp_k", (0, 2), -5.0),
+        ("sensor_stuck:R0001/G02/temp_gpu_c@60", "gpu_temp_k", (0, 2), -5.0),
     ],
 )
 def test_each_fault_moves_its_residual_and_not_the_others(

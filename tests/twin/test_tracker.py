@@ -156,7 +156,7 @@ def test_fouling_shows_as_residual_on_that_gpu_only() -> None:
     # an inference rack of this plan: steady load, no checkpoint dips, far from throttling
     rack = int(np.flatnonzero((util > 1.0) & (util < 50.0))[0])
     gpu = 11
-    fault = f"fouling:{site.rack_ids[rack]}/G{gpu + 1:02d}@30,rate_per_s=0.005"
+    fault = f"fouling:{site.rack_ids[rack]}/G{gpu:02d}@30,rate_per_s=0.005"  # NVML index
     r, _, _ = run(16, 60, [fault])
     mine = r.gpu_res_k[:, rack, gpu]
     others = r.gpu_res_k.copy()
@@ -170,7 +170,7 @@ def test_fouling_shows_as_residual_on_that_gpu_only() -> None:
 
 
 def test_inputs_from_reasons_ups_and_fans() -> None:
-    faults = ["gpu_throttle_stuck:R0002/G03@10", "ups_on_battery:UPS01@10", "fan_fail:DC01@10"]
+    faults = ["gpu_throttle_stuck:R0002/G02@10", "ups_on_battery:UPS01@10", "fan_fail:DC01@10"]
     r, tr, sim = run(16, 6, faults, start_ms=JULY_T0)
     inputs = tr.inputs()
     assert inputs.gpu_stuck[1, 2] and inputs.gpu_stuck.sum() == 1
