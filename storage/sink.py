@@ -684,17 +684,37 @@ class ParquetSink:
             return
         try:
             for k in keys:
-                path = await asyncio.to_thread(self.writer.flush, k)
-                self._written(k)
-                if path is not None:
-                    self.stats["files"] += 1
-                    log.debug("wrote file=%s", path)
+                await self._write(k)
         except StoreUnavailable as exc:
             if not pause_on_error:
                 raise
             self._pause(consumer, exc)
             return
         await self._commit(consumer)
+
+    async def _write(self, key: tuple[str, Any]) -> None:
+        """Write one buffer; a batch that cannot be written is dropped and counted."""
+        try:
+            path = await asyncio.to_thread(self.writer.flush, key)
+            paths = [path] if path is not None else []
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            # Not the store: something in the rows (validation should have caught it).
+            # Writing the same rows again would fail again, after every restart.
+            log.error("cannot write buffer %s (%r): isolating the records that cause it", key, exc)
+            paths, dropped = await asyncio.to_thread(self.writer.flush_isolating, key)
+            for tp, offset, err in dropped:
+                self.refused[CODE_INTERNAL] += 1
+                self.stats["bad"] += 1
+                log.error(
+                    "dropped a record that cannot be written topic=%s offset=%s: %r",
+                    tp,
+                    offset,
+                    err,
+                )
+        self._written(key)
+        self.stats["files"] += len(paths)
 
     def _written(self, key: tuple[str, Any]) -> None:
         idx = self.samples.get(key[0])
@@ -739,10 +759,7 @@ class ParquetSink:
         self._last_retry = self._clock()
         try:
             for k in self.writer.buffer_keys():
-                path = await asyncio.to_thread(self.writer.flush, k)
-                self._written(k)
-                if path is not None:
-                    self.stats["files"] += 1
+                await self._write(k)
         except StoreUnavailable as exc:
             log.debug("store still not writable: %s", exc)
             return

@@ -160,6 +160,8 @@ class _Buffer:
     batches: list[pa.Table] = field(default_factory=list)
     rows: int = 0
     offsets: OffsetMap = field(default_factory=dict)
+    # The record each batch came from (for isolating one that cannot be written).
+    sources: list[tuple[TopicPartition | None, int | None]] = field(default_factory=list)
 
 
 BufferKey = tuple[str, dt.date]
@@ -197,6 +199,7 @@ class BufferedWriter:
         if table.num_rows:
             buf.batches.append(table)
             buf.rows += table.num_rows
+            buf.sources.append((tp, offset))
         if tp is not None and offset is not None:
             buf.offsets.setdefault(tp, RangeSet()).add(offset)
 
@@ -240,6 +243,60 @@ class BufferedWriter:
         )
         del self._buffers[key]
         return path
+
+    def flush_isolating(
+        self, key: BufferKey
+    ) -> tuple[list[Path], list[tuple[TopicPartition | None, int | None, Exception]]]:
+        """Write a buffer whose :meth:`flush` failed for a reason other than the store.
+
+        Halves the buffer until the batches that cannot be written are alone; those are
+        dropped and returned with their record and error, every other batch is written
+        (with its records' offsets). A :class:`StoreUnavailable` on the way keeps what is
+        not written yet buffered and is raised.
+        """
+        buf = self._buffers[key]
+        todo = [list(zip(buf.batches, buf.sources, strict=True))]
+        paths: list[Path] = []
+        dropped: list[tuple[TopicPartition | None, int | None, Exception]] = []
+        directory = date_dir(self.data_dir, buf.tdef.name, buf.day)
+        while todo:
+            part = todo.pop()
+            offsets: OffsetMap = {}
+            for _, (tp, off) in part:
+                if tp is not None and off is not None:
+                    offsets.setdefault(tp, RangeSet()).add(off)
+            try:
+                table = pa.concat_tables([b for b, _ in part])
+                paths.append(
+                    write_file(buf.tdef, table, directory, offsets=offsets, options=self.options)
+                )
+            except StoreUnavailable:
+                rest = [item for chunk in [*todo, part] for item in chunk]
+                self._rebuffer(key, buf, rest)
+                raise
+            except Exception as exc:
+                if len(part) == 1:
+                    dropped.append((part[0][1][0], part[0][1][1], exc))
+                else:
+                    half = len(part) // 2
+                    todo += [part[half:], part[:half]]
+        del self._buffers[key]
+        return paths, dropped
+
+    def _rebuffer(
+        self,
+        key: BufferKey,
+        buf: _Buffer,
+        items: list[tuple[pa.Table, tuple[TopicPartition | None, int | None]]],
+    ) -> None:
+        new = _Buffer(buf.tdef, buf.day, buf.created)
+        for table, (tp, off) in items:
+            new.batches.append(table)
+            new.rows += table.num_rows
+            new.sources.append((tp, off))
+            if tp is not None and off is not None:
+                new.offsets.setdefault(tp, RangeSet()).add(off)
+        self._buffers[key] = new
 
     def flush_due(self) -> list[Path]:
         return [p for k in self.due() if (p := self.flush(k)) is not None]

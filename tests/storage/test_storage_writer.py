@@ -157,3 +157,43 @@ def test_conform_rejects_a_wrong_frame(tmp_path: Path) -> None:
     bad = pa.table({"ts": np.array([1], dtype="int64")})
     with pytest.raises(DecodeError, match="missing columns"):
         write_file(GPU, bad, tmp_path)
+
+
+def test_flush_isolating_drops_only_the_batch_that_cannot_be_written(tmp_path: Path) -> None:
+    gdef = default_tables()["gpu"]
+    day = dt.date(2026, 9, 21)
+    w = BufferedWriter(tmp_path)
+    good = synth.gpu_table(1, 4, 6)
+    frames = [good.slice(i * 4, 4) for i in range(6)]
+    bad = pa.table({"ts": frames[0].column("ts")})  # no other column: cannot be written
+    for i, f in enumerate(frames[:3]):
+        w.add(gdef, day, f, ("t", 0), i)
+    w.add(gdef, day, bad, ("t", 0), 3)
+    for i, f in enumerate(frames[3:], start=4):
+        w.add(gdef, day, f, ("t", 0), i)
+    with pytest.raises(pa.ArrowInvalid):
+        w.flush(("gpu", day))
+    paths, dropped = w.flush_isolating(("gpu", day))
+    assert [(tp, off) for tp, off, _ in dropped] == [(("t", 0), 3)]
+    stored = pa.concat_tables([pq.read_table(p) for p in paths])
+    assert stored.num_rows == good.num_rows
+    held = RangeSet()
+    for p in paths:
+        held.update(file_offsets(p)[("t", 0)])
+    assert held.to_list() == [[0, 2], [4, 6]]  # the dropped record is in no file
+    assert not w.buffer_keys()
+
+
+async def test_sink_write_counts_a_record_that_cannot_be_written(tmp_path: Path) -> None:
+    from storage.sink import ParquetSink
+
+    sink = ParquetSink("127.0.0.1:9", tmp_path, ["telemetry.gpu"])
+    gdef = sink.by_topic["telemetry.gpu"]
+    day = dt.date(2026, 9, 21)
+    good = synth.gpu_table(1, 4, 2)
+    sink.writer.add(gdef, day, good.slice(0, 4), ("telemetry.gpu", 0), 0)
+    sink.writer.add(gdef, day, pa.table({"ts": good.column("ts")}), ("telemetry.gpu", 0), 1)
+    sink.writer.add(gdef, day, good.slice(4, 4), ("telemetry.gpu", 0), 2)
+    await sink._write(("gpu", day))
+    assert sink.refused["internal_error"] == 1 and sink.stats["bad"] == 1
+    assert sum(pq.read_table(p).num_rows for p in list_parts(tmp_path / "gpu")) == 8
