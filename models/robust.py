@@ -153,13 +153,22 @@ class Drift(Detector):
 
     Self-resetting: when ``stat`` reaches ``reset_factor * h`` the sums restart from 0 and
     the reference jumps to a fast mean (``fast_half_life``) of the recent samples: a new level
-    becomes the new normal and the next change can be found. The score then holds its value
+    becomes the new normal and the next change can be found (the reference then goes on as a
+    running mean, so it settles on the new level fast). The score then holds its value
     and decays with ``hold_half_life`` samples, so an alarm does not vanish at the reset.
     """
 
     name = "drift"
     kind = "drift"
-    FIELDS: ClassVar = {"ref": 0.0, "scale": 0.0, "fast": 0.0, "gp": 0.0, "gn": 0.0, "hold": 0.0}
+    FIELDS: ClassVar = {
+        "ref": 0.0,
+        "n_ref": 0.0,
+        "scale": 0.0,
+        "fast": 0.0,
+        "gp": 0.0,
+        "gn": 0.0,
+        "hold": 0.0,
+    }
 
     def __init__(
         self,
@@ -214,11 +223,16 @@ class Drift(Detector):
         fast = fast + (-np.expm1(-np.log(2.0) / self.fast_half_life)) * (x - fast)
         reset = stat >= self.reset_factor * self.h
         learn = valid & (stat < self.h)
-        alpha = ew_alpha(n, self.half_life)
+        alpha = ew_alpha(st["n_ref"], self.half_life)
         new_ref, new_scale = robust_step(ref, scale, x, alpha, self.clip_k, warm)
         ref = np.where(learn, new_ref, ref)
         ref = np.where(reset, fast, ref)
         st["ref"] = np.where(valid, ref, st["ref"])
+        # After a reset the reference restarts as a running mean worth the fast mean's
+        # samples (2 / alpha - 1), so its error shrinks quickly instead of biasing the sums.
+        n_fast = 2.0 / -np.expm1(-np.log(2.0) / self.fast_half_life) - 1.0
+        n_ref = np.where(reset, n_fast, st["n_ref"] + learn)
+        st["n_ref"] = np.where(valid, n_ref, st["n_ref"])
         st["scale"] = np.where(learn & ~first, new_scale, scale)
         st["fast"] = np.where(valid, fast, st["fast"])
         st["gp"] = np.where(valid, np.where(reset, 0.0, gp), st["gp"])
