@@ -5,8 +5,10 @@ The simulator (true R = 0.025 K/W, C = 550 J/K, away from the estimator's priors
 is killed with SIGKILL ten times at seeded random moments and restarted each time. After
 each restart the rack-model checkpoint the killed worker left in its changelog (read here
 straight from the broker) is the floor: every GPU's update count must be at least that
-checkpoint's, and R and C must be the fitted values, not the priors. A model started over
-from the priors by frames applied before the restore (the bug this guards) fails both.
+checkpoint's, and R and C must be the fitted values, not the priors. The worker runs with
+``--checkpoint-interval 0.3`` (tests/streams/workerproc.py), which bounds the model
+checkpoints too. A model started over from the priors by frames applied before the
+restore (the bug this guards) failed at the first kill: 71 updates, the checkpoint had 101.
 """
 
 from __future__ import annotations
