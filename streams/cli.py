@@ -200,6 +200,9 @@ def _build_parser() -> OneLineParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     cli_commands.register(sub)
+    from streams.cli_detect import add_detect_parser
+
+    add_detect_parser(sub)
     return parser
 
 
