@@ -36,8 +36,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from storage.layout import TableDef
-from storage.sql_check import SqlRefused, SqlTimeout, check_statement, check_text
-from storage.sql_engine import SqlEngine
+from storage.sql_check import SqlRefused, SqlTimeout, StatementCheck, check_statement, check_text
+from storage.sql_engine import SqlEngine, store_tables
 from storage.sql_pool import SqlPool
 
 __all__ = ["SqlRefused", "SqlService", "SqlTimeout", "check_statement", "to_csv", "to_json"]
@@ -80,6 +80,7 @@ class SqlService:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._check = StatementCheck()
         self._engine: SqlEngine | None = None
         self._pool: SqlPool | None = None
         if workers > 0:
@@ -103,6 +104,7 @@ class SqlService:
         return self._pool
 
     def close(self) -> None:
+        self._check.close()
         if self._engine is not None:
             self._engine.close()
         if self._pool is not None:
@@ -115,10 +117,10 @@ class SqlService:
         self.close()
 
     def views(self) -> list[str]:
+        """Names of the views a query can read."""
         if self._engine is not None:
             return self._engine.views()
-        got = self.query("SELECT view_name FROM duckdb_views() WHERE NOT internal")
-        return sorted(got.column(0).to_pylist())
+        return sorted([*store_tables(), "rack"])
 
     def query(self, sql: str, *, check: bool = True) -> pa.Table:
         """Run one SELECT and return its result; raises SqlRefused on any refusal.
@@ -127,7 +129,12 @@ class SqlService:
         layers below hold on their own.
         """
         t0 = time.monotonic()
-        text = check_statement(sql).sql if check else check_text(sql)
+        tables: frozenset[str] | None = None
+        if check:
+            checked = self._check(sql)
+            text, tables = checked.sql, checked.tables
+        else:
+            text = check_text(sql)
         if self._pool is not None:
             left = self.timeout_s - (time.monotonic() - t0)
             return self._pool.query(
@@ -147,7 +154,12 @@ class SqlService:
         try:
             left = self.timeout_s - (time.monotonic() - t0)
             return self._engine.run(
-                text, timeout_s=left, max_rows=self.max_rows, max_bytes=self.max_bytes, check=False
+                text,
+                timeout_s=left,
+                max_rows=self.max_rows,
+                max_bytes=self.max_bytes,
+                check=False,
+                tables=tables,
             )
         finally:
             self._lock.release()

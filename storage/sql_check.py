@@ -15,6 +15,7 @@ even when this check is skipped.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -81,22 +82,22 @@ def check_text(sql: object) -> str:
     return sql
 
 
-def _one_statement(sql: str) -> duckdb.Statement:
+def _statement_type(sql: str) -> duckdb.StatementType:
+    """The type of the one statement in sql (refused if there are more, or none)."""
     try:
         stmts = duckdb.extract_statements(sql)
-    except Exception as exc:  # the binding raises ValueError too (unknown statement types)
+    except Exception as exc:  # the binding raises ValueError too
         raise SqlRefused("SQL does not parse: " + " ".join(str(exc).split())) from None
     if len(stmts) != 1:
         raise SqlRefused(f"one statement per query, got {len(stmts)}")
-    return stmts[0]
-
-
-def _serialize(sql: str) -> dict[str, Any]:
-    con = duckdb.connect(":memory:")
     try:
-        row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    finally:
-        con.close()
+        return stmts[0].type
+    except ValueError:  # a type the Python binding has no name for (UPDATE EXTENSIONS)
+        raise SqlRefused("only SELECT queries are allowed; this statement is refused") from None
+
+
+def _serialize(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
+    row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
     doc: dict[str, Any] = json.loads(row[0]) if row else {"error": True}
     if doc.get("error"):
         msg = str(doc.get("error_message", "only plain SELECT statements are allowed"))
@@ -115,18 +116,18 @@ def _nodes(o: object) -> Iterator[dict[str, Any]]:
             stack.extend(cur)
 
 
-def _check_select(sql: str) -> CheckedQuery:
-    stmt = _one_statement(sql)
-    if stmt.type != duckdb.StatementType.SELECT:
-        name = getattr(stmt.type, "name", str(stmt.type))
+def _check_select(con: duckdb.DuckDBPyConnection, sql: str) -> CheckedQuery:
+    kind = _statement_type(sql)
+    if kind != duckdb.StatementType.SELECT:
+        name = getattr(kind, "name", str(kind))
         raise SqlRefused(f"only SELECT queries are allowed; {name} statements are refused")
-    doc = _serialize(sql)
+    doc = _serialize(con, sql)
     if len(doc.get("statements", [])) != 1:
         raise SqlRefused("one statement per query")
     tables: set[str] = set()
     for node in _nodes(doc):
-        kind = node.get("type")
-        if kind == "TABLE_FUNCTION":
+        node_type = node.get("type")
+        if node_type == "TABLE_FUNCTION":
             fn = node.get("function") or {}
             name = str(fn.get("function_name", "")).lower()
             if name not in TABLE_FUNCTIONS or fn.get("schema") or fn.get("catalog"):
@@ -134,7 +135,7 @@ def _check_select(sql: str) -> CheckedQuery:
                     f"table function {name!r} is not available; query the store's views "
                     f"(allowed table functions: {', '.join(sorted(TABLE_FUNCTIONS))})"
                 )
-        elif kind == "BASE_TABLE":
+        elif node_type == "BASE_TABLE":
             name = str(node.get("table_name", ""))
             if any(c in name for c in "./\\:") or node.get("catalog_name"):
                 # DuckDB reads a quoted file name as a table (a "replacement scan")
@@ -156,11 +157,35 @@ def _explain_target(sql: str) -> str:
     return sql[tokens[1][0] :]
 
 
+class StatementCheck:
+    """:func:`check_statement` with its own parser connection, reused (thread-safe)."""
+
+    def __init__(self) -> None:
+        # only ever asked to serialise SQL text, never to run it; sandboxed all the same
+        self._con = duckdb.connect(":memory:", config={"enable_external_access": False})
+        self._con.execute("SET lock_configuration = true")
+        self._lock = threading.Lock()
+
+    def __call__(self, sql: object) -> CheckedQuery:
+        """Accept one SELECT (or EXPLAIN of one SELECT); raise SqlRefused naming the rule."""
+        text = check_text(sql)
+        with self._lock:
+            if _statement_type(text) == duckdb.StatementType.EXPLAIN:
+                inner = _check_select(self._con, _explain_target(text))
+                return CheckedQuery("EXPLAIN " + inner.sql, inner.tables)
+            return _check_select(self._con, text)
+
+    def close(self) -> None:
+        self._con.close()
+
+
 def check_statement(sql: object) -> CheckedQuery:
-    """Accept one SELECT (or EXPLAIN of one SELECT); raise SqlRefused naming the rule."""
-    text = check_text(sql)
-    stmt = _one_statement(text)
-    if stmt.type == duckdb.StatementType.EXPLAIN:
-        inner = _check_select(_explain_target(text))
-        return CheckedQuery("EXPLAIN " + inner.sql, inner.tables)
-    return _check_select(text)
+    """Accept one SELECT (or EXPLAIN of one SELECT); raise SqlRefused naming the rule.
+
+    Opens a parser connection per call (~50 ms); services keep a :class:`StatementCheck`.
+    """
+    check = StatementCheck()
+    try:
+        return check(sql)
+    finally:
+        check.close()

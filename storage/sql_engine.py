@@ -34,7 +34,7 @@ import pyarrow.dataset as ds
 
 from storage.layout import SITE_RACKS_SCHEMA, TableDef, default_tables
 from storage.rollup_schema import RACK_METRICS, rollup_tables
-from storage.sql_check import SqlRefused, SqlTimeout, check_statement, check_text
+from storage.sql_check import SqlRefused, SqlTimeout, StatementCheck, check_text
 
 _HIVE: Final = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
 
@@ -137,20 +137,28 @@ class SqlEngine:
             path = Path(tmp) / "empty.duckdb"
             duckdb.connect(str(path)).close()
             self._db = duckdb.connect(str(path), read_only=True, config=config)
+        self._check = StatementCheck()
         self._db.execute("SET TimeZone = 'UTC'")
         self._db.execute("SET enable_external_access = false")
         self._db.execute("SET lock_configuration = true")
 
     def close(self) -> None:
         self._db.close()
+        self._check.close()
 
     def views(self) -> list[str]:
         return sorted([*self.datasets.tables, "rack"])
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
+    def _connect(self, tables: frozenset[str] | None) -> duckdb.DuckDBPyConnection:
+        """A fresh connection with the views ``tables`` reads (all of them if None)."""
         cur = self._db.cursor()
-        for name in self.datasets.tables:
+        names = set(self.datasets.tables) if tables is None else set(tables)
+        if "rack" in names:
+            names.add("gpu")
+        for name in names & set(self.datasets.tables):
             cur.register(name, self.datasets.get(name))
+        if "gpu" not in names:
+            return cur
         aggs = ", ".join(f"{sql} AS {name}" for name, sql in RACK_METRICS.items())
         cur.execute(
             "CREATE TEMP VIEW rack AS SELECT ts, date, rack, count(*) AS n_gpus, "
@@ -166,21 +174,35 @@ class SqlEngine:
         max_rows: int,
         max_bytes: int = 64 << 20,
         check: bool = True,
+        tables: frozenset[str] | None = None,
     ) -> pa.Table:
         """Run one query within timeout_s [s]; raise SqlRefused on any refusal or failure.
 
-        ``check=False`` skips the statement check (tests prove the sandbox holds without it).
+        ``check=False`` skips the statement check (tests prove the sandbox holds without
+        it); ``tables`` then names the views to register, if a check already found them
+        (None: every view).
         """
-        text = check_statement(sql).sql if check else check_text(sql)
+        if check:
+            checked = self._check(sql)
+            text, tables = checked.sql, checked.tables
+        else:
+            text = check_text(sql)
         try:
-            return self._run(text, timeout_s, max_rows, max_bytes)
+            return self._run(text, tables, timeout_s, max_rows, max_bytes)
         except _Vanished:
             # compaction or retention removed a file between discovery and scan: rediscover
             self.datasets.forget()
-            return self._run(text, timeout_s, max_rows, max_bytes)
+            return self._run(text, tables, timeout_s, max_rows, max_bytes)
 
-    def _run(self, sql: str, timeout_s: float, max_rows: int, max_bytes: int) -> pa.Table:
-        cur = self._connect()
+    def _run(
+        self,
+        sql: str,
+        tables: frozenset[str] | None,
+        timeout_s: float,
+        max_rows: int,
+        max_bytes: int,
+    ) -> pa.Table:
+        cur = self._connect(tables)
         timer = threading.Timer(max(timeout_s, 0.0), cur.interrupt)
         timer.start()
         try:
