@@ -208,6 +208,33 @@ class SampleIndex:
                     cur.add(sub)
         return None if keep.all() else keep
 
+    def _load_rows(self, rows: pa.Table) -> None:
+        """Record stored rows; GPU masks per (rack, ts) group from sorted numpy columns."""
+        if not self.bits:
+            self._check_rows(rows, _ts_ms(rows), self._seen)
+            return
+        enc = rows.column(self.entity).combine_chunks().dictionary_encode()
+        names = enc.dictionary.to_pylist()
+        codes = enc.indices.to_numpy()
+        ts = rows.column("ts").cast(pa.int64()).to_numpy()
+        sub = rows.column(self.subs[0]).to_numpy().astype(np.int64)
+        order = np.lexsort((sub, ts, codes))
+        c, t, g = codes[order], ts[order], sub[order]
+        first = np.r_[True, (c[1:] != c[:-1]) | (t[1:] != t[:-1])]
+        starts = np.flatnonzero(first)
+        ends = np.r_[starts[1:], len(c)]
+        # Distinct GPUs per group: rows minus repeats of the previous row's GPU.
+        repeat = np.r_[False, ~first[1:] & (g[1:] == g[:-1])]
+        n = (ends - starts) - np.add.reduceat(repeat.astype(np.int64), starts)
+        regular = (g[starts] == 0) & (g[ends - 1] == n - 1)  # GPUs 0..n-1: n ones
+        seen = self._seen
+        for i in np.flatnonzero(regular).tolist():
+            k = int(starts[i])
+            seen[(names[c[k]], int(t[k]))] = (1 << int(n[i])) - 1
+        for i in np.flatnonzero(~regular).tolist():
+            k, e = int(starts[i]), int(ends[i])
+            seen[(names[c[k]], int(t[k]))] = _mask(np.unique(g[k:e]))
+
     def prune(self) -> int:
         """Forget instants older than the window; returns how many entries went."""
         cut = self.cutoff()
@@ -284,7 +311,7 @@ class SampleIndex:
         rows = rows.filter(pc.less_equal(rows.column("ts").cast(pa.int64()), newest))
         self.forget_pending()
         if rows.num_rows:
-            self._check_rows(rows, _ts_ms(rows), self._seen)
+            self._load_rows(rows)
             self._oldest = int(_ts_ms(rows).min())
         self.newest = newest
         return rows.num_rows

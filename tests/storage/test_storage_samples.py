@@ -86,3 +86,20 @@ def test_prune_bounds_memory() -> None:
         idx.admit(f)
         idx.prune()
     assert len(idx) <= 2 * 2 * 21  # two racks, at most two windows of 1 s instants
+
+
+def test_load_handles_partial_frames_and_stored_duplicates(tmp_path: Path) -> None:
+    gdef = TABLES["gpu"]
+    rows = synth.gpu_table(2, 8, 3, start_ms=START_MS)
+    racks, gpus = rows.column("rack").to_pylist(), rows.column("gpu").to_pylist()
+    keep = [not (r == "R0000" and g in (0, 5)) for r, g in zip(racks, gpus, strict=True)]
+    partial = rows.filter(pa.array(keep))
+    d = date_dir(tmp_path, "gpu", day_of_ms(START_MS))
+    write_file(gdef, partial, d)
+    write_file(gdef, partial.slice(0, 4), d)  # the same rows twice in the store
+    idx = SampleIndex(gdef, 60_000)
+    idx.load(tmp_path, START_MS + 10_000)
+    new, _, dups = idx.admit(rows.slice(0, 8))  # R0000 at the first instant, all 8 GPUs
+    assert new.column("gpu").to_pylist() == [0, 5] and dups == 6
+    new, _, dups = idx.admit(rows.slice(8, 8))  # R0001: complete in the store
+    assert new.num_rows == 0 and dups == 8
