@@ -196,6 +196,7 @@ class AlertEngine:
     active_events: dict[str, float] = field(default_factory=dict)
     raises: deque[float] = field(default_factory=deque)  # visible raises in the flood window
     raised_total: int = 0
+    events_total: int = 0  # events logged, ever (the log keeps the last 1000)
     floods_total: int = 0
     flood: bool = False
     out_of_service: set[str] = field(default_factory=set)
@@ -348,6 +349,7 @@ class AlertEngine:
     def _log_event(
         self, rule: Rule, aid: str, entity: str, owner: str, x: float, what: str, now: float
     ) -> None:
+        self.events_total += 1
         self.events.append(
             {
                 "ts_s": now,
@@ -541,6 +543,11 @@ class AlertEngine:
             self._changes[a.id] = a
             self._removed.discard(a.id)
 
+    def events_since(self, seen_total: int) -> list[dict[str, Any]]:
+        """Events logged after the first ``seen_total`` (as many as the log still holds)."""
+        n = min(self.events_total - seen_total, len(self.events))
+        return list(self.events)[len(self.events) - n :] if n > 0 else []
+
     def take_changes(self) -> tuple[list[Alert], list[str]]:
         """Alerts changed since the last call (latest version of each) and ids dropped."""
         changed = list(self._changes.values())
@@ -609,6 +616,7 @@ class AlertEngine:
             "events": list(self.events),
             "raises": list(self.raises),
             "raised_total": self.raised_total,
+            "events_total": self.events_total,
             "floods_total": self.floods_total,
             "flood": self.flood,
             "out_of_service": sorted(self.out_of_service),
@@ -631,6 +639,7 @@ class AlertEngine:
         self.events = deque(doc["events"], maxlen=self.events.maxlen)
         self.raises = deque(float(t) for t in doc["raises"])
         self.raised_total = int(doc["raised_total"])
+        self.events_total = int(doc["events_total"])
         self.floods_total = int(doc["floods_total"])
         self.flood = bool(doc["flood"])
         self.out_of_service = set(doc["out_of_service"])

@@ -21,6 +21,17 @@ from typing import Any
 import faust
 from faust.types import TP, EventT
 
+from models.alerting import Alert, AlertEngine, AlertError, owner_of
+from models.rules import load_rules
+from streams.alert_sinks import AlertSink, sinks_from_urls
+from streams.alert_sources import evaluate_sources, site_map
+from streams.alert_views import (
+    AlertCollector,
+    CommandError,
+    apply_command,
+    parse_command,
+    register_alert_views,
+)
 from streams.codec import DecodeError, decode_points_frame, encode_frame
 from streams.codec_batch import GpuMessage, decode_gpu_frames
 from streams.facility import FacilityModel
@@ -498,6 +509,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         for rack, data in list(model_table.data.items()):
             if owned(rack):
                 rt.restore_model(rack, data)
+        restore_alerts()
 
     @app.timer(interval=0.5)
     async def sync_tables() -> None:
@@ -550,6 +562,110 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         for unit, batch in merge_by_partition(fm.residual_batches(rt), partition_of).items():
             await residual_topic.send(key=unit.encode(), value=encode_frame(batch))
 
+    # --- alerts (models/alerting.py, docs/alerts.md) -------------------------------------
+    engine = AlertEngine(
+        load_rules(settings.alert_rules_path), clock=lambda: rt.clock_ms() / 1000.0
+    )
+    smap = site_map(site)
+    # keyed by alert id, written to the changelog partition of the alert's owner (its rack or
+    # unit), so the worker owning that partition restores it after a restart or rebalance
+    alert_table = app.Table("alerts", **tables)
+    alerts_topic = app.topic(names.alerts, **raw)
+    commands_topic = app.topic(names.alert_commands, partitions=settings.partitions, **raw)
+    public_url = settings.public_url or f"http://{settings.web_host}:{settings.web_port}"
+    sinks = sinks_from_urls(
+        settings.alertmanager_url,
+        settings.alert_webhook_url,
+        generator_base=public_url,
+        twin=settings.app_id,
+        resend_interval_s=settings.alert_resend_s,
+    )
+    events_seen = {"n": 0}
+
+    def restore_alerts() -> None:
+        # called by sync_tables_now after a table recovery
+        engine.drop_owners(owned)
+        for aid, data in list(alert_table.data.items()):
+            owner = owner_of(aid)
+            if owner is None or not owned(owner):
+                continue
+            try:
+                engine.restore_alert(Alert.from_bytes(data))
+            except Exception as exc:  # a bad checkpoint must not stop the worker: skip it
+                rt.counters.bad_checkpoints += 1
+                log.warning("skipped a bad alerts checkpoint of %s: %r", aid, exc)
+
+    def alert_message(doc: dict[str, Any], ts_ms: int, state: str, kind: str) -> bytes:
+        row = {**doc, "ts": ts_ms, "alert_id": doc["id"], "kind": kind, "state": state}
+        return json.dumps(row, separators=(",", ":")).encode()
+
+    async def publish_alert_changes() -> None:
+        changed, _removed = engine.take_changes()
+        now = rt.clock_ms()
+        docs = [a.to_dict() for a in changed]
+        for a, doc in zip(changed, docs, strict=True):
+            if owned(a.owner):
+                value = a.to_bytes()
+                alert_table.data[a.id] = value
+                alert_table.send_changelog(partition_of(a.owner), a.id, value)
+            await alerts_topic.send(
+                key=a.entity.encode(), value=alert_message(doc, now, a.state, a.rule)
+            )
+        for ev in engine.events_since(events_seen["n"]):
+            state = "EVENT_RAISED" if ev["transition"] == "raised" else "EVENT_CLEARED"
+            await alerts_topic.send(
+                key=str(ev["entity"]).encode(),
+                value=alert_message(ev, int(ev["ts_s"] * 1000), state, ev["rule"]),
+            )
+        events_seen["n"] = engine.events_total
+        for sink in sinks:
+            sink.offer(docs)
+
+    @app.timer(interval=settings.alert_interval_s)
+    async def evaluate_alerts() -> None:
+        if app.in_recovery:
+            return
+        sync_tables_now()  # an owned alert is restored before it is evaluated again
+        now_s = rt.clock_ms() / 1000.0
+        view = rt.model_view if owned("facility") else None
+        evaluate_sources(engine, rt, smap, owned, now_s, facility_view=view)
+        engine.tick(now_s)
+        await publish_alert_changes()
+
+    @app.agent(commands_topic, name="alert-commands")
+    async def alert_commands(stream: Any) -> None:
+        # acks and shelves forwarded by other workers, for the alerts of owned partitions
+        async for ev in stream.events():
+            try:
+                cmd = parse_command(ev.message.value or b"")
+            except CommandError as exc:
+                log.warning("alert command refused: %s", exc)
+                continue
+            owner = owner_of(cmd["id"]) or ""
+            if not owned(owner):
+                log.warning("alert command for %s, not owned here", owner)
+                continue
+            sync_tables_now()
+            try:
+                apply_command(engine, cmd)
+            except AlertError as exc:
+                log.info("alert command %s on %s: %s", cmd["op"], cmd["id"], exc)
+            await publish_alert_changes()
+
+    async def send_command(owner: str, cmd: dict[str, Any]) -> None:
+        # keyed by the owner: Kafka's default partitioner puts it on the owner's partition
+        await commands_topic.send(key=owner.encode(), value=json.dumps(cmd).encode())
+
+    def start_sink(sink: AlertSink) -> None:
+        async def run_alert_sink() -> None:
+            await sink.run()
+
+        app.task(run_alert_sink)
+
+    for sink in sinks:
+        start_sink(sink)
+    register_alert_views(app, engine, settings, owned, send_command)
+
     def snapshot() -> bytes:
         from streams.worker_snapshot import runtime_snapshot
         from twin.snapshot import snapshot_bytes
@@ -558,7 +674,9 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         base = fm.snapshot() if fm is not None else None
         return snapshot_bytes(runtime_snapshot(rt, base))
 
-    register_views(app, rt, settings, consumer_lag, snapshot)
+    register_views(
+        app, rt, settings, consumer_lag, snapshot, extra_metrics=[AlertCollector(engine, sinks)]
+    )
     return TwinWorker(app=app, runtime=rt, settings=settings)
 
 

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from streams.alert_flags import add_alert_flags, alert_settings_from_args
 from streams.auth import add_api_auth_flags, api_auth_from_args
 from streams.cli import (
     add_broker_flag,
@@ -47,6 +48,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         replication=args.replication,
         kafka_security=kafka_security_from_args(args),
         **api_auth_from_args(args),
+        **alert_settings_from_args(args),
     )
 
 
@@ -235,6 +237,7 @@ def register(sub: Any) -> None:
     add_site_flags(p)
     add_kafka_security_flags(p)
     add_api_auth_flags(p)
+    add_alert_flags(p)
     p.set_defaults(handler=run_worker)
 
     p = sub.add_parser(

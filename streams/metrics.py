@@ -6,7 +6,7 @@ of our own (no process-global registry), so two workers in one test process do n
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -94,8 +94,13 @@ class _TwinCollector(Collector):
         )
 
 
-def render_metrics(runtime: TwinRuntime, lag: Mapping[tuple[str, int], int]) -> bytes:
-    """Prometheus text format (version 0.0.4) of the runtime's state."""
+def render_metrics(
+    runtime: TwinRuntime, lag: Mapping[tuple[str, int], int], extra: Iterable[Collector] = ()
+) -> bytes:
+    """Prometheus text format (version 0.0.4) of the runtime's state (and of ``extra``
+    collectors: the alerts')."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_TwinCollector(runtime, lag))
+    for collector in extra:
+        registry.register(collector)
     return generate_latest(registry)

@@ -21,6 +21,8 @@ TOPIC_FAULTS: Final = "twin.faults"
 TOPIC_KPI: Final = "twin.kpi"
 TOPIC_RESIDUALS: Final = "twin.residuals"
 TOPIC_ALERTS: Final = "twin.alerts"
+#: Operator actions on alerts (ack, shelve) for the worker owning the alert. Key: owner.
+TOPIC_ALERT_COMMANDS: Final = "twin.alert-commands"
 
 TELEMETRY_TOPICS: Final = (TOPIC_GPU, TOPIC_THERMAL, TOPIC_POWER)
 
@@ -128,7 +130,9 @@ ALERT_SCHEMA: Final = pa.schema(
         pa.field("alert_id", pa.string(), nullable=True),
         pa.field("kind", pa.string(), nullable=True),
         pa.field("severity", pa.string(), nullable=True),
-        pa.field("state", pa.string(), nullable=True),  # firing, acknowledged, resolved
+        # ISA-18.2 state (NORM, UNACK, ACKED, RTNUN, SHLVD, DSUPR, OOSRV) or, for an event,
+        # EVENT_RAISED / EVENT_CLEARED (docs/alerts.md); kind is the rule name
+        pa.field("state", pa.string(), nullable=True),
         pa.field("message", pa.string(), nullable=True),
     ]
 )

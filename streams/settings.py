@@ -11,6 +11,7 @@ from streams.codec import DEFAULT_LIMITS, Limits
 from streams.kafka_security import KafkaSecurity
 from streams.schema import (
     DEFAULT_PARTITIONS,
+    TOPIC_ALERT_COMMANDS,
     TOPIC_ALERTS,
     TOPIC_DLQ,
     TOPIC_FAULTS,
@@ -97,6 +98,11 @@ class Topics:
         """twin.alerts"""
         return self._n(TOPIC_ALERTS)
 
+    @property
+    def alert_commands(self) -> str:
+        """twin.alert-commands (acks and shelves, keyed by the alert's owner)"""
+        return self._n(TOPIC_ALERT_COMMANDS)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -148,6 +154,19 @@ class Settings:
     sql_token_required: bool = False
     #: Serve Faust's own /router/ and /table/ views (they expose topology and raw table bytes).
     expose_faust_views: bool = False
+    #: Alert rules file (None: the shipped models/rules/default.toml).
+    alert_rules_path: Path | None = None
+    #: Prometheus Alertmanager base URL (alerts are POSTed to {url}/api/v2/alerts); None: off.
+    alertmanager_url: str | None = None
+    #: Generic JSON webhook URL for alerts; None: off.
+    alert_webhook_url: str | None = None
+    #: How often the alert rules are evaluated [s].
+    alert_interval_s: float = 1.0
+    #: How often firing alerts are re-sent to the sinks [s] (Alertmanager expects it).
+    alert_resend_s: float = 60.0
+    #: This worker's URL as others reach it, for the generatorURL of alerts (None: from
+    #: web_host and web_port).
+    public_url: str | None = None
 
     @property
     def bootstrap(self) -> str:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def topic_specs(topics: Topics, partitions: int, replication: int = 1) -> list[NewTopic]:
     """The twin's topics: keyed telemetry co-partitioned, twin.state compacted."""
     r = replication
-    keyed = (topics.gpu, topics.thermal, topics.power, topics.residuals)
+    keyed = (topics.gpu, topics.thermal, topics.power, topics.residuals, topics.alert_commands)
     specs = [NewTopic(name, partitions, r) for name in keyed]
     specs.append(NewTopic(topics.state, partitions, r, topic_configs={"cleanup.policy": "compact"}))
     single = (topics.ingest, topics.dlq, topics.faults, topics.kpi, topics.alerts)

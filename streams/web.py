@@ -7,12 +7,13 @@ other modules add their own routes through ``extra_views``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
 from aiohttp import web
 from faust.web import Request, Response, View
+from prometheus_client.registry import Collector
 
 from streams.auth import sql_auth
 from streams.metrics import CONTENT_TYPE, render_metrics
@@ -39,8 +40,9 @@ def register_views(
     settings: Settings,
     consumer_lag: LagFn,
     snapshot: SnapshotFn,
+    extra_metrics: Sequence[Collector] = (),
 ) -> None:
-    """Attach the API views to an app."""
+    """Attach the API views to an app (``extra_metrics``: more collectors for /metrics)."""
     sql_state: dict[str, Any] = {}
 
     def sql_service() -> Any:
@@ -137,6 +139,7 @@ def register_views(
             lag = await consumer_lag()
             # aiohttp refuses a charset inside content_type, so set the header itself.
             resp = web.Response(
-                body=render_metrics(rt, lag), headers={"Content-Type": CONTENT_TYPE}
+                body=render_metrics(rt, lag, extra_metrics),
+                headers={"Content-Type": CONTENT_TYPE},
             )
             return cast(Response, resp)

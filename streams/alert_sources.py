@@ -1,0 +1,180 @@
+"""The first sources of alerts: signals the worker already has, fed to the alert engine.
+
+Per owned rack (one numpy pass over its GPUs): the margin of each GPU to its slowdown
+temperature (``gpu_thermal_margin_k`` [K]), the estimator's die-temperature residual
+(``gpu_temp_residual_k``, absolute [K]) and power capping (``gpu_power_capped_bool``, an
+event). Per owned plant unit: UPS on battery (``ups_on_battery_bool``), CDU supply temperature
+(``cdu_supply_temp_c`` [C]) and flow against the design flow of the racks it serves
+(``cdu_flow_frac`` [1]). On the worker running the facility model: the largest temperature
+residual of each unit against that model (``unit_residual_k`` [K]).
+
+Each unit alert carries its blast radius (the racks it feeds, from the site layout), so a
+root-cause rule suppresses the GPU alerts it explains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.alerting import AlertEngine
+from streams.runtime import TwinRuntime
+from streams.schema import CLOCK_EVENT_SW_POWER_CAP
+from twin.site import Site
+
+
+@dataclass
+class SiteMap:
+    """What the alert sources need of the site: limits, grouping keys, blast radii."""
+
+    slowdown_c: float  # GPU slowdown temperature [C] (NVML's slowdown threshold)
+    rack_where: dict[str, dict[str, str]]  # rack -> {"rack", "cdu", "hall"}
+    unit_where: dict[str, dict[str, str]]  # unit -> grouping keys
+    blast: dict[str, tuple[str, ...]]  # unit -> racks it feeds
+    cdu_design_flow_kg_s: dict[str, float]  # CDU -> design flow of the racks it serves
+    _names: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+
+    def gpu_names(self, rack: str, n: int) -> np.ndarray:
+        """``R0001/g0``... entity ids of a rack's first ``n`` GPUs (cached)."""
+        key = (rack, n)
+        names = self._names.get(key)
+        if names is None:
+            names = self._names[key] = np.array([f"{rack}/g{i}" for i in range(n)])
+        return names
+
+
+def blast_radius(site: Site) -> dict[str, tuple[str, ...]]:
+    """Unit -> the racks it feeds: a CDU its loop's racks, a UPS its hall's racks, the dry
+    coolers, the FWS, the trim chiller and the heat pump every rack."""
+    racks = np.array(site.rack_ids)
+    out: dict[str, tuple[str, ...]] = {}
+    for i, cdu in enumerate(site.cdu_ids):
+        out[cdu] = tuple(racks[site.rack_cdu == i].tolist())
+    for i, ups in enumerate(site.ups_ids):
+        out[ups] = tuple(racks[site.rack_hall == site.ups_hall[i]].tolist())
+    every = tuple(site.rack_ids)
+    for unit in (*site.dc_ids, "FWS", "CHILLER", "HEATPUMP"):
+        out[unit] = every
+    return out
+
+
+def site_map(site: Site) -> SiteMap:
+    """The alert view of a site."""
+    from twin.step import rack_design_flow_kg_s
+
+    hall = [f"H{h + 1}" for h in range(int(site.rack_hall.max()) + 1)]
+    rack_where = {
+        r: {"rack": r, "cdu": site.cdu_ids[site.rack_cdu[i]], "hall": hall[site.rack_hall[i]]}
+        for i, r in enumerate(site.rack_ids)
+    }
+    unit_where: dict[str, dict[str, str]] = {}
+    served = np.bincount(site.rack_cdu, minlength=len(site.cdu_ids))
+    flow = rack_design_flow_kg_s(site)
+    design: dict[str, float] = {}
+    for i, cdu in enumerate(site.cdu_ids):
+        first = int(np.flatnonzero(site.rack_cdu == i)[0])
+        unit_where[cdu] = {"cdu": cdu, "hall": hall[site.rack_hall[first]]}
+        design[cdu] = float(served[i]) * flow
+    for i, ups in enumerate(site.ups_ids):
+        unit_where[ups] = {"hall": hall[site.ups_hall[i]]}
+    return SiteMap(
+        slowdown_c=float(site.gpu.slowdown_c),
+        rack_where=rack_where,
+        unit_where=unit_where,
+        blast=blast_radius(site),
+        cdu_design_flow_kg_s=design,
+    )
+
+
+def _point(values: Mapping[str, float], name: str) -> float:
+    v = values.get(name)
+    return float(v) if v is not None else float("nan")
+
+
+def evaluate_sources(
+    engine: AlertEngine,
+    rt: TwinRuntime,
+    sm: SiteMap,
+    owned: Callable[[str], bool],
+    now_s: float,
+    *,
+    facility_view: dict[str, Any] | None = None,
+) -> None:
+    """Feed every signal of the racks and units this worker owns to the engine."""
+    for rack, state in rt.racks.items():
+        if not owned(rack) or not state.present.any():
+            continue
+        n = state.present.size
+        names = sm.gpu_names(rack, n)
+        where = sm.rack_where.get(rack, {"rack": rack})
+        missing = ~state.present
+        temp = state.values["temp_gpu_c"].astype(np.float64)
+        margin = sm.slowdown_c - temp
+        margin[missing] = np.nan
+        engine.observe("gpu_thermal_margin_k", names, margin, owner=rack, where=where, now_s=now_s)
+        capped = ((state.values["clock_event_reasons"] & CLOCK_EVENT_SW_POWER_CAP) != 0).astype(
+            np.float64
+        )
+        capped[missing] = np.nan
+        engine.observe("gpu_power_capped_bool", names, capped, owner=rack, where=where, now_s=now_s)
+        if rack in rt.models:
+            res = np.array(rt.models.view(rack)["residual_k"], dtype=np.float64)
+            res = np.abs(res[:n])
+            engine.observe(
+                "gpu_temp_residual_k", names[: res.size], res, owner=rack, where=where, now_s=now_s
+            )
+    for unit, ustate in rt.units.items():
+        if not owned(unit):
+            continue
+        vals = ustate.values()
+        where = sm.unit_where.get(unit, {})
+        blast = sm.blast.get(unit, ())
+        if "on_battery_bool" in vals:
+            engine.observe(
+                "ups_on_battery_bool",
+                [unit],
+                [_point(vals, "on_battery_bool")],
+                owner=unit,
+                where=where,
+                blast=blast,
+                now_s=now_s,
+            )
+        if unit in sm.cdu_design_flow_kg_s:
+            engine.observe(
+                "cdu_supply_temp_c",
+                [unit],
+                [_point(vals, "supply_temp_c")],
+                owner=unit,
+                where=where,
+                blast=blast,
+                now_s=now_s,
+            )
+            design = sm.cdu_design_flow_kg_s[unit]
+            engine.observe(
+                "cdu_flow_frac",
+                [unit],
+                [_point(vals, "flow_kg_s") / design if design > 0 else float("nan")],
+                owner=unit,
+                where=where,
+                blast=blast,
+                now_s=now_s,
+            )
+    if facility_view:
+        units = facility_view.get("units") or {}
+        ids = [u for u in units if any(p.endswith("_temp_c") for p in units[u])]
+        worst = [
+            max(
+                (
+                    abs(float(v["measured"]) - float(v["expected"]))
+                    for p, v in units[u].items()
+                    if p.endswith("_temp_c") and v.get("expected") is not None
+                ),
+                default=float("nan"),
+            )
+            for u in ids
+        ]
+        if ids:
+            engine.observe("unit_residual_k", ids, worst, owner="facility", where={}, now_s=now_s)

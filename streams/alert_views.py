@@ -1,0 +1,204 @@
+"""HTTP API and /metrics of the alerts.
+
+GET /api/alerts (active and recent alerts, filterable by ``state``, ``severity``, ``entity``;
+``events=N`` adds the last N events), GET /api/alerts/{id}, POST /api/alerts/{id}/ack
+(``{"comment": ..., "by": ...}``) and POST /api/alerts/{id}/shelve (``{"duration_s": ...,
+"comment": ..., "by": ...}``). The POSTs need the worker's bearer token (streams/auth.py). An
+action on an alert this worker does not own is forwarded on ``twin.alert-commands``, keyed by
+the owner that the alert id names, and applied by the worker that owns that partition (202).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from models.alerting import STATES, AlertEngine, AlertError, owner_of
+from models.rules import SEVERITIES
+from streams.alert_sinks import AlertSink
+from streams.auth import token_required
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Longest comment and operator name accepted [characters].
+MAX_COMMENT = 1000
+MAX_BY = 100
+MAX_BODY_BYTES = 16 * 1024
+
+SendCommand = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class CommandError(ValueError):
+    """A malformed operator action (HTTP body or twin.alert-commands message)."""
+
+
+def parse_command(raw: bytes, op: str | None = None, aid: str | None = None) -> dict[str, Any]:
+    """Validate an action: ``{"op": "ack"|"shelve", "id", "by", "comment", "duration_s"}``.
+
+    ``op`` and ``aid`` come from the URL for an HTTP body; a forwarded message carries them.
+    """
+    if len(raw) > MAX_BODY_BYTES:
+        raise CommandError(f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        doc = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise CommandError("body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise CommandError("body must be a JSON object")
+    op = op or doc.get("op")
+    aid = aid or doc.get("id")
+    if op not in ("ack", "shelve"):
+        raise CommandError("op: expected ack or shelve")
+    if not isinstance(aid, str) or owner_of(aid) is None:
+        raise CommandError("id: not an alert id")
+    by, comment = doc.get("by", "operator"), doc.get("comment", "")
+    if not isinstance(by, str) or not 0 < len(by) <= MAX_BY:
+        raise CommandError(f"by: expected a name of 1 to {MAX_BY} characters")
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+        raise CommandError(f"comment: expected text of at most {MAX_COMMENT} characters")
+    out: dict[str, Any] = {"op": op, "id": aid, "by": by, "comment": comment}
+    if op == "shelve":
+        d = doc.get("duration_s")
+        if isinstance(d, bool) or not isinstance(d, int | float) or not d >= 0:
+            raise CommandError("duration_s: expected seconds >= 0 (0 unshelves)")
+        out["duration_s"] = float(d)
+    return out
+
+
+def apply_command(engine: AlertEngine, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Apply an action to an owned alert; the alert as JSON (AlertError if it does not apply)."""
+    if cmd["op"] == "ack":
+        a = engine.ack(cmd["id"], cmd["by"], cmd["comment"])
+    else:
+        a = engine.shelve(cmd["id"], cmd["by"], cmd["duration_s"], cmd["comment"])
+    return a.to_dict()
+
+
+class AlertCollector(Collector):
+    """/metrics: alerts by state and severity, flood, raises, events, sink queues."""
+
+    def __init__(self, engine: AlertEngine, sinks: list[AlertSink]) -> None:
+        self.engine = engine
+        self.sinks = sinks
+
+    def collect(self) -> Iterator[Metric]:
+        e = self.engine
+        g = GaugeMetricFamily(
+            "twin_alerts",
+            "Alerts held by ISA-18.2 state and severity.",
+            labels=["state", "severity"],
+        )
+        counts = e.counts()
+        for state in STATES:
+            for sev in SEVERITIES:
+                g.add_metric([state, sev], counts.get((state, sev), 0))
+        yield g
+        yield GaugeMetricFamily(
+            "twin_alert_flood",
+            "1 while more alerts were raised in the flood window than the budget (EEMUA 191).",
+            value=1.0 if e.flood else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "twin_alerts_raised_window",
+            "Alerts raised (visible to an operator) in the flood window.",
+            value=len(e.raises),
+        )
+        yield CounterMetricFamily(
+            "twin_alerts_raised", "Alerts raised (visible to an operator).", value=e.raised_total
+        )
+        yield CounterMetricFamily("twin_alert_floods", "Alert floods begun.", value=e.floods_total)
+        depth = GaugeMetricFamily(
+            "twin_alert_sink_queue", "Alert changes waiting for a sink.", labels=["sink"]
+        )
+        sent = CounterMetricFamily("twin_alert_sink_sent", "Alerts delivered.", labels=["sink"])
+        failed = CounterMetricFamily(
+            "twin_alert_sink_failures", "Failed deliveries (retried).", labels=["sink"]
+        )
+        dropped = CounterMetricFamily(
+            "twin_alert_sink_dropped", "Alerts dropped or refused by a sink.", labels=["sink"]
+        )
+        for s in self.sinks:
+            depth.add_metric([s.name], s.depth)
+            sent.add_metric([s.name], s.stats.sent_total)
+            failed.add_metric([s.name], s.stats.failures_total)
+            dropped.add_metric([s.name], s.stats.dropped_total + s.stats.rejected_total)
+        yield from (depth, sent, failed, dropped)
+
+
+def register_alert_views(
+    app: faust.App,
+    engine: AlertEngine,
+    settings: Settings,
+    owned: Callable[[str], bool],
+    send_command: SendCommand,
+) -> None:
+    """Attach the alert API to an app."""
+
+    @app.page("/api/alerts")
+    class Alerts(View):
+        async def get(self, request: Request) -> Response:
+            q = request.query
+            state, severity = q.get("state"), q.get("severity")
+            if state is not None and state not in STATES:
+                return self.json({"error": f"state: expected one of {list(STATES)}"}, status=400)
+            if severity is not None and severity not in SEVERITIES:
+                return self.json(
+                    {"error": f"severity: expected one of {list(SEVERITIES)}"}, status=400
+                )
+            try:
+                n_events = min(1000, max(0, int(q.get("events", "0"))))
+            except ValueError:
+                return self.json({"error": "events: expected an integer"}, status=400)
+            alerts = engine.listing(state=state, severity=severity, entity=q.get("entity"))
+            body: dict[str, Any] = {
+                "alerts": [a.to_dict() for a in alerts],
+                "flood": engine.flood,
+                "raised_in_window": len(engine.raises),
+                "raised_total": engine.raised_total,
+                "floods_total": engine.floods_total,
+            }
+            if n_events:
+                body["events"] = list(engine.events)[-n_events:]
+            return self.json(body)
+
+    @app.page("/api/alerts/{alert_id}")
+    class OneAlert(View):
+        async def get(self, request: Request, alert_id: str) -> Response:
+            a = engine.alerts.get(alert_id)
+            if a is None:
+                return self.json({"error": f"no alert {alert_id!r} on this worker"}, status=404)
+            return self.json(a.to_dict())
+
+    async def act(view: View, request: Request, op: str, alert_id: str) -> Response:
+        try:
+            cmd = parse_command(await request.read(), op, alert_id)
+        except CommandError as exc:
+            return view.json({"error": str(exc)}, status=400)
+        owner = owner_of(alert_id) or ""
+        if owned(owner):
+            try:
+                return view.json(apply_command(engine, cmd))
+            except AlertError as exc:
+                return view.json({"error": str(exc)}, status=exc.status)
+        await send_command(owner, cmd)
+        return view.json({"forwarded": True, "owner": owner, "id": alert_id}, status=202)
+
+    @app.page("/api/alerts/{alert_id}/ack")
+    class Ack(View):
+        @token_required(settings)
+        async def post(self, request: Request, alert_id: str) -> Response:
+            return await act(self, request, "ack", alert_id)
+
+    @app.page("/api/alerts/{alert_id}/shelve")
+    class Shelve(View):
+        @token_required(settings)
+        async def post(self, request: Request, alert_id: str) -> Response:
+            return await act(self, request, "shelve", alert_id)

@@ -1,0 +1,281 @@
+"""Alerts end to end: GPU frames on a real broker -> a worker -> a real Alertmanager.
+
+Debian's prometheus-alertmanager runs on loopback (scripts/alertmanager.sh installs it). A GPU
+whose die creeps up to its slowdown temperature raises the thermal-margin alert; the test reads
+it from Alertmanager's own API, acknowledges it on the worker (401 without the token, 403 with
+a wrong one), SIGKILLs and restarts the worker (the alert and its acknowledgement survive in
+the Faust table), then cools the GPU and sees the alert resolved in Alertmanager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from models.rules import DEFAULT_RULES_FILE
+from storage.decode import decode_message
+from storage.layout import default_tables
+from streams.brokers import Broker
+from streams.brokers.ports import free_port
+from streams.codec import encode_frame
+from streams.producer import FramePublisher
+from streams.settings import Topics
+from streams.topics_admin import ensure_topics
+from tests.conftest import in_ci
+from tests.streams.frames import known_gpu_batch, with_column
+from tests.streams.workerproc import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+TOKEN = "alert-test-token-0123456789"
+RACK = "R0003"
+HOT_GPU = 5
+SLOWDOWN_C = 89.0  # the shipped site's GPU slowdown temperature
+
+
+def request(
+    url: str, body: Any = None, token: str | None = None, timeout_s: float = 5.0
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return int(resp.status), _json(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), _json(exc.read())
+    except (urllib.error.URLError, OSError):
+        return 0, None
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+class Alertmanager:
+    """prometheus-alertmanager on a free loopback port, storage in a temp dir."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        cfg = tmp / "alertmanager.yml"
+        cfg.write_text(
+            "route:\n  receiver: twin\n  group_wait: 1s\n  group_interval: 1s\n"
+            "receivers:\n  - name: twin\n"
+        )
+        (tmp / "am-data").mkdir()
+        self.log = (tmp / "alertmanager.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                ALERTMANAGER,
+                f"--config.file={cfg}",
+                f"--storage.path={tmp / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while request(self.url + "/-/ready")[0] != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"alertmanager did not start: {(tmp / 'alertmanager.log')}")
+            time.sleep(0.2)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        status, body = request(self.url + "/api/v2/alerts")
+        assert status == 200, status
+        return list(body)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+    if shutil.which(ALERTMANAGER) is None:
+        msg = f"{ALERTMANAGER} missing: run scripts/alertmanager.sh (apt prometheus-alertmanager)"
+        if in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    am = Alertmanager(tmp_path)
+    yield am
+    am.stop()
+
+
+def rules_file(tmp: Path) -> Path:
+    """The shipped rules with short for/clear durations, so the test runs in seconds."""
+    text = DEFAULT_RULES_FILE.read_text()
+    text = text.replace("for_s = 10\nclear_for_s = 10", "for_s = 1\nclear_for_s = 1")
+    assert "for_s = 1\nclear_for_s = 1" in text
+    path = tmp / "rules.toml"
+    path.write_text(text)
+    return path
+
+
+def gpu_frame(temp_hot_c: float) -> bytes:
+    ts = time.time_ns() // 1_000_000
+    batch = known_gpu_batch(RACK, ts, n=8, seed=3)
+    temps = np.full(8, 50.0)
+    temps[HOT_GPU] = temp_hot_c
+    batch = with_column(batch, "temp_gpu_c", temps)
+    return encode_frame(with_column(batch, "clock_event_reasons", np.zeros(8)))
+
+
+async def _publish(bootstrap: str, topic: str, frames: list[bytes]) -> None:
+    async with FramePublisher(bootstrap) as pub:
+        for f in frames:
+            await (await pub.send(topic, RACK, f))
+
+
+def send_until(
+    broker: Broker, topics: Topics, temp_c: float, done: Any, what: str, timeout_s: float = 60
+) -> Any:
+    """Publish a frame of the rack every 0.5 s until ``done()`` returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        asyncio.run(_publish(broker.bootstrap, topics.gpu, [gpu_frame(temp_c)]))
+        got = done()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _read_alert_messages(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    out: list[tuple[bytes, bytes]] = []
+    try:
+        for _ in range(6):
+            for recs in (await consumer.getmany(timeout_ms=500)).values():
+                out += [(r.key, r.value) for r in recs]
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_thermal_alert_reaches_alertmanager_is_acked_survives_a_restart_and_resolves(
+    broker: Broker, topic_prefix: str, tmp_path: Path, alertmanager: Alertmanager
+) -> None:
+    topics = Topics(topic_prefix)
+    asyncio.run(ensure_topics(broker.bootstrap, topics, 8))
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    extra = (
+        "--api-token-file",
+        str(token_file),
+        "--alert-rules",
+        str(rules_file(tmp_path)),
+        "--alertmanager-url",
+        alertmanager.url,
+    )
+    worker = WorkerProcess(broker.url, topic_prefix, tmp_path / "w", extra=extra)
+    try:
+        worker.wait_healthy()
+
+        def am_alert() -> dict[str, Any] | None:
+            hits = [
+                a
+                for a in alertmanager.alerts()
+                if a["labels"].get("alertname") == "gpu_thermal_margin"
+                and a["labels"].get("entity") == f"{RACK}/g{HOT_GPU}"
+            ]
+            return hits[0] if hits else None
+
+        # the die creeps towards slowdown: 2 K of margin left (< 5 K)
+        am = send_until(broker, topics, SLOWDOWN_C - 2.0, am_alert, "the alert in Alertmanager")
+        assert am["labels"]["severity"] == "major" and am["labels"]["owner"] == RACK
+        assert am["status"]["state"] == "active"
+        assert "coolant" in am["annotations"]["action"]
+        aid = am["annotations"]["alert_id"]
+        assert am["generatorURL"].endswith(f"/api/alerts/{aid}")
+
+        status, listing = worker.get_json(f"/api/alerts?entity={RACK}&state=UNACK")
+        assert status == 200 and [a["id"] for a in listing["alerts"]] == [aid]
+        assert listing["flood"] is False
+
+        ack_url = f"{worker.url}/api/alerts/{aid}/ack"
+        body = {"comment": "moving the job", "by": "op-anna"}
+        assert request(ack_url, body)[0] == 401
+        assert request(ack_url, body, token="wrong-token-0123456789")[0] == 403
+        status, acked = request(ack_url, body, token=TOKEN)
+        assert status == 200, acked
+        assert (acked["state"], acked["ack_by"], acked["ack_comment"]) == (
+            "ACKED",
+            "op-anna",
+            "moving the job",
+        )
+        # Alertmanager learns of the acknowledgement (annotations of the same alert)
+        send_until(
+            broker,
+            topics,
+            SLOWDOWN_C - 2.0,
+            lambda: (am_alert() or {}).get("annotations", {}).get("acknowledged_by") == "op-anna",
+            "the ack in Alertmanager",
+        )
+        metrics = urllib.request.urlopen(worker.url + "/metrics", timeout=5).read().decode()
+        assert 'twin_alerts{severity="major",state="ACKED"} 1.0' in metrics
+        assert "twin_alert_flood 0.0" in metrics
+        assert 'twin_alert_sink_queue{sink="alertmanager"}' in metrics
+        assert TOKEN not in worker.log_tail(10**6)
+
+        # a worker killed and restarted keeps its alert and the acknowledgement
+        time.sleep(1.0)  # the table write follows the ack within one evaluation interval
+        worker.kill()
+        worker = WorkerProcess(broker.url, topic_prefix, tmp_path / "w", extra=extra)
+        worker.wait_healthy()
+
+        def restored() -> dict[str, Any] | None:
+            status, doc = worker.get_json(f"/api/alerts/{aid}")
+            return doc if status == 200 else None
+
+        doc = send_until(broker, topics, SLOWDOWN_C - 2.0, restored, "the restored alert")
+        assert (doc["state"], doc["ack_by"]) == ("ACKED", "op-anna")
+
+        # cooled down: the alert clears (acknowledged: NORM) and Alertmanager resolves it
+        send_until(broker, topics, 50.0, lambda: am_alert() is None, "resolved in Alertmanager")
+        status, doc = worker.get_json(f"/api/alerts/{aid}")
+        assert status == 200 and doc["state"] == "NORM" and not doc["active"]
+
+        # twin.alerts carries the lifecycle in the alerts table's schema
+        tdef = default_tables()["alerts"]
+        msgs = asyncio.run(_read_alert_messages(broker.bootstrap, topics.alerts))
+        states = []
+        for key, value in msgs:
+            table = decode_message(tdef, key, value, 0)
+            states += [
+                s
+                for s, i in zip(
+                    table["state"].to_pylist(), table["alert_id"].to_pylist(), strict=True
+                )
+                if i == aid
+            ]
+        assert states[0] == "UNACK" and "ACKED" in states and states[-1] == "NORM"
+    finally:
+        worker.stop()
