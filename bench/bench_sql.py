@@ -30,6 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 from storage import synth
 from storage.layout import date_dir, day_of_ms, default_tables
@@ -38,6 +40,7 @@ from storage.site_tables import write_site_tables
 from storage.sql import POOL_WORKERS, SqlRefused, SqlService
 from storage.sql_worker import rss_bytes
 from storage.writer import write_file
+from streams.schema import TS_TYPE
 
 START_MS = 1_789_999_200_000
 HEAVY = "SELECT count(*) FROM range(1000000000000) a, range(1000) b WHERE a.range % 7 = b.range"
@@ -66,6 +69,18 @@ def _store(d: Path, racks: int, gpus: int, seconds: int) -> None:
         {"SITE": {"facility_power_w": 1.1e6, "it_power_w": 1.0e6}}, seconds, start_ms=START_MS
     )
     write_file(tables["power"], power, date_dir(d, "power", day))
+    n = seconds // 60
+    resid = pa.table(
+        {
+            "ts": pa.array(START_MS + 60_000 * np.arange(n), pa.int64()).cast(TS_TYPE),
+            "entity": ["R0001"] * n,
+            "quantity": ["outlet_temp_c"] * n,
+            "measured": np.full(n, 40.0),
+            "expected": np.full(n, 39.0),
+            "residual": np.arange(n) * 0.1,
+        }
+    )
+    write_file(tables["residual"], resid, date_dir(d, "residual", day))
     write_site_tables(d, {f"R{i:04d}": f"CDU-{i}" for i in range(racks)})
     update_rollups(d)
     print(f"store: {gpu.num_rows:,} GPU rows")
@@ -153,13 +168,10 @@ def _query_cost(d: Path) -> None:
     native.execute("SET TimeZone = 'UTC'")
     for name in ("gpu", "plant", "power", "residual", "gpu_1m", "gpu_1h"):
         files = sorted(str(p) for p in (d / name).glob("date=*/*.parquet"))
-        if files:
-            native.execute(
-                f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files!r}, "
-                "hive_partitioning = true, hive_types = {'date': DATE})"
-            )
-        else:
-            native.execute(f"CREATE VIEW {name} AS SELECT * FROM gpu_1m WHERE false")
+        native.execute(
+            f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files!r}, "
+            "hive_partitioning = true, hive_types = {'date': DATE})"
+        )
     native.execute(f"CREATE VIEW site_racks AS SELECT * FROM '{d}/site_racks/*.parquet'")
 
     def best(f: object) -> float:
