@@ -4,6 +4,14 @@ Electrical: P = P_idle + (P_tdp - P_idle) * util * f^k, f = SM clock / max clock
 clock lowered to honour the power limit (SwPowerCap) and the slowdown temperature
 (SwThermalSlowdown). Thermal: one die node of capacitance C [J/K] behind a die-to-coolant
 resistance R [K/W] whose convective part scales with coolant flow^-0.8; HBM as a lag.
+
+Thermal protection (NVML thresholds, FACTS.md section 2): at slowdown_c the clock falls so
+the die holds there; where even the lowest clock cannot hold it (no coolant flow, coolant
+near the limit) the die climbs to shutdown_c, where the GPU trips: within the step it draws
+at most the power that brings the die exactly to shutdown_c (the trip ends its power part
+way through the step), and from the next step it is off (0 W) until the die has cooled
+(:func:`shutdown_latch`), or for good when ``recover`` is False (a what-if horizon: nobody
+restarts the node).
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ REASON_SW_POWER_CAP = np.uint64(0x4)
 REASON_HW_SLOWDOWN = np.uint64(0x8)
 REASON_SW_THERMAL = np.uint64(0x20)
 REASON_HW_THERMAL = np.uint64(0x40)
+#: A die within this of shutdown_c [K] has tripped: the step that trips a GPU ends its die at
+#: shutdown_c exactly, up to rounding (:func:`_dvfs`).
+SHUTDOWN_TOL_K = 1e-6
 
 
 def _m(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
@@ -302,6 +313,15 @@ def _dvfs(
     power *= dyn
     power *= f_k
     power += p.idle_w
+    if thermal is not None:
+        # even the lowest clock overheats a GPU without coolant flow: it trips at shutdown_c
+        # part way through the step, so it draws at most the mean power that ends the die
+        # at shutdown_c (the latch turns it off from the next step)
+        hot, headroom, r_omd = thermal
+        p_trip = headroom + (p.shutdown_c - p.slowdown_c)
+        p_trip /= np.maximum(r_omd, 1e-12)
+        np.maximum(p_trip, 0.0, out=p_trip)
+        np.minimum(power, np.where(hot, p_trip, np.inf), out=power)
     if thermal is None:
         b = capped.view(np.uint8) << 2
         if stuck is not None:
@@ -319,14 +339,17 @@ def _dvfs(
     return f, power, b.astype(np.uint64)
 
 
-def shutdown_latch(off: Any, temp_c: Any, p: GpuParams) -> NDArray[np.bool_]:
-    """GPUs that are off [bool]: tripped at shutdown_c, back on once the die has cooled
-    below max_operating_c - 20 K (est.: the node's automatic recovery)."""
+def shutdown_latch(
+    off: Any, temp_c: Any, p: GpuParams, *, recover: bool = True
+) -> NDArray[np.bool_]:
+    """GPUs that are off [bool]: tripped at shutdown_c (within SHUTDOWN_TOL_K), back on once
+    the die has cooled below max_operating_c - 20 K (est.: the node's automatic recovery),
+    or never when ``recover`` is False."""
     t = np.asarray(temp_c)
     was_off = np.asarray(off, dtype=bool)
-    tripped = np.asarray(t >= p.shutdown_c)
+    tripped = np.asarray(t >= p.shutdown_c - SHUTDOWN_TOL_K)
     if was_off.any():
-        tripped = tripped | (was_off & (t > p.max_operating_c - 20.0))
+        tripped = tripped | ((was_off & (t > p.max_operating_c - 20.0)) if recover else was_off)
     return tripped
 
 
@@ -400,6 +423,7 @@ class GpuStep:
     util_sum: FloatArray  # (R,) sum of utilisation [1] over the rack's GPUs that are on
     power_sum_w: FloatArray  # (R,) sum of power_w [W]
     heat_sum_w: FloatArray  # (R,) sum of heat_w [W]
+    on_frac: FloatArray  # (R,) share of the rack's GPUs that are on [1]
 
 
 #: GPUs per block in :func:`gpu_step`: the ~15 arrays of a block fit in L2, where an
@@ -421,11 +445,13 @@ def gpu_step(
     decay: Any,
     dt_s: float,
     p: GpuParams,
+    *,
+    recover: bool = True,
 ) -> GpuStep:
     """All (R, G) GPUs over one step of dt_s [s], blocks of racks at a time.
 
-    Element for element the same arithmetic as :func:`shutdown_latch` (from temp_c and
-    was_off), :func:`electrical`, power 0 and reasons HwThermal|HwSlowdown for GPUs that are
+    Element for element the same arithmetic as :func:`shutdown_latch` (from temp_c, was_off
+    and ``recover``), :func:`electrical`, power 0 and reasons HwThermal|HwSlowdown for GPUs that are
     off, :func:`die_temp_rate_step`, :func:`mem_temp_step` and energy_j + power dt; done in
     blocks so each block's intermediates stay in cache. util [1], power_limit_w [W], stuck,
     temp_c [C], mem_c [C], energy_j [J], was_off: (R, G); coolant_c [C], r_k_w [K/W] and
@@ -447,6 +473,8 @@ def gpu_step(
     bits = block[7].view(np.uint64)
     off = np.empty(shape, dtype=bool)
     util_sum, power_sum, heat_sum = np.empty(n_r), np.empty(n_r), np.empty(n_r)
+    on_frac = np.ones(n_r)
+    trip_c = p.shutdown_c - SHUTDOWN_TOL_K
     coolant, r, d = (np.asarray(a, dtype=np.float64) for a in (coolant_c, r_k_w, decay))
     omd = 1.0 - d
     r_omd, cool_omd = r * omd, coolant * omd
@@ -482,16 +510,17 @@ def gpu_step(
             _limit_gpus(u_s, pw, lim_s, t0_s, st_s, capped, r_omd_s, d_s, cool_s, clk_s, bits_s, p)
         # shutdown latch
         off_s = off[s]
-        if t0_max >= p.shutdown_c or any_was_off:
-            np.greater_equal(t0_s, p.shutdown_c, out=off_s)
+        if t0_max >= trip_c or any_was_off:
+            np.greater_equal(t0_s, trip_c, out=off_s)
             if any_was_off:
-                off_s |= off0[s] & (t0_s > p.max_operating_c - 20.0)
+                off_s |= (off0[s] & (t0_s > p.max_operating_c - 20.0)) if recover else off0[s]
         else:
             off_s.fill(False)  # the same as the test above: nothing at shutdown, none latched
         if off_s.any():
             np.copyto(pw, 0.0, where=off_s)
             np.copyto(bits[s], off_bits, where=off_s)
             np.einsum("ij->i", np.where(off_s, 0.0, u_s), out=util_sum[s])
+            on_frac[s] = 1.0 - np.count_nonzero(off_s, axis=1) / n_g
         else:
             np.einsum("ij->i", u_s, out=util_sum[s])
         # die: x = T_ss - T0, T_end = T0 + x (1 - d), Q = P - C/dt (T_end - T0)
@@ -515,7 +544,19 @@ def gpu_step(
         np.einsum("ij->i", pw, out=power_sum[s])
         np.einsum("ij->i", x, out=heat_sum[s])
     return GpuStep(
-        power, clock, bits, off, die, heat, rate, mem, energy, util_sum, power_sum, heat_sum
+        power,
+        clock,
+        bits,
+        off,
+        die,
+        heat,
+        rate,
+        mem,
+        energy,
+        util_sum,
+        power_sum,
+        heat_sum,
+        on_frac,
     )
 
 

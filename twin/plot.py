@@ -25,13 +25,16 @@ def _duration(s: float) -> str:
     return f"{s:.0f} s"
 
 
-def _units_line(units: tuple[str, ...], first_s: tuple[float, ...], limit: int = 6) -> str:
-    shown = ", ".join(f"{u} at +{_duration(t)}" for u, t in zip(units, first_s, strict=True))
-    if len(units) > limit:
-        head = ", ".join(
-            f"{u} at +{_duration(t)}" for u, t in zip(units[:limit], first_s[:limit], strict=True)
-        )
-        shown = f"{head}, ... ({len(units) - limit} more)"
+def _minute(s: float) -> str:
+    """A time after the start as the minute it falls in, to a tenth: ``+3.5 min``."""
+    return f"+{float(s) / 60.0:.1f} min"
+
+
+def _groups_line(groups: tuple[tuple[str, float], ...], limit: int = 8) -> str:
+    """Compact unit groups with their first crossing: ``R0009-R0012 at +0.2 min, ...``."""
+    shown = ", ".join(f"{u} at {_minute(t)}" for u, t in groups[:limit])
+    if len(groups) > limit:
+        shown += f", ... ({len(groups) - limit} more groups)"
     return shown
 
 
@@ -50,9 +53,12 @@ def _kpi_lines(s: WhatIfSeries, b: WhatIfSeries | None) -> list[str]:
         f"{vs(lambda x: x.energy_j('cooling_power_w') / 3.6e9 / hours, '.3f')} MW",
         f"  heat to district heating: {vs(lambda x: x.energy_j('heat_to_dh_w') / mwh, '.2f')}"
         f" MWh (mean {s.energy_j('heat_to_dh_w') / mwh / hours:.2f} MW)",
+        f"  heat to dry coolers: {vs(lambda x: x.energy_j('heat_to_dc_w') / mwh, '.2f')} MWh",
         f"  outdoor {s.outdoor_c.min():.1f}..{s.outdoor_c.max():.1f} C, facility water supply "
         f"max {s.fws_supply_c.max():.1f} C, rack inlet max {s.max_rack_inlet_c.max():.1f} C, "
         f"GPU max {s.max_gpu_temp_c.max():.1f} C",
+        f"  GPUs shut down at the end: {int(s.gpus_off[-1])}"
+        + ("" if b is None else f" (baseline {int(b.gpus_off[-1])})"),
     ]
 
 
@@ -72,6 +78,7 @@ def format_summary(result: WhatIfResult) -> str:
     peak = {
         "gpu_slowdown": f"max {s.max_gpu_temp_c.max():.1f} C",
         "gpu_shutdown": f"max {s.max_gpu_temp_c.max():.1f} C",
+        "coolant_supply": f"max {s.max_coolant_c.max():.1f} C",
         "fws_w45": f"max {s.fws_supply_c.max():.1f} C",
         "ups_overload": f"max {s.max_ups_load_frac.max() * 100:.0f} % of rating",
         "cdu_capacity": f"max {s.max_cdu_load_frac.max() * 100:.0f} % of rating",
@@ -81,15 +88,19 @@ def format_summary(result: WhatIfResult) -> str:
         if c is None:
             lines.append(f"  {desc}: not crossed ({peak[name]})")
             continue
-        kind = "racks" if name.startswith("gpu_") else "units"
+        kind = "racks" if name.startswith(("gpu_", "coolant_")) else "units"
         lines.append(
-            f"  {desc}: CROSSED at +{_duration(c.first_s[0])} in {len(c.units)} {kind} "
-            f"({peak[name]}): {_units_line(c.units, c.first_s)}"
+            f"  {desc}: CROSSED at {_minute(c.first_s[0])} in {len(c.units)} {kind} "
+            f"({peak[name]}): {_groups_line(c.groups)}"
         )
         if name == "gpu_slowdown":
             lines.append(
                 f"    GPUs in thermal slowdown: {int(s.gpus_throttling.max())} at most, "
                 f"{int(s.gpus_throttling[-1])} at the end"
+            )
+        elif name == "gpu_shutdown":
+            lines.append(
+                f"    GPUs shut down (off for the rest of the horizon): {int(s.gpus_off[-1])}"
             )
     lines.append("Over the horizon:")
     lines += _kpi_lines(s, result.baseline)

@@ -49,6 +49,9 @@ class StepInputs:
     ups_mains_ok: BoolArray  # UPS rectifier input healthy
     tcs_setpoint_c: float | None = None  # CDU supply setpoint [C]; None = site value
     fws_setpoint_c: float | None = None  # facility supply setpoint [C]; None = site value
+    # a GPU that shut down stays off (a what-if horizon: nobody restarts the node); False: it
+    # comes back once cooled (twin/gpu.py shutdown_latch)
+    gpu_latch_off: bool = False
 
 
 def nominal_inputs(
@@ -252,10 +255,15 @@ def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> F
         decay,
         dt_s,
         g,
+        recover=not inputs.gpu_latch_off,
     )
 
     # --- racks
-    other_w = rack_m.non_gpu_power_w(gs.util_sum / site.n_gpus, rk)
+    # a GPU's thermal trip powers its compute tray off (est.: THERMTRIP, the BMC cuts the
+    # tray): the rack's other loads scale with the share of GPUs still on, at the mean
+    # utilisation of those (the same as before where every GPU is on)
+    on = gs.on_frac
+    other_w = rack_m.non_gpu_power_w(gs.util_sum / (site.n_gpus * np.maximum(on, 1e-9)), rk) * on
     rack_ac = rack_m.rack_input_power_w(gs.power_sum_w, other_w, rk)
     q_liq, q_air = rack_m.heat_split_w(gs.heat_sum_w, other_w, rack_ac, rk)
 
@@ -391,7 +399,8 @@ def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> F
     if hp.boundary == "site":
         mech_w += hp_w
     hall_it = np.bincount(site.rack_hall, weights=rack_ac, minlength=n_h)
-    hall_share = hall_it / max(it_w, 1e-9)
+    # with no IT load at all (every GPU tripped) the plant's power still reaches the meter
+    hall_share = hall_it / it_w if it_w > 0.0 else np.full(n_h, 1.0 / n_h)
     hall_tx_load = np.bincount(site.ups_hall, weights=ups_in, minlength=n_h) + mech_w * hall_share
     tx_load = (hall_tx_load / k.tx_per_hall)[site.tx_hall]
     tx_loss = power_m.transformer_loss_w(tx_load, pw)

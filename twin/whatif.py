@@ -18,10 +18,17 @@ Inputs held from the starting state (a persistence forecast): GPU utilisation an
 limits (``workload="hold"``; ``"plan"`` replays the simulator's seeded workload plan), the
 outdoor temperature anomaly over climatology, CDU pump health (inferred from speed and flow),
 tripped pumps and UPS modules on battery.
+
+Thermal protection acts as on real GPUs (twin/gpu.py): clocks fall at the slowdown
+temperature, a GPU that still reaches its shutdown temperature trips, draws nothing and stays
+off for the rest of the horizon (its job is lost; nobody restarts the node), and its compute
+tray's other loads go with it. Heat that is not produced is not delivered: district heat and
+dry-cooler heat follow the IT power that remains.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,8 +37,11 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from twin.balance import NODES, EnergyLedger
 from twin.errors import ConfigError
 from twin.faults import FAULT_KINDS, ResolvedFault, apply_physical, parse_fault, resolve
+from twin.gpu import SHUTDOWN_TOL_K
+from twin.rack import gpu_coolant_c
 from twin.site import Site
 from twin.state import FacilityState
 from twin.step import StepInputs, rack_design_flow_kg_s, step
@@ -40,6 +50,8 @@ from twin.workload import make_plan, utilisation
 
 FloatArray = npt.NDArray[np.float64]
 
+#: Longest model step of a what-if [s]; a longer --dt records every dt but steps this long.
+MAX_MODEL_STEP_S = 5.0
 #: ASHRAE TC9.9 W45: facility-water supply at most 45 C (FACTS.md section 3).
 W45_SUPPLY_MAX_C = 45.0
 #: NVML clock-event reasons that mean thermal slowdown (FACTS.md section 7: 0x20, 0x40).
@@ -70,6 +82,14 @@ _UNIT_S = {"d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0, None: 1.
 
 class WhatIfError(ConfigError):
     """A what-if request is invalid; the one-line message says what was expected."""
+
+
+def coolant_limit_c(site: Site) -> float:
+    """Highest coolant temperature at the cold plates [C] at which a GPU at TDP on a clean
+    plate stays at its max operating temperature: max_operating_c - R * TDP (the design
+    bound of FACTS.md section 2, 87 - 0.018 x 1800 = 54.6 C for the default site)."""
+    g = site.gpu
+    return g.max_operating_c - g.r_die_coolant_k_w * g.tdp_w
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,47 @@ class LimitCrossing:
     units: tuple[str, ...]  # units that crossed, earliest first
     first_s: tuple[float, ...]  # [s after start] per unit
     worst: float  # worst value reached (unit of the limit)
+    # compact: neighbours that crossed together, ("R0009-R0016", first [s]), earliest first
+    groups: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def first_min(self) -> float:
+        """Minute of the first crossing [min after start]."""
+        return self.first_s[0] / 60.0
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form: minutes after the start, units and compact groups."""
+        return {
+            "limit": self.limit,
+            "description": self.description,
+            "crossed": True,
+            "first_min": round(self.first_min, 3),
+            "units": list(self.units),
+            "first_min_per_unit": [round(t / 60.0, 3) for t in self.first_s],
+            "groups": [{"units": u, "first_min": round(t / 60.0, 3)} for u, t in self.groups],
+            "worst": self.worst,
+        }
+
+
+def compact_units(
+    ids: Sequence[str], index: npt.NDArray[np.int64], first_s: FloatArray, resolution_s: float
+) -> tuple[tuple[str, float], ...]:
+    """Units that crossed at the same time (within ``resolution_s`` [s]) and are neighbours in
+    ``ids`` as ranges: (("R0009-R0016", first [s]), ...), earliest first. ``index``: positions
+    in ``ids`` of the units that crossed; ``first_s``: their first crossing [s]."""
+    if index.size == 0:
+        return ()
+    bucket = np.floor(first_s / resolution_s + 1e-9)
+    order = np.lexsort((index, bucket))
+    idx, b, t = index[order], bucket[order], first_s[order]
+    # a new group where the time bucket changes or the ids are not consecutive
+    brk = np.flatnonzero((np.diff(b) != 0) | (np.diff(idx) != 1)) + 1
+    out = []
+    for lo, hi in zip(np.r_[0, brk], np.r_[brk, idx.size], strict=True):
+        a, z = ids[idx[lo]], ids[idx[hi - 1]]
+        out.append((a if hi - lo == 1 else f"{a}-{z}", float(t[lo:hi].min())))
+    out.sort(key=lambda g: g[1])
+    return tuple(out)
 
 
 @dataclass
@@ -156,7 +217,10 @@ class WhatIfSeries:
     cooling_power_w: FloatArray  # pumps, dry-cooler fans, chiller [W]
     heat_to_dh_w: FloatArray  # heat delivered to district heating [W]
     max_gpu_temp_c: FloatArray
-    gpus_throttling: FloatArray  # count of GPUs in thermal slowdown
+    gpus_throttling: FloatArray  # count of GPUs in thermal slowdown (and still on)
+    gpus_off: FloatArray  # count of GPUs shut down (tripped at shutdown, off for good)
+    heat_to_dc_w: FloatArray  # heat rejected by the dry coolers [W]
+    max_coolant_c: FloatArray  # hottest coolant at any rack's cold plates [C]
     fws_supply_c: FloatArray
     max_rack_inlet_c: FloatArray
     max_ups_load_frac: FloatArray  # of module rating [1]
@@ -194,12 +258,58 @@ class WhatIfResult:
     slowdown_c: float  # GPU slowdown temperature of the site [C]
     baseline: WhatIfSeries | None = None
     notes: list[str] = field(default_factory=list)
+    #: per energy node (twin/balance.py NODES): largest |in - out - stored| / in [1] of any
+    #: unit over the run; ~1e-15 when the books close
+    energy_residual: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Human-readable text report."""
         from twin.plot import format_summary
 
         return format_summary(self)
+
+    def as_dict(self) -> dict[str, object]:
+        """The result as JSON-ready data: every limit (crossed or not, with the minute of the
+        first crossing and the units, also as compact ranges) and the KPIs over the horizon,
+        beside the baseline's."""
+        crossed = {c.limit: c for c in self.crossings}
+        limits = [
+            crossed[name].as_dict()
+            if name in crossed
+            else {"limit": name, "description": desc, "crossed": False}
+            for name, desc in self.limits.items()
+        ]
+        return {
+            "scenarios": [sc.text for sc in self.scenarios],
+            "start_ms": self.start_ms,
+            "horizon_s": self.horizon_s,
+            "dt_s": self.dt_s,
+            "racks": self.n_racks,
+            "limits": limits,
+            "kpis": series_kpis(self.series),
+            "baseline_kpis": None if self.baseline is None else series_kpis(self.baseline),
+            "energy_residual": dict(self.energy_residual),
+            "notes": list(self.notes),
+        }
+
+
+def series_kpis(s: WhatIfSeries) -> dict[str, float]:
+    """KPIs of one run over its horizon: energy-weighted PUE [1], IT energy, heat to district
+    heating and to the dry coolers [MWh], mean cooling power [MW], hottest GPU die and
+    coolant [C], and GPUs in slowdown (most at once) and shut down (at the end)."""
+    mwh = 3.6e9
+    hours = max(float(s.t_s[-1]), 1e-9) / 3600.0
+    return {
+        "pue": s.pue_over_horizon,
+        "it_energy_mwh": s.energy_j("it_power_w") / mwh,
+        "heat_to_dh_mwh": s.energy_j("heat_to_dh_w") / mwh,
+        "heat_to_dry_coolers_mwh": s.energy_j("heat_to_dc_w") / mwh,
+        "cooling_power_mean_mw": s.energy_j("cooling_power_w") / mwh / hours,
+        "max_gpu_temp_c": float(s.max_gpu_temp_c.max()),
+        "max_coolant_c": float(s.max_coolant_c.max()),
+        "gpus_slowdown_max": float(s.gpus_throttling.max()),
+        "gpus_off_end": float(s.gpus_off[-1]),
+    }
 
 
 # ---------------------------------------------------------------- the run
@@ -278,19 +388,27 @@ class _Recorder:
         self.cols: dict[str, FloatArray] = {
             f: np.zeros(n) for f in WhatIfSeries.__dataclass_fields__
         }
+        self.design_flow_kg_s = rack_design_flow_kg_s(site)
+        self.coolant_max_c = coolant_limit_c(site)
         self.first: dict[str, FloatArray] = {
             "gpu_slowdown": np.full(site.n_racks, np.inf),
             "gpu_shutdown": np.full(site.n_racks, np.inf),
+            "coolant_supply": np.full(site.n_racks, np.inf),
             "fws_w45": np.full(1, np.inf),
             "ups_overload": np.full(len(site.ups_ids), np.inf),
             "cdu_capacity": np.full(len(site.cdu_ids), np.inf),
         }
         self.worst = dict.fromkeys(self.first, -np.inf)
+        self.energy_residual: dict[str, float] = {}
 
     def record(self, k: int, t_s: float, st: FacilityState) -> None:
         site = self.site
         slow = (st.gpu_temp_c >= site.gpu.slowdown_c - 0.05) | (
             (st.gpu_reasons & _THERMAL_REASONS) != 0
+        )
+        off = st.gpu_off | (st.gpu_temp_c >= site.gpu.shutdown_c - SHUTDOWN_TOL_K)
+        coolant = gpu_coolant_c(
+            st.rack_inlet_c, st.rack_coolant_c, st.rack_flow_kg_s / self.design_flow_kg_s
         )
         ups_frac = st.ups_out_w / site.power.ups_rated_w
         cdu_frac = st.cdu_heat_w / site.cdu.rating_w
@@ -303,7 +421,10 @@ class _Recorder:
         ) + st.chiller_power_w
         c["heat_to_dh_w"][k] = st.hp_heat_w
         c["max_gpu_temp_c"][k] = st.gpu_temp_c.max()
-        c["gpus_throttling"][k] = np.count_nonzero(slow)
+        c["gpus_throttling"][k] = np.count_nonzero(slow & ~off)
+        c["gpus_off"][k] = np.count_nonzero(off)
+        c["heat_to_dc_w"][k] = st.dc_heat_w.sum()
+        c["max_coolant_c"][k] = coolant.max()
         c["fws_supply_c"][k] = st.fws_supply_c
         c["max_rack_inlet_c"][k] = st.rack_inlet_c.max()
         c["max_ups_load_frac"][k] = ups_frac.max(initial=0.0)
@@ -311,10 +432,8 @@ class _Recorder:
         c["outdoor_c"][k] = st.outdoor_c
         checks = {
             "gpu_slowdown": (slow.any(axis=1), float(st.gpu_temp_c.max())),
-            "gpu_shutdown": (
-                (st.gpu_temp_c >= site.gpu.shutdown_c).any(axis=1),
-                float(st.gpu_temp_c.max()),
-            ),
+            "gpu_shutdown": (off.any(axis=1), float(st.gpu_temp_c.max())),
+            "coolant_supply": (coolant > self.coolant_max_c, float(coolant.max())),
             "fws_w45": (np.array([st.fws_supply_c > W45_SUPPLY_MAX_C]), st.fws_supply_c),
             "ups_overload": (ups_frac > 1.0, float(ups_frac.max(initial=0.0))),
             "cdu_capacity": (cdu_frac > 1.0, float(cdu_frac.max(initial=0.0))),
@@ -332,6 +451,7 @@ class _Recorder:
         ids = {
             "gpu_slowdown": site.rack_ids,
             "gpu_shutdown": site.rack_ids,
+            "coolant_supply": site.rack_ids,
             "fws_w45": ("FWS",),
             "ups_overload": site.ups_ids,
             "cdu_capacity": site.cdu_ids,
@@ -341,6 +461,8 @@ class _Recorder:
             hit = np.flatnonzero(np.isfinite(first))
             if hit.size:
                 order = hit[np.argsort(first[hit], kind="stable")]
+                # groups of a minute's tenth: "R0009-R0016 at +0.2 min"
+                groups = compact_units(ids[name], hit, first[hit], 6.0)
                 out.append(
                     LimitCrossing(
                         name,
@@ -348,6 +470,7 @@ class _Recorder:
                         tuple(ids[name][i] for i in order),
                         tuple(float(first[i]) for i in order),
                         self.worst[name],
+                        groups,
                     )
                 )
         return out
@@ -357,6 +480,8 @@ def _limits(site: Site) -> dict[str, str]:
     return {
         "gpu_slowdown": f"GPU slowdown {site.gpu.slowdown_c:.1f} C",
         "gpu_shutdown": f"GPU shutdown {site.gpu.shutdown_c:.1f} C",
+        "coolant_supply": f"coolant to the GPUs above {coolant_limit_c(site):.1f} C "
+        f"(max operating {site.gpu.max_operating_c:.0f} C at TDP)",
         "fws_w45": f"facility water supply above W45 ({W45_SUPPLY_MAX_C:.0f} C)",
         "ups_overload": f"UPS module overload ({site.power.ups_rated_w / 1e6:.2f} MW)",
         "cdu_capacity": f"CDU capacity ({site.cdu.rating_w / 1e6:.2f} MW)",
@@ -391,8 +516,14 @@ def _run(
     plan = make_plan(site.n_racks, site.gpu.tdp_w, site.workload, np.random.default_rng(seed))
     z_rng = np.random.default_rng([seed, 2])
     rec = _Recorder(site, n)
-    for k in _progress(n, label, progress):
-        t_end = state.t_s + dt_s
+    ledger = EnergyLedger()
+    # thermal protection acts within seconds: a longer model step would let stagnant coolant
+    # heat past the GPUs' shutdown temperature before the trip is seen, so the model steps at
+    # most MAX_MODEL_STEP_S and the series keeps one record per dt_s
+    sub = max(1, math.ceil(dt_s / MAX_MODEL_STEP_S - 1e-9))
+    h = dt_s / sub
+    for k in _progress(n * sub, label, progress):
+        t_end = state.t_s + h
         ts_ms = ts0_ms + round(t_end * 1000)
         if workload == "plan":
             hour = float(local_hour(ts_ms, site.weather.utc_offset_h))
@@ -413,10 +544,16 @@ def _run(
             ups_mains_ok=held.ups_mains_ok.copy(),
             tcs_setpoint_c=setup.tcs_setpoint_c,
             fws_setpoint_c=setup.fws_setpoint_c,
+            gpu_latch_off=True,  # a GPU that shuts down stays off for the horizon
         )
         apply_physical(setup.faults, t_end, inputs)
-        state = step(site, state, inputs, dt_s)
-        rec.record(k, state.t_s - t0, state)
+        prev, state = state, step(site, state, inputs, h)
+        ledger.record(site, prev, state, h)
+        if k % sub == sub - 1:
+            rec.record(k // sub, state.t_s - t0, state)
+    rec.energy_residual = {
+        name: float(np.abs(ledger.residual(name)).max(initial=0.0)) for name in NODES
+    }
     return rec.series(), rec
 
 
@@ -488,4 +625,5 @@ def run_whatif(
         site.gpu.slowdown_c,
         base,
         notes,
+        rec.energy_residual,
     )

@@ -81,6 +81,14 @@ def starting_point(
     return site, sim.state, start_ms, "plan", f"fresh site warmed up {warm_s / 60:.0f} min"
 
 
+def _json_default(x: Any) -> Any:
+    """numpy scalars in the result as plain numbers (JSON has no NaN or infinity: None)."""
+    import math
+
+    f = float(x)
+    return f if math.isfinite(f) else None
+
+
 def add_whatif_parser(subparsers: Any) -> None:
     """Register ``twin whatif`` on an argparse subparsers object."""
     p = subparsers.add_parser(
@@ -121,6 +129,12 @@ def add_whatif_parser(subparsers: Any) -> None:
         help="fresh start: wall time, e.g. 2026-07-15T14:00Z (default: now)",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the comparison run")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as JSON (limits with the minute of first crossing and the "
+        "racks, KPIs, energy balance) instead of the text summary",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_whatif_cli)
 
@@ -144,7 +158,12 @@ def run_whatif_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     result.notes.insert(0, f"start: {source}")
-    print(result.summary())
+    if args.json:
+        import json
+
+        print(json.dumps(result.as_dict(), indent=2, allow_nan=False, default=_json_default))
+    else:
+        print(result.summary())
     if args.out:
         from twin.plot import plot_whatif
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from twin.state import FacilityState
 from twin.step import initial_state, nominal_inputs, step
 from twin.whatif import (
     WhatIfError,
+    compact_units,
     parse_horizon,
     parse_scenario,
     run_whatif,
@@ -47,9 +49,10 @@ def half_load(site16: Site) -> FacilityState:
     return _warm(site16, 0.5)
 
 
-def _run(site: Site, state: FacilityState, scenario: list[str], horizon_s: float = 1200.0):  # type: ignore[no-untyped-def]
+def _run(site: Site, state: FacilityState, scenario: list[str], horizon_s: float = 1200.0,
+         dt_s: float = 5.0):  # type: ignore[no-untyped-def]  # fmt: skip
     return run_whatif(
-        site, state, scenario, horizon_s, 5.0, progress=False, start_ms=JULY_15_14H_MS
+        site, state, scenario, horizon_s, dt_s, progress=False, start_ms=JULY_15_14H_MS
     )
 
 
@@ -63,10 +66,109 @@ def test_pump_trip_makes_exactly_that_cdus_racks_reach_slowdown(
     assert sorted(crossed["gpu_slowdown"].units) == [f"R{i:04d}" for i in range(9, 17)]
     # without flow the cold plate's film resistance rises ~20x: slowdown within a minute
     assert max(crossed["gpu_slowdown"].first_s) <= 60.0
-    assert result.series.gpus_throttling[-1] >= 8 * 72
+    assert result.series.gpus_throttling.max() >= 8 * 72
+    # even the lowest clock cannot hold 89 C without flow: every GPU of CDU02 trips and
+    # stays off; the die never passes its shutdown temperature
+    assert result.series.gpus_off[-1] == 8 * 72
+    assert crossed["gpu_shutdown"].groups == (("R0009-R0016", crossed["gpu_shutdown"].first_s[0]),)
+    assert result.series.max_gpu_temp_c.max() <= site16.gpu.shutdown_c + 1e-6
     assert result.baseline is not None
     assert result.baseline.max_gpu_temp_c.max() < site16.gpu.slowdown_c
-    assert "GPU slowdown 89.0 C: CROSSED" in result.summary()
+    assert result.baseline.gpus_off.max() == 0
+    summary = result.summary()
+    assert "GPU slowdown 89.0 C: CROSSED at +0.2 min in 8 racks" in summary
+    assert "R0009-R0016 at +0.2 min" in summary
+    assert "GPU shutdown 92.0 C: CROSSED at +0.4 min" in summary
+    assert "coolant to the GPUs above 54.6 C" in summary
+
+
+def test_pump_trip_first_slowdown_and_shutdown_at_the_hand_computed_second(
+    site16: Site, half_load: FacilityState
+) -> None:
+    """At 50 % load a GPU draws 1,000 W; its die is at 65.97 C over coolant at 47.97 C, the
+    rack outlet at 50.94 C. The pump stops in the first 1 s step; from the second the cold
+    plates see the stagnant outlet coolant behind R = 0.018 x (0.5 + 0.5 x 0.01^-0.8) =
+    0.3673 K/W (tau = R C = 146.9 s), steady state 50.94 + 367.3 = 418.2 C. The die reaches
+    89 C after 146.9 x ln((418.2 - 65.97) / (418.2 - 89)) = 9.9 s: slowdown at 1 + 9.9 s.
+    Then the lowest clock (214.3 W: 200 + 1600 x 0.5 x 0.2^2.5) heads for 51 + 78.7 C:
+    92 C after a further 146.9 x ln((129.7 - 89) / (129.7 - 92)) = 11.3 s, a little sooner as
+    the stagnant coolant warms (~0.2 K/s from the other rack loads)."""
+    assert_allclose(half_load.gpu_temp_c[8], 65.97, atol=0.01)
+    assert_allclose(half_load.rack_coolant_c[8], 50.94, atol=0.01)
+    result = _run(site16, half_load, ["pump_trip:CDU02"], horizon_s=60.0, dt_s=1.0)
+    crossed = {c.limit: c for c in result.crossings}
+    slow, shut = crossed["gpu_slowdown"], crossed["gpu_shutdown"]
+    assert slow.first_s[0] == 11.0  # the 1 s step that ends at 11 s crosses 89 C (at 10.9 s)
+    assert slow.first_min == pytest.approx(11.0 / 60.0)
+    assert 20.0 <= shut.first_s[0] <= 23.0  # 10.9 + 11.3 = 22.2 s without the coolant rise
+    assert slow.groups == (("R0009-R0016", 11.0),) and shut.units[0] == "R0009"
+    # the coolant at the cold plates passes 54.6 C once the trip has stopped the flow
+    assert 5.0 <= crossed["coolant_supply"].first_s[0] <= 20.0
+
+
+def test_a_trip_cuts_it_energy_and_district_heat_together_and_energy_closes(
+    site16: Site, half_load: FacilityState
+) -> None:
+    """16 racks in July: the town takes 2 MW of district heat, the site makes ~1.95 MW of IT
+    heat, so district heat is what the site makes (after the heat pump). The trip takes 8
+    racks off ~25 s into a 30-minute horizon: IT energy 0.976 x (1/2 + 1/2 x 25/1800) =
+    0.495 MWh instead of 0.976, and the district heat falls with it."""
+    result = _run(site16, half_load, ["pump_trip:CDU02"], horizon_s=1800.0)
+    s, b = result.series, result.baseline
+    assert b is not None
+    mwh = 3.6e9
+    it_s, it_b = s.energy_j("it_power_w") / mwh, b.energy_j("it_power_w") / mwh
+    assert_allclose(it_b, 0.976, rtol=2e-3)
+    assert_allclose(it_s, it_b * (0.5 + 0.5 * 25.0 / 1800.0), rtol=0.01)
+    dh_s, dh_b = s.energy_j("heat_to_dh_w") / mwh, b.energy_j("heat_to_dh_w") / mwh
+    assert dh_s < 0.7 * dh_b  # heat not produced is not delivered
+    assert s.energy_j("heat_to_dc_w") < b.energy_j("heat_to_dc_w")
+    # the books close in every node over the run (twin/balance.py)
+    assert result.energy_residual.keys() >= {"gpu", "rack", "cdu", "fws", "site"}
+    assert max(result.energy_residual.values()) < 1e-9
+    data = json.loads(json.dumps(result.as_dict()))
+    limits = {x["limit"]: x for x in data["limits"]}
+    assert limits["gpu_slowdown"]["crossed"] and limits["gpu_slowdown"]["first_min"] < 1.0
+    assert limits["gpu_shutdown"]["groups"][0]["units"] == "R0009-R0016"
+    assert limits["fws_w45"] == {
+        "limit": "fws_w45",
+        "description": "facility water supply above W45 (45 C)",
+        "crossed": False,
+    }
+    assert data["kpis"]["gpus_off_end"] == 576 and data["baseline_kpis"]["gpus_off_end"] == 0
+    assert data["kpis"]["it_energy_mwh"] == pytest.approx(it_s)
+
+
+@pytest.mark.parametrize("dt_s", [5.0, 60.0])
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        ["pump_trip:CDU02"],
+        ["pump_trip:CDU01", "pump_trip:CDU02", "load:+100%"],
+        ["fouling:R0001@0,rate_per_s=1,max=40"],
+        ["heatwave:+40K", "fan_fail:DC01", "fws_setpoint:70"],
+        ["supply_setpoint:80", "load:+100%"],
+        ["gpu_throttle_stuck:R0002", "pump_degrade:CDU01@0,ramp_s=1,floor=0.01"],
+    ],
+)
+def test_no_gpu_passes_its_shutdown_temperature_in_any_scenario(
+    site16: Site, half_load: FacilityState, scenario: list[str], dt_s: float
+) -> None:
+    result = _run(site16, half_load, scenario, horizon_s=1800.0, dt_s=dt_s)
+    # the die holds at slowdown or trips at shutdown (ending the trip step at exactly 92 C);
+    # a tripped GPU relaxes toward its stagnant coolant, which stays below that
+    assert result.series.max_gpu_temp_c.max() <= site16.gpu.shutdown_c + 1e-6
+    assert max(result.energy_residual.values()) < 1e-9
+    assert result.series.t_s[0] == dt_s and result.series.t_s.size == round(1800.0 / dt_s)
+
+
+def test_compact_units_groups_neighbours_that_cross_together() -> None:
+    ids = tuple(f"R{i:04d}" for i in range(1, 11))
+    groups = compact_units(
+        ids, np.array([5, 0, 1, 2, 4]), np.array([70.0, 10.0, 11.0, 10.0, 10.0]), 6.0
+    )
+    assert groups == (("R0001-R0003", 10.0), ("R0005", 10.0), ("R0006", 70.0))
+    assert compact_units(ids, np.array([], dtype=np.int64), np.array([]), 6.0) == ()
 
 
 def test_load_plus_20_percent_raises_it_and_cooling_power_by_hand(
