@@ -92,6 +92,8 @@ ABORT_KEY_ENV: Final = "TWIN_SINK_TEST_ABORT_KEY"
 DLQ_DETAIL_BYTES: Final = 512
 #: Head of a refused payload kept in its dead-letter record [bytes].
 DLQ_MAX_VALUE_BYTES: Final = 64 * 1024
+#: Seconds without dead-letter copies after a failed send [s].
+DLQ_BACKOFF_S: Final = 60.0
 #: Seconds between two log lines about refusals of one reason code.
 REFUSAL_LOG_EVERY_S: Final = 10.0
 #: Records whose broker time differs by less than this share one live-window bound [ms].
@@ -279,6 +281,7 @@ class ParquetSink:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: Any = None
         self._dlq_pending: list[asyncio.Future[Any]] = []
+        self._dlq_off_until = float("-inf")
         self._durable: OffsetMap = {}
         self._position: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
@@ -638,6 +641,9 @@ class ParquetSink:
         if len(value) > DLQ_MAX_VALUE_BYTES:
             value = value[:DLQ_MAX_VALUE_BYTES]
             headers.append(("dlq.truncated", b"1"))
+        if self._clock() < self._dlq_off_until:
+            self.stats["dlq_failures"] += 1  # backing off after a failed send
+            return
         try:
             if self._producer is None:
                 producer = AIOKafkaProducer(
@@ -655,7 +661,16 @@ class ParquetSink:
             self.stats["dlq"] += 1
         except Exception as exc:  # the DLQ must never stop the sink
             self.stats["dlq_failures"] += 1
-            log.error("dlq send failed topic=%s offset=%d: %r", it.tp.topic, it.rec.offset, exc)
+            # A missing topic or a broker problem: each send would block for the request
+            # timeout; count the refusals without a DLQ copy for a while instead.
+            self._dlq_off_until = self._clock() + DLQ_BACKOFF_S
+            log.error(
+                "dlq send failed topic=%s offset=%d (no dead-letter copies for %.0f s): %r",
+                it.tp.topic,
+                it.rec.offset,
+                DLQ_BACKOFF_S,
+                exc,
+            )
 
     async def _settle_dlq(self) -> None:
         """Wait for dead-letter deliveries before committing past their records."""
