@@ -1,12 +1,15 @@
 """The first sources of alerts: signals the worker already has, fed to the alert engine.
 
-Per owned rack (one numpy pass over its GPUs): the margin of each GPU to its slowdown
-temperature (``gpu_thermal_margin_k`` [K]), the estimator's die-temperature residual
-(``gpu_temp_residual_k``, absolute [K]) and power capping (``gpu_power_capped_bool``, an
-event). Per owned plant unit: UPS on battery (``ups_on_battery_bool``), CDU supply temperature
-(``cdu_supply_temp_c`` [C]) and flow against the design flow of the racks it serves
-(``cdu_flow_frac`` [1]). On the worker running the facility model: the largest temperature
-residual of each unit against that model (``unit_residual_k`` [K]).
+Per owned rack, one numpy pass over its GPUs:
+
+- ``gpu_thermal_margin_k`` [K]: the frame's own thermal margin where it carries one, else
+  the site's slowdown temperature minus the die temperature;
+- ``gpu_temp_residual_k`` [K]: absolute die-temperature residual of the estimator;
+- ``gpu_power_capped_bool``: power capping (an event, not an alert).
+
+Per owned plant unit: ``ups_on_battery_bool``; ``cdu_supply_temp_c`` [C]; ``cdu_flow_frac``
+[1], the CDU's flow over the design flow of the racks it serves. On the worker running the
+facility model: ``unit_residual_k`` [K], the largest temperature residual of each unit.
 
 Each unit alert carries its blast radius (the racks it feeds, from the site layout), so a
 root-cause rule suppresses the GPU alerts it explains.
@@ -113,6 +116,11 @@ def evaluate_sources(
         missing = ~state.present
         temp = state.values["temp_gpu_c"].astype(np.float64)
         margin = sm.slowdown_c - temp
+        reported = state.values.get("thermal_margin_k")
+        if reported is not None:
+            # the GPU's own margin (NVML/DCGM thermal margin, frames v2) where it gives one
+            rep = reported.astype(np.float64)
+            margin = np.where(np.isfinite(rep), rep, margin)
         margin[missing] = np.nan
         engine.observe("gpu_thermal_margin_k", names, margin, owner=rack, where=where, now_s=now_s)
         capped = ((state.values["clock_event_reasons"] & CLOCK_EVENT_SW_POWER_CAP) != 0).astype(

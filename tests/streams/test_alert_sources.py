@@ -1,0 +1,181 @@
+"""Alert sources over a worker runtime, the blast radius, the API's command parsing, flags and
+/metrics of the alerts (streams/alert_sources.py, alert_views.py, alert_flags.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.alerting import AlertEngine, alert_id
+from models.rules import load_rules
+from streams.alert_flags import add_alert_flags, alert_settings_from_args
+from streams.alert_sinks import WebhookSink
+from streams.alert_sources import blast_radius, evaluate_sources, site_map
+from streams.alert_views import AlertCollector, CommandError, parse_command
+from streams.codec import (
+    decode_gpu_frame,
+    decode_points_frame,
+    encode_frame,
+    gpu_batch,
+    points_batch,
+)
+from streams.metrics import render_metrics
+from streams.runtime import TwinRuntime
+from tests.streams.frames import gpu_columns
+from twin.errors import ConfigError
+from twin.site import load_site
+
+T0_MS = 1_800_000_000_000
+
+
+def runtime_with(temps: dict[str, np.ndarray], units: dict[str, dict[str, float]]) -> TwinRuntime:
+    rt = TwinRuntime(partitions=8, clock_ms=lambda: T0_MS)
+    for unit, pts in units.items():
+        data = encode_frame(points_batch(T0_MS, unit, pts))
+        rt.apply_points(decode_points_frame(data, key=unit.encode(), now_ms=None), "t")
+    for rack, t in temps.items():
+        cols = gpu_columns(t.size, seed=1)
+        cols["temp_gpu_c"] = t.astype(np.float32)
+        cols["clock_event_reasons"] = np.zeros(t.size, dtype=np.uint64)
+        data = encode_frame(gpu_batch(T0_MS, rack, cols))
+        rt.apply_gpu(decode_gpu_frame(data, key=rack.encode(), now_ms=None), "t")
+    return rt
+
+
+def test_blast_radius_follows_the_layout() -> None:
+    site = load_site(racks=128)  # two halls of 64 racks, CDUs of 8
+    b = blast_radius(site)
+    assert b["CDU01"] == tuple(f"R{i:04d}" for i in range(1, 9))
+    first_hall = {u for u, i in zip(site.ups_ids, site.ups_hall, strict=True) if i == 0}
+    assert all(len(b[u]) == 64 and b[u][0] == "R0001" for u in first_hall)
+    assert len(b[site.dc_ids[0]]) == 128
+    sm = site_map(site)
+    assert sm.rack_where["R0065"] == {"rack": "R0065", "cdu": "CDU09", "hall": "H2"}
+    assert sm.cdu_design_flow_kg_s["CDU01"] > 0
+
+
+def test_rules_over_a_runtime_and_a_ups_on_battery_suppresses_its_hall() -> None:
+    site = load_site(racks=16)
+    sm = site_map(site)
+    ups = site.ups_ids[0]
+    temps = {"R0001": np.full(8, 50.0), "R0009": np.full(8, 50.0)}
+    temps["R0001"][2] = 88.5  # 0.5 K to slowdown: past critical_at
+    temps["R0009"][7] = 85.0  # 4 K: major
+    cdu_ok = {"supply_temp_c": 45.0, "flow_kg_s": sm.cdu_design_flow_kg_s["CDU01"]}
+    units = {"CDU01": cdu_ok, "CDU02": cdu_ok, ups: {"on_battery_bool": 1.0}}
+    rt = runtime_with(temps, units)
+    eng = AlertEngine(load_rules(), clock=lambda: T0_MS / 1000)
+    for step in range(12):  # the shipped for_s of the margin rule is 10 s
+        evaluate_sources(eng, rt, sm, lambda _k: True, T0_MS / 1000 + step)
+    ups_alert = eng.alerts[alert_id(ups, "ups_on_battery", ups)]
+    assert (ups_alert.state, ups_alert.severity, ups_alert.group) == ("UNACK", "critical", "H1")
+    hot = eng.alerts[alert_id("R0001", "gpu_thermal_margin", "R0001/g2")]
+    warm = eng.alerts[alert_id("R0009", "gpu_thermal_margin", "R0009/g7")]
+    assert (hot.severity, warm.severity) == ("critical", "major")
+    # one hall, one UPS: every GPU alert is explained by it
+    assert hot.state == warm.state == "DSUPR" and hot.suppressed_by == ups_alert.id
+    assert eng.raised_total == 1
+    assert not any(a.rule.startswith("cdu_") for a in eng.alerts.values())
+    # only owned racks and units are evaluated
+    other = AlertEngine(load_rules(), clock=lambda: T0_MS / 1000)
+    for step in range(12):
+        evaluate_sources(other, rt, sm, lambda k: k == "R0009", T0_MS / 1000 + step)
+    assert {a.owner for a in other.alerts.values()} == {"R0009"}
+
+
+def test_cdu_flow_loss_and_supply_band() -> None:
+    site = load_site(racks=16)
+    sm = site_map(site)
+    design = sm.cdu_design_flow_kg_s["CDU01"]
+    units = {
+        "CDU01": {"supply_temp_c": 45.0, "flow_kg_s": 0.1 * design},
+        "CDU02": {"supply_temp_c": 53.0, "flow_kg_s": design},
+    }
+    rt = runtime_with({}, units)
+    eng = AlertEngine(load_rules(), clock=lambda: 0.0)
+    for step in range(40):
+        evaluate_sources(eng, rt, sm, lambda _k: True, float(step))
+    flow = eng.alerts[alert_id("CDU01", "cdu_flow_low", "CDU01")]
+    hot = eng.alerts[alert_id("CDU02", "cdu_supply_high", "CDU02")]
+    assert flow.state == "UNACK" and flow.blast == tuple(f"R{i:04d}" for i in range(1, 9))
+    assert (hot.state, hot.severity) == ("UNACK", "critical")
+    assert "standby pump" in flow.action
+
+
+def test_facility_residuals_are_owned_by_the_facility_key() -> None:
+    sm = site_map(load_site(racks=8))
+    view = {"units": {"FWS": {"supply_temp_c": {"measured": 30.0, "expected": 25.0},
+                              "flow_kg_s": {"measured": 1.0, "expected": 9.0}}}}  # fmt: skip
+    eng = AlertEngine(load_rules(), clock=lambda: 0.0)
+    rt = runtime_with({}, {})
+    for step in range(0, 200, 10):
+        evaluate_sources(eng, rt, sm, lambda _k: True, float(step), facility_view=view)
+    a = eng.alerts[alert_id("facility", "unit_residual", "FWS")]
+    assert a.state == "UNACK" and a.value == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "op", "why"),
+    [
+        (b"{", "ack", "not JSON"),
+        (b"[]", "ack", "JSON object"),
+        (b'{"comment": 3}', "ack", "comment"),
+        (b'{"by": ""}', "ack", "by"),
+        (b'{"comment": "' + b"x" * 1001 + b'"}', "ack", "comment"),
+        (b'{"duration_s": -1}', "shelve", "duration_s"),
+        (b'{"duration_s": true}', "shelve", "duration_s"),
+        (b"{}", "delete", "op"),
+        (b"x" * 20_000, "ack", "larger"),
+    ],
+)
+def test_bad_commands_are_refused(raw: bytes, op: str, why: str) -> None:
+    with pytest.raises(CommandError, match=why):
+        parse_command(raw, op, "R0001.gpu_thermal_margin.abcdef")
+
+
+def test_commands_parse() -> None:
+    cmd = parse_command(b'{"comment": "ok", "by": "op"}', "ack", "R0001.x.y")
+    assert cmd == {"op": "ack", "id": "R0001.x.y", "by": "op", "comment": "ok"}
+    fwd = parse_command(b'{"op": "shelve", "id": "CDU01.x.y", "duration_s": 60}')
+    assert fwd["duration_s"] == 60.0 and fwd["by"] == "operator"
+    with pytest.raises(CommandError, match="id"):
+        parse_command(b"{}", "ack", "../../etc")
+
+
+def test_flags_validate_the_rules_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = argparse.ArgumentParser()
+    add_alert_flags(p)
+    got = alert_settings_from_args(p.parse_args(["--alertmanager-url", "http://am:9093/"]))
+    assert got["alertmanager_url"] == "http://am:9093" and got["alert_rules_path"] is None
+    bad = tmp_path / "rules.toml"
+    bad.write_text(
+        '[rules.x]\nsignal = "s"\nseverity = "major"\ndirection = "up"\nraise_at = 1\n'
+        "clear_at = 0\n"
+    )
+    with pytest.raises(ConfigError, match=r"\[rules\.x\] direction: expected one of"):
+        alert_settings_from_args(p.parse_args(["--alert-rules", str(bad)]))
+    with pytest.raises(ConfigError, match="--alert-webhook-url"):
+        alert_settings_from_args(p.parse_args(["--alert-webhook-url", "file:///etc/passwd"]))
+    monkeypatch.setenv("TWIN_ALERT_WEBHOOK_URL", "https://hooks.example/x")
+    p2 = argparse.ArgumentParser()
+    add_alert_flags(p2)
+    assert alert_settings_from_args(p2.parse_args([]))["alert_webhook_url"] == (
+        "https://hooks.example/x"
+    )
+
+
+def test_metrics_of_the_alerts_have_bounded_labels() -> None:
+    eng = AlertEngine(load_rules(), clock=lambda: 0.0)
+    eng.observe("ups_on_battery_bool", ["UPS01"], [1.0], owner="UPS01", blast=("R0001",))
+    sink = WebhookSink("webhook", "http://127.0.0.1:1/x")
+    sink.offer([a.to_dict() for a in eng.alerts.values()])
+    text = render_metrics(TwinRuntime(partitions=8), {}, [AlertCollector(eng, [sink])]).decode()
+    assert 'twin_alerts{severity="critical",state="UNACK"} 1.0' in text
+    assert 'twin_alerts{severity="minor",state="SHLVD"} 0.0' in text
+    assert "twin_alert_flood 0.0" in text and "twin_alerts_raised_total 1.0" in text
+    assert 'twin_alert_sink_queue{sink="webhook"} 1.0' in text
+    series = [ln for ln in text.splitlines() if ln.startswith("twin_alerts{")]
+    assert len(series) == 7 * 4  # states x severities, whatever the alerts
