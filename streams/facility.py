@@ -41,7 +41,8 @@ class FacilityModel:
         return model
 
     def observe(self, rt: TwinRuntime) -> None:
-        """Take every input the runtime knows (own racks per GPU, others as rack means)."""
+        """Take every input the runtime knows (own racks per GPU, others as rack means), and
+        the measured die temperatures for the headroom (per GPU, or a rack's hottest)."""
         tr = self.tracker
         for rack, state in rt.racks.items():
             idx = np.flatnonzero(state.present)
@@ -50,10 +51,16 @@ class FacilityModel:
                 tr.observe_rack_gpus(
                     rack, idx, v["util_pct"][idx], v["power_limit_w"][idx],
                     clock_event_reasons=v["clock_event_reasons"][idx],
+                    temp_gpu_c=v["temp_gpu_c"][idx], ts_ms=state.ts_ms[idx],
                 )  # fmt: skip
         for rack, summary in rt.viewed_rack_summaries().items():
             if "util_mean_pct" in summary:
-                tr.observe_rack_mean(rack, float(summary["util_mean_pct"]))
+                hottest, ts = summary.get("temp_gpu_max_c"), summary.get("ts_ms")
+                tr.observe_rack_mean(
+                    rack, float(summary["util_mean_pct"]),
+                    temp_gpu_max_c=float(hottest) if isinstance(hottest, (int, float)) else None,
+                    ts_ms=int(ts) if isinstance(ts, int) else None,
+                )  # fmt: skip
         for unit, points in rt.unit_values().items():
             tr.observe_points(unit, points)
 
@@ -63,7 +70,10 @@ class FacilityModel:
         self.steps += 1
 
     def view(self, rt: TwinRuntime) -> dict[str, Any]:
-        """Model KPIs, per-rack headroom and expected vs measured plant points."""
+        """Model KPIs, per-rack headroom and expected vs measured plant points. A rack's
+        ``headroom_k`` is what an operator reads: slowdown minus the worst GPU, measured or
+        predicted (twin/tracker.py rack_headroom); ``model_headroom_k`` and
+        ``measured_headroom_k`` are the two apart."""
         tr = self.tracker
         head = tr.rack_headroom()
         expected = tr.expected_points()
@@ -79,6 +89,8 @@ class FacilityModel:
             "headroom": {
                 rack: {
                     "headroom_k": _num(head["headroom_k"][i]),
+                    "model_headroom_k": _num(head["model_headroom_k"][i]),
+                    "measured_headroom_k": _num(head["measured_headroom_k"][i]),
                     "seconds_to_throttle_s": _num(head["seconds_to_throttle_s"][i]),
                 }
                 for i, rack in enumerate(self.site.rack_ids)

@@ -37,6 +37,12 @@ Not inputs, so left at their nominal values: cold-plate fouling (1), pump health
 pump shows as a higher measured pump speed than expected), and the loop setpoints (the site
 file's values).
 
+Measured die temperatures (``temp_gpu_c`` per GPU, or a rack's hottest die) are not inputs
+either; they enter only the thermal headroom shown to an operator (:meth:`rack_headroom`):
+the distance of the worst GPU, measured or predicted, from its slowdown limit, so that a
+GPU the model does not know is hot (a fouled plate) still shows its real headroom. A reading
+older than MEASURED_MAX_AGE_S is not used (a GPU that stopped reporting).
+
 Inputs hold their last observed value (zero-order hold) until the next observation; calling
 ``observe_*`` with the readings stamped ``ts`` and then ``advance(ts)`` applies them over the
 interval that ends at ``ts``, which is how :class:`twin.sim.Simulator` samples its inputs.
@@ -70,6 +76,9 @@ WARMUP_DT_S = 60.0
 #: A pump below this speed [1] is stopped: a running VFD turns at >= min_speed_frac, 20 %
 #: (twin/cdu.py CduParams, est.).
 PUMP_STOPPED_FRAC = 0.01
+#: Age [s] beyond which a measured die temperature no longer counts for the headroom.
+MEASURED_MAX_AGE_S = 60.0
+_NEVER_MS = np.iinfo(np.int64).min // 2  # "never measured", far older than any max age
 _EXTRA = "tracker."
 _HW_BITS = REASON_HW_SLOWDOWN | REASON_HW_THERMAL
 
@@ -131,6 +140,12 @@ class FacilityTracker:
         self._pump_on = np.ones(len(site.cdu_ids), dtype=bool)
         self._dc_fan_speed = np.full(len(site.dc_ids), np.nan)  # last measured, NaN = unknown
         self._ups_mains_ok = np.ones(len(site.ups_ids), dtype=bool)
+        # measured die temperatures [C] and when [ms]: per GPU, and a rack's hottest die for
+        # racks known only by their summary (not inputs: only the headroom reads them)
+        self._meas_temp_c = np.full((r, g), np.nan)
+        self._meas_ts_ms = np.full((r, g), _NEVER_MS, dtype=np.int64)
+        self._meas_rack_max_c = np.full(r, np.nan)
+        self._meas_rack_ts_ms = np.full(r, _NEVER_MS, dtype=np.int64)
         self._outdoor_c = float(outdoor_c)
         self._state = initial_state(site, outdoor_c=self._outdoor_c)
         self._ts_ms = self.start_ms
@@ -146,11 +161,15 @@ class FacilityTracker:
         power_limit_w: NDArray[Any],
         *,
         clock_event_reasons: NDArray[Any] | None = None,
+        temp_gpu_c: NDArray[Any] | None = None,
+        ts_ms: int | NDArray[Any] | None = None,
     ) -> None:
-        """Latest measured inputs of one rack's GPUs: indices ``gpu`` [0, n_gpus), utilisation
-        ``util_pct`` [%], enforced ``power_limit_w`` [W] and optionally the NVML
-        ``clock_event_reasons`` bits. Racks not in the site, GPU indices out of range and
-        non-finite values are ignored; arrays of different lengths raise TrackerError."""
+        """Latest measured inputs of one rack's GPUs: indices ``gpu`` [0, n_gpus) (NVML index),
+        utilisation ``util_pct`` [%], enforced ``power_limit_w`` [W] and optionally the NVML
+        ``clock_event_reasons`` bits and the measured die temperature ``temp_gpu_c`` [C]
+        (for the headroom only) read at ``ts_ms`` [ms since epoch, one or per GPU; default:
+        the model's time]. Racks not in the site, GPU indices out of range and non-finite values are
+        ignored; arrays of different lengths raise TrackerError."""
         r = self._rack_index.get(rack)
         if r is None:
             return
@@ -158,7 +177,18 @@ class FacilityTracker:
         util = np.asarray(util_pct, dtype=np.float64).reshape(-1)
         limit = np.asarray(power_limit_w, dtype=np.float64).reshape(-1)
         bits = None if clock_event_reasons is None else np.asarray(clock_event_reasons).ravel()
+        temp = None if temp_gpu_c is None else np.asarray(temp_gpu_c, dtype=np.float64).ravel()
         n = idx.size
+        if temp is not None and temp.size != n:
+            raise TrackerError(
+                f"rack {rack}: expected temp_gpu_c of the length of gpu ({n}), got {temp.size}"
+            )
+        t_ms = None
+        if temp is not None:
+            t_ms = np.asarray(self._ts_ms if ts_ms is None else ts_ms, dtype=np.int64).ravel()
+            if t_ms.size not in (1, n):
+                raise TrackerError(f"rack {rack}: expected ts_ms of length 1 or {n}")
+            t_ms = np.broadcast_to(t_ms, (n,))
         if util.size != n or limit.size != n or (bits is not None and bits.size != n):
             raise TrackerError(
                 f"rack {rack}: expected gpu, util_pct, power_limit_w (and clock_event_reasons) "
@@ -172,6 +202,8 @@ class FacilityTracker:
             ok = (idx >= 0) & (idx < self.site.n_gpus)
             idx, util, limit = idx[ok], util[ok], limit[ok]
             bits = None if bits is None else bits[ok]
+            temp = None if temp is None else temp[ok]
+            t_ms = None if t_ms is None else t_ms[ok]
             if idx.size == 0:
                 return
         u_row, l_row = self._util[r], self._power_limit_w[r]
@@ -188,15 +220,29 @@ class FacilityTracker:
         if bits is not None:
             b = bits.astype(np.uint64, copy=False)
             self._gpu_stuck[r][idx] = (b & _HW_BITS) == REASON_HW_SLOWDOWN
+        if temp is not None and t_ms is not None:
+            t_ok = np.isfinite(temp)
+            self._meas_temp_c[r][idx[t_ok]] = temp[t_ok]
+            self._meas_ts_ms[r][idx[t_ok]] = t_ms[t_ok]
 
     def observe_rack_mean(
-        self, rack: str, util_pct_mean: float, *, power_limit_w: float | None = None
+        self,
+        rack: str,
+        util_pct_mean: float,
+        *,
+        power_limit_w: float | None = None,
+        temp_gpu_max_c: float | None = None,
+        ts_ms: int | None = None,
     ) -> None:
         """A rack known only by its summary (racks of other workers): every GPU at the mean
-        utilisation ``util_pct_mean`` [%] and, if given, the power limit [W]."""
+        utilisation ``util_pct_mean`` [%] and, if given, the power limit [W]; its hottest
+        measured die ``temp_gpu_max_c`` [C] read at ``ts_ms`` (headroom only)."""
         r = self._rack_index.get(rack)
         if r is None:
             return
+        if temp_gpu_max_c is not None and math.isfinite(float(temp_gpu_max_c)):
+            self._meas_rack_max_c[r] = float(temp_gpu_max_c)
+            self._meas_rack_ts_ms[r] = self._ts_ms if ts_ms is None else int(ts_ms)
         u = float(util_pct_mean)
         if math.isfinite(u):
             self._util[r] = min(max(u, 0.0), 100.0) / 100.0
@@ -334,18 +380,41 @@ class FacilityTracker:
     def kpis(self) -> dict[str, float]:
         """Model KPIs now: pue, ere, cue_kg_kwh, heat_to_dh_w, free_cooling_share,
         cooling_cop, it_power_w, facility_power_w, reused_w, carbon_g_per_kwh,
-        min_headroom_k (keys of :meth:`twin.sim.Simulator.kpis`; see :func:`state_kpis`)."""
-        return state_kpis(self.site, self._state, self._ts_ms)
+        min_headroom_k (keys of :meth:`twin.sim.Simulator.kpis`; see :func:`state_kpis`);
+        min_headroom_k is that of :meth:`rack_headroom` (measured or predicted, the worse)."""
+        k = state_kpis(self.site, self._state, self._ts_ms)
+        k["min_headroom_k"] = float(self.rack_headroom()["headroom_k"].min())
+        return k
+
+    def worst_gpu_temp_c(self) -> FloatArray:
+        """Per GPU (n_racks, n_gpus): the hotter of the model's die temperature and a
+        measured one at most MEASURED_MAX_AGE_S old [C]."""
+        fresh = (self._ts_ms - self._meas_ts_ms) <= MEASURED_MAX_AGE_S * 1000.0
+        meas = np.where(fresh, self._meas_temp_c, np.nan)
+        return np.fmax(self._state.gpu_temp_c, meas)  # fmax: NaN (not measured) loses
 
     def rack_headroom(self) -> dict[str, np.ndarray]:
-        """Per rack (n_racks,): headroom_k [K] of the hottest GPU to slowdown, and
-        seconds_to_throttle_s [s] until the first GPU reaches it at the present trend."""
+        """Per rack (n_racks,), for an operator: headroom_k [K] = min over the rack's GPUs of
+        slowdown_c - max(measured die, model die) (a measured reading counts while at most
+        MEASURED_MAX_AGE_S old; a rack known by its summary counts its hottest measured die),
+        model_headroom_k and measured_headroom_k [K] (NaN: nothing measured) apart, and
+        seconds_to_throttle_s [s] until the first GPU reaches slowdown at the model's present
+        trend, from the worse temperature."""
         st, slow = self._state, self.site.gpu.slowdown_c
+        worst = self.worst_gpu_temp_c()
+        fresh = (self._ts_ms - self._meas_ts_ms) <= MEASURED_MAX_AGE_S * 1000.0
+        meas = np.where(fresh, self._meas_temp_c, np.nan)
+        rack_fresh = (self._ts_ms - self._meas_rack_ts_ms) <= MEASURED_MAX_AGE_S * 1000.0
+        rack_meas = np.where(rack_fresh, self._meas_rack_max_c, np.nan)
+        # the hottest measured die per rack (NaN where nothing is measured: fmax skips NaN)
+        meas_max = np.fmax(np.fmax.reduce(meas, axis=1), rack_meas)
+        model_head = kpi_m.thermal_headroom_k(st.gpu_temp_c, slow)
+        head = np.fmin(kpi_m.thermal_headroom_k(worst, slow), slow - meas_max)
         return {
-            "headroom_k": kpi_m.thermal_headroom_k(st.gpu_temp_c, slow),
-            "seconds_to_throttle_s": kpi_m.seconds_to_throttle(
-                st.gpu_temp_c, st.gpu_temp_rate_k_s, slow
-            ),
+            "headroom_k": head,
+            "model_headroom_k": model_head,
+            "measured_headroom_k": slow - meas_max,
+            "seconds_to_throttle_s": kpi_m.seconds_to_throttle(worst, st.gpu_temp_rate_k_s, slow),
         }
 
     # --- persistence

@@ -26,8 +26,9 @@ SEED = 3
 DT_MS = 5_000
 
 
-def feed(tr: FacilityTracker, frame: SimFrame, *, plant: bool = True) -> None:
-    """What a worker does with one frame: GPU inputs per rack, plant points per unit."""
+def feed(tr: FacilityTracker, frame: SimFrame, *, plant: bool = True, temps: bool = False) -> None:
+    """What a worker does with one frame: GPU inputs per rack, plant points per unit (and,
+    with ``temps``, the measured die temperatures, as streams/facility.py passes them)."""
     gpus = np.arange(frame.gpu["util_pct"].shape[1])
     for i, rack in enumerate(frame.rack_ids):
         tr.observe_rack_gpus(
@@ -36,6 +37,8 @@ def feed(tr: FacilityTracker, frame: SimFrame, *, plant: bool = True) -> None:
             frame.gpu["util_pct"][i],
             frame.gpu["power_limit_w"][i],
             clock_event_reasons=frame.gpu["clock_event_reasons"][i],
+            temp_gpu_c=frame.gpu["temp_gpu_c"][i] if temps else None,
+            ts_ms=frame.ts_ms,
         )
     if plant:
         for unit, points in (frame.thermal | frame.power).items():
@@ -345,3 +348,64 @@ def test_clock_is_the_latest_time_seen(offsets_ms: list[int]) -> None:
         latest = max(latest, T0 + off)
         assert tr.ts_ms == latest
         assert tr.state.t_s == pytest.approx((latest - T0) / 1000.0)
+
+
+def test_headroom_is_the_worst_gpu_measured_or_predicted() -> None:
+    """A GPU reading 82 C (7 K below slowdown 89 C) that the model expects cooler: the rack's
+    headroom is 7 K, not the model's; a stale reading stops counting; a rack known only by
+    its summary counts its hottest measured die."""
+    site = load_site(racks=16)
+    sim = Simulator(site, seed=SEED, start_ms=T0)
+    tr = FacilityTracker(site, start_ms=T0)
+    frame = sim.step(5.0)
+    feed(tr, frame)
+    model = tr.rack_headroom()["model_headroom_k"]
+    r = int(np.argmax(model))  # the coolest rack of the model
+    rid, other = site.rack_ids[r], (r + 1) % 16
+    assert model[r] > 7.5  # the model's hottest die of that rack is below 81.5 C
+
+    def read(temp_c: float, ts_ms: int = frame.ts_ms) -> None:
+        one = np.array([1.0])
+        tr.observe_rack_gpus(rid, np.array([12]), one, one * 1800.0,
+                             temp_gpu_c=np.array([temp_c]), ts_ms=ts_ms)  # fmt: skip
+
+    read(82.0)
+    head = tr.rack_headroom()
+    assert head["headroom_k"][r] == pytest.approx(7.0)  # 89 - 82
+    assert head["measured_headroom_k"][r] == pytest.approx(7.0)
+    assert head["model_headroom_k"][r] == pytest.approx(model[r])
+    assert np.isnan(head["measured_headroom_k"][other])  # nothing measured: the model's alone
+    assert head["headroom_k"][other] == model[other]
+    assert tr.kpis()["min_headroom_k"] <= 7.0 + 1e-9
+    # the same GPU reading cooler than the model: the model's (worse) die counts
+    read(30.0)
+    assert tr.rack_headroom()["headroom_k"][r] == pytest.approx(model[r])
+    # a rack of another worker, known by its summary: its hottest die, 85 C
+    tr.observe_rack_mean(site.rack_ids[other], 50.0, temp_gpu_max_c=85.0, ts_ms=frame.ts_ms)
+    assert tr.rack_headroom()["headroom_k"][other] == pytest.approx(4.0)
+    # 61 s later (no newer reading) the stale readings no longer count
+    read(82.0)
+    tr.advance(frame.ts_ms + 61_000)
+    later = tr.rack_headroom()
+    assert_allclose(later["headroom_k"], later["model_headroom_k"])
+    with pytest.raises(TrackerError, match="temp_gpu_c"):
+        tr.observe_rack_gpus(rid, np.array([1, 2]), np.array([1.0, 2.0]),
+                             np.array([1.0, 2.0]), temp_gpu_c=np.array([80.0]))  # fmt: skip
+
+
+def test_headroom_follows_a_fouled_gpu_the_model_does_not_know() -> None:
+    """fouling:R0003/G12 (NVML index 12): the model (clean plates) expects that GPU cool while
+    it reads hot; R0003's headroom is slowdown minus that reading."""
+    site = load_site(racks=16)
+    fault = "fouling:R0003/G12@0,rate_per_s=0.02,max=4"
+    sim = Simulator(site, seed=SEED, start_ms=T0, faults=[parse_fault(fault)])
+    tr = FacilityTracker(site, start_ms=T0)
+    for _ in range(36):
+        frame = sim.step(5.0)
+        feed(tr, frame, temps=True)
+    reading = float(frame.gpu["temp_gpu_c"][2, 12])
+    head = tr.rack_headroom()
+    others = np.delete(frame.gpu["temp_gpu_c"][2], 12).max()
+    assert reading > others + 3.0  # the fouled GPU is the rack's hottest, by far
+    assert head["headroom_k"][2] == pytest.approx(89.0 - reading)
+    assert head["model_headroom_k"][2] > head["headroom_k"][2] + 3.0
