@@ -30,9 +30,10 @@ from storage.cliutil import (
     env,
     setup_logging,
 )
-from storage.decode import Incoming, decode_many, reason_code
+from storage.decode import Incoming, decode_many, is_gpu_table, reason_code
 from storage.layout import TableDef, default_tables, list_parts
 from storage.synth import frames
+from streams.codec import fill_v2_nulls
 from streams.kafka_security import (
     KafkaSecurity,
     add_kafka_security_flags,
@@ -87,13 +88,18 @@ def read_range(
         keys = ["ts", key, *(k for k in tdef.sort_keys if k not in ("ts", key))]
         order = ", ".join(f'"{k}"' for k in keys)
         table = con.sql(
-            f"SELECT {cols} FROM read_parquet({files}) WHERE ts >= $t0 AND ts < $t1 "
+            # union_by_name: files written before a column was added (telemetry.gpu/v1)
+            # read it as NULL instead of failing the scan
+            f"SELECT {cols} FROM read_parquet({files}, union_by_name = true) "
+            f"WHERE ts >= $t0 AND ts < $t1 "
             f"ORDER BY {order}",
             params={"t0": t0, "t1": t1},
         ).to_arrow_table()
     finally:
         con.close()
-    return table.cast(tdef.schema)
+    table = table.cast(tdef.schema)
+    # NULL v2 columns are replayed as a v1 frame is decoded: counts 0, margin computed
+    return fill_v2_nulls(table) if is_gpu_table(tdef) else table
 
 
 def replay_messages(

@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pyarrow as pa
 
-from streams.schema import GPU_SCHEMA, POINTS_SCHEMA, TS_TYPE
+from streams.schema import DEFAULT_SLOWDOWN_C, GPU_SCHEMA, GPU_SCHEMA_V1, POINTS_SCHEMA, TS_TYPE
 
 
 def gpu_table(
@@ -25,10 +25,14 @@ def gpu_table(
     dt_ms: int = 1000,
     seed: int = 0,
     rack_prefix: str = "R",
+    version: int = 2,
 ) -> pa.Table:
-    """GPU rows for ``n_racks`` x ``n_gpus`` GPUs over ``n_steps`` samples, in GPU_SCHEMA.
+    """GPU rows for ``n_racks`` x ``n_gpus`` GPUs over ``n_steps`` samples, in GPU_SCHEMA
+    (``version=1``: GPU_SCHEMA_V1, as stored before the v2 columns).
 
-    Rows come in time order (one rack frame after another), as the sink receives them.
+    Rows come in time order (one rack frame after another), as the sink receives them. A few
+    GPUs show corrected ECC errors and NVLink CRC errors at a low rate, as a healthy fleet
+    does; nothing uncorrectable.
     """
     rng = np.random.default_rng(seed)
     shape = (n_steps, n_racks, n_gpus)
@@ -59,6 +63,22 @@ def gpu_table(
         "clock_event_reasons": pa.array(np.zeros(n, np.uint64)),
         "xid": pa.array(np.zeros(n, np.uint32)),
         "power_limit_w": pa.array(np.full(n, 1800.0, np.float32)),
+    }
+    if version == 1:
+        return pa.table(cols, schema=GPU_SCHEMA_V1)
+    # counters: per GPU a Poisson rate (most GPUs 0 /s), accumulated over time [count]
+    gpu_shape = (n_racks, n_gpus)
+    sbe_rate = np.where(rng.random(gpu_shape) < 0.02, 0.01, 0.0)
+    crc_rate = np.where(rng.random(gpu_shape) < 0.01, 0.05, 0.0)
+    sbe = np.cumsum(rng.poisson(sbe_rate * dt_ms / 1000.0, shape), axis=0)
+    crc = np.cumsum(rng.poisson(crc_rate * dt_ms / 1000.0, shape), axis=0)
+    cols |= {
+        "ecc_corrected": pa.array(sbe.astype(np.uint64).ravel()),
+        "ecc_uncorrected": pa.array(np.zeros(n, np.uint64)),
+        "remapped_rows": pa.array(np.zeros(n, np.uint32)),
+        "row_remap_flags": pa.array(np.zeros(n, np.uint8)),
+        "nvlink_errors": pa.array(crc.astype(np.uint64).ravel()),
+        "thermal_margin_k": pa.array((DEFAULT_SLOWDOWN_C - temp).astype(np.float32).ravel()),
     }
     return pa.table(cols, schema=GPU_SCHEMA)
 

@@ -80,8 +80,15 @@ def conform(tdef: TableDef, data: pa.RecordBatch | pa.Table) -> pa.Table:
         return table  # the usual case (a validated frame): nothing to reorder or cast
     names = tdef.schema.names
     missing = [n for n in names if n not in table.column_names]
+    # A column added to the table later (nullable) is NULL in rows written before it
+    # existed (a telemetry.gpu/v1 frame, an old file being compacted): not measured.
+    absent = [n for n in missing if tdef.schema.field(n).nullable]
+    missing = [n for n in missing if n not in absent]
     if missing:
         raise DecodeError(f"table {tdef.name}: missing columns {missing}")
+    for n in absent:
+        f = tdef.schema.field(n)
+        table = table.append_column(f, pa.nulls(table.num_rows, f.type))
     try:
         return table.select(names).cast(tdef.schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:

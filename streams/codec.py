@@ -13,8 +13,17 @@ from typing import Final
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from streams.schema import GPU_SCHEMA, POINTS_SCHEMA
+from streams.schema import (
+    DEFAULT_SLOWDOWN_C,
+    GPU_SCHEMA,
+    GPU_SCHEMA_V1,
+    GPU_V2_COLUMNS,
+    POINTS_SCHEMA,
+    ROW_REMAP_FAILURE,
+    ROW_REMAP_PENDING,
+)
 from twin.errors import DecodeError
 
 
@@ -32,6 +41,14 @@ class Limits:
     power_w: tuple[float, float] = (0.0, 5_000.0)  # Rubin Ultra is 3.6 kW a package (FACTS.md 2)
     temp_c: tuple[float, float] = (-40.0, 150.0)  # beyond NVML shutdown (92 C) with margin
     util_pct: tuple[float, float] = (0.0, 100.0)
+    #: slowdown minus die temperature [K]: a die at 150 C under a 60 C limit, or at -40 C
+    #: under a 120 C one, is still within
+    thermal_margin_k: tuple[float, float] = (-100.0, 200.0)
+    #: HBM has a few hundred spare rows per stack: more remaps is a garbage reading
+    max_remapped_rows: int = 65_535
+    #: error counters (ECC, NVLink) [count]: beyond 2^48 is a driver's "not available"
+    #: sentinel, not a count
+    max_error_count: int = 1 << 48
     point_temp_c: tuple[float, float] = (-60.0, 200.0)  # outdoor -46 C record (FACTS.md 6)
     point_power_w: tuple[float, float] = (0.0, 1e10)  # 10 GW: beyond any site's plant
     point_flow_kg_s: tuple[float, float] = (0.0, 1e5)
@@ -93,7 +110,8 @@ def _read_schema(message: pa.ipc.Message) -> pa.Schema:
     if schema is None:
         schema = pa.ipc.read_schema(message)
         if len(_SCHEMA_CACHE) < _SCHEMA_CACHE_MAX and any(
-            schema.equals(c, check_metadata=False) for c in (GPU_SCHEMA, POINTS_SCHEMA)
+            schema.equals(c, check_metadata=False)
+            for c in (GPU_SCHEMA, GPU_SCHEMA_V1, POINTS_SCHEMA)
         ):
             _SCHEMA_CACHE[key] = schema
     return schema
@@ -215,7 +233,83 @@ _GPU_RANGES: Final = (
     ("temp_gpu_c", "temp_c"),
     ("temp_mem_c", "temp_c"),
     ("util_pct", "util_pct"),
+    ("thermal_margin_k", "thermal_margin_k"),
 )
+#: Unsigned columns of v2 with an upper bound: column -> Limits attribute or a number.
+_GPU_INT_MAX: Final = (
+    ("ecc_corrected", "max_error_count"),
+    ("ecc_uncorrected", "max_error_count"),
+    ("nvlink_errors", "max_error_count"),
+    ("remapped_rows", "max_remapped_rows"),
+    ("row_remap_flags", ROW_REMAP_PENDING | ROW_REMAP_FAILURE),
+)
+
+
+def _int_max(name: str | int, limits: Limits) -> int:
+    return name if isinstance(name, int) else int(getattr(limits, name))
+
+
+def check_gpu_ints(cols: dict[str, np.ndarray], limits: Limits) -> None:
+    """Refuse (``out_of_range``) v2 counters and flags above their bounds."""
+    for name, top in _GPU_INT_MAX:
+        hi = _int_max(top, limits)
+        col = cols[name]
+        if col.size and int(col.max()) > hi:
+            i = int(np.argmax(col > hi))
+            raise DecodeError(
+                f"{name} out of range [0, {hi}]: {col[i]} for gpu {cols['gpu'][i]}",
+                "out_of_range",
+            )
+
+
+def gpu_ints_ok(cols: dict[str, np.ndarray], limits: Limits) -> bool:
+    """True when every v2 counter and flag is within its bound."""
+    return all(
+        not cols[name].size or int(cols[name].max()) <= _int_max(top, limits)
+        for name, top in _GPU_INT_MAX
+    )
+
+
+def v2_defaults(temp_gpu_c: np.ndarray) -> dict[str, np.ndarray]:
+    """The v2 columns of rows that do not carry them (a telemetry.gpu/v1 frame): zero error
+    counts, no remap flags, and the thermal margin [K] to :data:`DEFAULT_SLOWDOWN_C` of the
+    die temperature ``temp_gpu_c`` [C]."""
+    n = len(temp_gpu_c)
+    return {
+        "ecc_corrected": np.zeros(n, dtype=np.uint64),
+        "ecc_uncorrected": np.zeros(n, dtype=np.uint64),
+        "remapped_rows": np.zeros(n, dtype=np.uint32),
+        "row_remap_flags": np.zeros(n, dtype=np.uint8),
+        "nvlink_errors": np.zeros(n, dtype=np.uint64),
+        "thermal_margin_k": (DEFAULT_SLOWDOWN_C - np.asarray(temp_gpu_c, dtype=np.float64)).astype(
+            np.float32
+        ),
+    }
+
+
+def fill_v2_nulls(table: pa.Table) -> pa.Table:
+    """Rows of a telemetry.gpu table with NULL v2 columns (stored from v1 frames or before
+    v2) given the values a v1 frame is decoded with (:func:`v2_defaults`)."""
+    if not any(table.column(n).null_count for n in GPU_V2_COLUMNS):
+        return table
+    temp = table.column("temp_gpu_c").to_numpy()
+    defaults = v2_defaults(temp)
+    for n in GPU_V2_COLUMNS:
+        col = table.column(n)
+        if col.null_count:
+            filled = pc.if_else(pc.is_null(col), pa.array(defaults[n]), col)
+            i = table.schema.get_field_index(n)
+            table = table.set_column(i, table.schema.field(n), filled.cast(col.type))
+    return table
+
+
+def upgrade_v1_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A telemetry.gpu/v1 batch as a v2 batch, the new columns from :func:`v2_defaults`."""
+    extra = v2_defaults(batch.column("temp_gpu_c").to_numpy(zero_copy_only=False))
+    arrays = list(batch.columns) + [pa.array(extra[n]) for n in GPU_V2_COLUMNS]
+    return pa.RecordBatch.from_arrays(arrays, schema=GPU_SCHEMA)
+
+
 _ARANGE: Final = np.arange(1 << 16, dtype=np.uint16)
 
 
@@ -226,7 +320,7 @@ class GpuFrame:
     rack: str
     ts_ms: np.ndarray  # int64 [ms since epoch]
     columns: dict[str, np.ndarray]  # every GPU_SCHEMA field except ts and rack
-    batch: pa.RecordBatch
+    batch: pa.RecordBatch  # as received: a v1 frame's batch lacks the v2 columns
     raw: bytes | None = None  # the message it was decoded from
 
     @property
@@ -248,7 +342,9 @@ def decode_gpu_frame(
     ``now_ms`` [ms since epoch] bounds the timestamps; None skips that check (checkpoints).
     """
     batch = _read_single_batch(data, limits)
-    _check_schema(batch, GPU_SCHEMA, "telemetry.gpu")
+    v1 = batch.schema.equals(GPU_SCHEMA_V1, check_metadata=False)
+    if not v1:
+        _check_schema(batch, GPU_SCHEMA, "telemetry.gpu")
     n = batch.num_rows
     if n == 0:
         raise DecodeError("frame has no rows", "empty")
@@ -268,9 +364,11 @@ def decode_gpu_frame(
         )
     cols = {
         name: batch.column(i).to_numpy(zero_copy_only=False)
-        for i, name in enumerate(GPU_SCHEMA.names)
+        for i, name in enumerate(batch.schema.names)
         if name != "rack"
     }
+    if v1:  # converted here, so every consumer sees v2 columns (batch stays as received)
+        cols |= v2_defaults(cols["temp_gpu_c"])
     ts_ms = cols.pop("ts").view(np.int64)
     for name, limit in _GPU_RANGES:
         lo, hi = getattr(limits, limit)
@@ -285,6 +383,7 @@ def decode_gpu_frame(
                     f"{name} is not finite ({col[i]}) for gpu {cols['gpu'][i]}", "not_finite"
                 )
             _check_range(name, col, lo, hi)
+    check_gpu_ints(cols, limits)
     gpu = cols["gpu"]
     if not np.array_equal(gpu, _ARANGE[:n]):  # the usual frame: GPUs 0..n-1 in order
         if np.unique(gpu).size != n:
@@ -382,9 +481,12 @@ def decode_points_frame(
 def gpu_batch(ts_ms: int, rack: str, columns: dict[str, np.ndarray]) -> pa.RecordBatch:
     """Build a telemetry.gpu record batch for one rack from per-GPU numpy columns.
 
-    ``columns`` holds every GPU_SCHEMA field except ts and rack; ``gpu`` defaults to 0..n-1.
+    ``columns`` holds every GPU_SCHEMA field except ts and rack; ``gpu`` defaults to 0..n-1,
+    and the v2 columns missing from ``columns`` take :func:`v2_defaults`.
     """
     n = len(columns["power_w"])
+    if any(c not in columns for c in GPU_V2_COLUMNS):
+        columns = v2_defaults(columns["temp_gpu_c"]) | columns
     arrays = []
     for f in GPU_SCHEMA:
         if f.name == "ts":

@@ -23,8 +23,10 @@ from streams.codec import (
     Limits,
     _read_single_batch,
     decode_gpu_frame,
+    gpu_ints_ok,
+    upgrade_v1_batch,
 )
-from streams.schema import GPU_SCHEMA
+from streams.schema import GPU_SCHEMA, GPU_SCHEMA_V1
 from twin.errors import DecodeError
 
 _COLUMNS = [name for name in GPU_SCHEMA.names if name != "rack"]
@@ -49,6 +51,7 @@ def decode_gpu_frames(
     """
     out: list[GpuFrame | DecodeError | None] = [None] * len(messages)
     batches: list[pa.RecordBatch] = []
+    received: list[pa.RecordBatch] = []  # as received (a v1 batch without the v2 columns)
     which: list[int] = []
     for i, m in enumerate(messages):
         try:
@@ -56,16 +59,25 @@ def decode_gpu_frames(
         except DecodeError as exc:
             out[i] = exc
             continue
+        v2 = b.schema.equals(GPU_SCHEMA, check_metadata=False)
         if (
-            not b.schema.equals(GPU_SCHEMA, check_metadata=False)
+            not (v2 or b.schema.equals(GPU_SCHEMA_V1, check_metadata=False))
             or not 0 < b.num_rows <= limits.max_gpus_per_frame
         ):
             out[i] = _one(m, now_ms, limits)
             continue
+        received.append(b)
+        if not v2:
+            try:
+                b = upgrade_v1_batch(b)
+            except (pa.ArrowException, ValueError):
+                out[i] = _one(m, now_ms, limits)
+                received.pop()
+                continue
         batches.append(b)
         which.append(i)
     if batches:
-        frames = _together(batches, [messages[i] for i in which], now_ms, limits)
+        frames = _together(batches, received, [messages[i] for i in which], now_ms, limits)
         if frames is None:  # something in the batch is wrong: find what, frame by frame
             frames = [_one(messages[i], now_ms, limits) for i in which]
         for i, f in zip(which, frames, strict=True):
@@ -81,7 +93,11 @@ def _one(m: GpuMessage, now_ms: int, limits: Limits) -> GpuFrame | DecodeError:
 
 
 def _together(
-    batches: list[pa.RecordBatch], messages: list[GpuMessage], now_ms: int, limits: Limits
+    batches: list[pa.RecordBatch],
+    received: list[pa.RecordBatch],
+    messages: list[GpuMessage],
+    now_ms: int,
+    limits: Limits,
 ) -> list[GpuFrame | DecodeError] | None:
     """Frames of well-formed batches when every check passes on the whole; else None."""
     table = pa.Table.from_batches(batches)
@@ -107,6 +123,8 @@ def _together(
         col = cols[name]
         if not ((col >= lo) & (col <= hi)).all():  # NaN fails too
             return None
+    if not gpu_ints_ok(cols, limits):
+        return None
     # GPUs 0..n-1 in order in every frame (the usual frame); anything else, one by one.
     if not np.array_equal(cols["gpu"], np.arange(int(ends[-1])) - np.repeat(starts, counts)):
         return None
@@ -125,7 +143,7 @@ def _together(
                 rack=racks[k],
                 ts_ms=ts_ms[s:e],
                 columns={n: c[s:e] for n, c in cols.items()},
-                batch=batches[k],
+                batch=received[k],
                 raw=messages[k].value,
             )
         )

@@ -37,7 +37,7 @@ from streams.codec import (
     gpu_batch,
     points_batch,
 )
-from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
+from streams.schema import DEFAULT_SLOWDOWN_C, TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from twin.errors import DecodeError
 
 _GPU_FLOATS: Final = ("power_w", "temp_gpu_c", "temp_mem_c", "util_pct")
@@ -48,6 +48,12 @@ _GPU_INTS: Final = {
     "sm_clock_mhz": (None, 2**16 - 1),
     "clock_event_reasons": (0, 2**64 - 1),
     "xid": (0, 2**32 - 1),
+    # telemetry.gpu/v2 counters: optional, 0 when a reading does not carry them
+    "ecc_corrected": (0, 2**64 - 1),
+    "ecc_uncorrected": (0, 2**64 - 1),
+    "remapped_rows": (0, 2**32 - 1),
+    "row_remap_flags": (0, 2**8 - 1),
+    "nvlink_errors": (0, 2**64 - 1),
 }
 _FLOAT32_MAX: Final = float(np.finfo(np.float32).max)
 _POINT_TOPICS: Final = {"thermal": TOPIC_THERMAL, "power": TOPIC_POWER}
@@ -78,7 +84,8 @@ def parse_ts_ms(value: Any) -> int:
     if isinstance(value, bool):
         raise DecodeError(f"ts must be ms since epoch or ISO 8601, got {value!r}", "bad_field")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        # an int beyond float64 (10**400) cannot go through isfinite: it is past 9999 anyway
+        if isinstance(value, float) and not math.isfinite(value):
             raise DecodeError(f"ts {value!r} is not finite", "not_finite")
         if value < TS_MIN_MS:
             raise DecodeError(f"ts {value!r} is before 1970", "ts_too_old")
@@ -210,7 +217,14 @@ def convert_json(
         cols["power_limit_w"] = np.array(
             [_number(r, "power_limit_w", r.get("power_w")) for r in rows]
         )
-        for name in (*_GPU_FLOATS, "power_limit_w"):
+        # optional: without it, the margin to the reference slowdown temperature (v1 frames)
+        cols["thermal_margin_k"] = np.array(
+            [
+                _number(r, "thermal_margin_k", DEFAULT_SLOWDOWN_C - _number(r, "temp_gpu_c"))
+                for r in rows
+            ]
+        )
+        for name in (*_GPU_FLOATS, "power_limit_w", "thermal_margin_k"):
             # float32 columns: a bigger value would become inf in the cast, not a range error
             if np.abs(cols[name]).max() > _FLOAT32_MAX:
                 raise DecodeError(

@@ -30,7 +30,32 @@ class _TwinCollector(Collector):
             "temp_gpu_max_c": ("twin_rack_gpu_temp_max_celsius", "Hottest GPU die [C]."),
             "temp_gpu_mean_c": ("twin_rack_gpu_temp_mean_celsius", "Mean GPU die temp [C]."),
             "temp_mem_max_c": ("twin_rack_mem_temp_max_celsius", "Hottest HBM [C]."),
-            "throttled_gpus": ("twin_rack_throttled_gpus", "GPUs with a throttle reason set."),
+            "throttled_gpus": (
+                "twin_rack_throttled_gpus",
+                "GPUs in thermal or hardware slowdown (clock-event bits 0x8|0x20|0x40|0x80); "
+                "power capping is twin_rack_power_capped_gpus.",
+            ),
+            "power_capped_gpus": (
+                "twin_rack_power_capped_gpus",
+                "GPUs held at their power limit (SwPowerCap 0x4): normal under a cap.",
+            ),
+            "thermal_slowdown_gpus": (
+                "twin_rack_thermal_slowdown_gpus",
+                "GPUs in thermal slowdown (SW 0x20 or HW 0x40).",
+            ),
+            "hw_slowdown_gpus": (
+                "twin_rack_hw_slowdown_gpus",
+                "GPUs in hardware slowdown or power brake (0x8 or 0x80).",
+            ),
+            "xid_gpus": ("twin_rack_xid_gpus", "GPUs whose last XID is not 0."),
+            "ecc_uncorrected_gpus": (
+                "twin_rack_ecc_uncorrected_gpus",
+                "GPUs with uncorrected (volatile) ECC errors.",
+            ),
+            "thermal_margin_min_k": (
+                "twin_rack_thermal_margin_min_kelvin",
+                "Smallest margin of a GPU die to its slowdown temperature [K].",
+            ),
         }
         for key, (name, doc) in gauges.items():
             g = GaugeMetricFamily(name, doc, labels=["rack"])

@@ -64,28 +64,64 @@ DEFAULT_PARTITIONS: Final = 8
 
 TS_TYPE: Final = pa.timestamp("ms", tz="UTC")
 
-#: telemetry.gpu: one message = one rack's GPUs at one instant, one row per GPU.
+#: telemetry.gpu/v1 columns: one message = one rack's GPUs at one instant, one row per GPU.
 #: Fields mirror NVML / DCGM (FACTS.md section 7). Key: rack id (utf-8).
+_GPU_V1_FIELDS: Final = [
+    pa.field("ts", TS_TYPE, nullable=False),  # sample instant [ms since epoch, UTC]
+    pa.field("rack", pa.string(), nullable=False),  # rack id, same as the message key
+    pa.field("gpu", pa.uint16(), nullable=False),  # GPU index within the rack [0, n)
+    pa.field("power_w", pa.float32(), nullable=False),  # board power [W] (NVML mW / 1000)
+    pa.field("energy_mj", pa.uint64(), nullable=False),  # energy counter since driver load [mJ]
+    pa.field("temp_gpu_c", pa.float32(), nullable=False),  # GPU die temperature [C]
+    pa.field("temp_mem_c", pa.float32(), nullable=False),  # HBM temperature [C]
+    pa.field("sm_clock_mhz", pa.uint16(), nullable=False),  # SM clock [MHz]
+    pa.field("util_pct", pa.float32(), nullable=False),  # GPU utilisation [%] 0..100
+    pa.field("clock_event_reasons", pa.uint64(), nullable=False),  # NVML bitmask
+    pa.field("xid", pa.uint32(), nullable=False),  # last XID error, 0 = none
+    pa.field("power_limit_w", pa.float32(), nullable=False),  # enforced power limit [W]
+]
+
+#: The columns telemetry.gpu/v2 adds (docs/topics.md: NVML call and DCGM field of each).
+#: Declared nullable so that a store holding rows from before v2 keeps one schema (those
+#: rows read NULL: not measured); a frame on the wire must still not hold a null
+#: (``null_value``).
+_GPU_V2_FIELDS: Final = [
+    pa.field("ecc_corrected", pa.uint64(), nullable=True),  # volatile corrected ECC errors
+    pa.field("ecc_uncorrected", pa.uint64(), nullable=True),  # volatile uncorrected ECC errors
+    pa.field("remapped_rows", pa.uint32(), nullable=True),  # HBM rows remapped (corr. + unc.)
+    pa.field("row_remap_flags", pa.uint8(), nullable=True),  # 0x1 pending, 0x2 failure occurred
+    pa.field("nvlink_errors", pa.uint64(), nullable=True),  # NVLink CRC+replay+recovery errors
+    pa.field("thermal_margin_k", pa.float32(), nullable=True),  # slowdown temp - die temp [K]
+]
+
+#: telemetry.gpu/v1: still accepted; decoders fill the v2 columns (:data:`GPU_V2_DEFAULTS`).
+GPU_SCHEMA_V1: Final = pa.schema(_GPU_V1_FIELDS, metadata={"contract": "telemetry.gpu/v1"})
+
+#: telemetry.gpu: one message = one rack's GPUs at one instant, one row per GPU.
 GPU_SCHEMA: Final = pa.schema(
-    [
-        pa.field("ts", TS_TYPE, nullable=False),  # sample instant [ms since epoch, UTC]
-        pa.field("rack", pa.string(), nullable=False),  # rack id, same as the message key
-        pa.field("gpu", pa.uint16(), nullable=False),  # GPU index within the rack [0, n)
-        pa.field("power_w", pa.float32(), nullable=False),  # board power [W] (NVML mW / 1000)
-        pa.field("energy_mj", pa.uint64(), nullable=False),  # energy counter since driver load [mJ]
-        pa.field("temp_gpu_c", pa.float32(), nullable=False),  # GPU die temperature [C]
-        pa.field("temp_mem_c", pa.float32(), nullable=False),  # HBM temperature [C]
-        pa.field("sm_clock_mhz", pa.uint16(), nullable=False),  # SM clock [MHz]
-        pa.field("util_pct", pa.float32(), nullable=False),  # GPU utilisation [%] 0..100
-        pa.field("clock_event_reasons", pa.uint64(), nullable=False),  # NVML bitmask
-        pa.field("xid", pa.uint32(), nullable=False),  # last XID error, 0 = none
-        pa.field("power_limit_w", pa.float32(), nullable=False),  # enforced power limit [W]
-    ],
-    metadata={"contract": "telemetry.gpu/v1"},
+    _GPU_V1_FIELDS + _GPU_V2_FIELDS, metadata={"contract": "telemetry.gpu/v2"}
 )
 
+#: Names of the columns v2 added, in order.
+GPU_V2_COLUMNS: Final = tuple(f.name for f in _GPU_V2_FIELDS)
+
+#: Slowdown temperature [C] assumed where a frame carries no thermal margin (a v1 frame, a
+#: JSON reading without it): the reference GPU's 89 C (FACTS.md section 2).
+DEFAULT_SLOWDOWN_C: Final = 89.0
+
+#: Row-remap flag bits (nvmlDeviceGetRemappedRows: isPending, failureOccurred).
+ROW_REMAP_PENDING: Final = 0x1
+ROW_REMAP_FAILURE: Final = 0x2
+
 #: Float columns of GPU_SCHEMA that must be finite.
-GPU_FLOAT_FIELDS: Final = ("power_w", "temp_gpu_c", "temp_mem_c", "util_pct", "power_limit_w")
+GPU_FLOAT_FIELDS: Final = (
+    "power_w",
+    "temp_gpu_c",
+    "temp_mem_c",
+    "util_pct",
+    "power_limit_w",
+    "thermal_margin_k",
+)
 
 #: telemetry.thermal and telemetry.power: one message = one plant unit at one instant, long
 #: format (one row per point). Point names carry their unit suffix (``supply_temp_c``,
@@ -144,6 +180,18 @@ CLOCK_EVENT_HW_SLOWDOWN: Final = 0x8
 CLOCK_EVENT_SW_THERMAL: Final = 0x20
 CLOCK_EVENT_HW_THERMAL: Final = 0x40
 CLOCK_EVENT_HW_POWER_BRAKE: Final = 0x80
+#: Clock-event bits by what they mean to an operator (docs/topics.md, twin.state): power
+#: capping is normal under a power limit; thermal and hardware slowdown are not.
+CLOCK_EVENTS_POWER_CAP: Final = CLOCK_EVENT_SW_POWER_CAP
+CLOCK_EVENTS_THERMAL: Final = CLOCK_EVENT_SW_THERMAL | CLOCK_EVENT_HW_THERMAL
+CLOCK_EVENTS_HW_SLOWDOWN: Final = CLOCK_EVENT_HW_SLOWDOWN | CLOCK_EVENT_HW_POWER_BRAKE
+
+#: XID classes (NVIDIA XID catalogue): critical ones take the GPU (or its job) down, the
+#: warnings are trended. 48 double-bit ECC, 64 row-remapper/page-retirement failure, 74
+#: NVLink error, 79 fallen off the bus, 94 contained ECC error, 95 uncontained ECC error;
+#: 63 row remap / page retirement recorded, 92 high single-bit ECC rate.
+XID_CRITICAL: Final = frozenset({48, 64, 74, 79, 94, 95})
+XID_WARNING: Final = frozenset({63, 92})
 
 #: Suffix of a point name -> unit, for docs and validation of plant points.
 POINT_UNIT_SUFFIXES: Final = {

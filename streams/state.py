@@ -16,19 +16,26 @@ import pyarrow as pa
 
 from streams.codec import DEFAULT_LIMITS, GpuFrame, PointsFrame, decode_gpu_frame, encode_frame
 from streams.schema import (
-    CLOCK_EVENT_HW_SLOWDOWN,
-    CLOCK_EVENT_HW_THERMAL,
-    CLOCK_EVENT_SW_POWER_CAP,
-    CLOCK_EVENT_SW_THERMAL,
+    CLOCK_EVENTS_HW_SLOWDOWN,
+    CLOCK_EVENTS_POWER_CAP,
+    CLOCK_EVENTS_THERMAL,
     GPU_SCHEMA,
 )
 
 _GPU_FIELDS = [f for f in GPU_SCHEMA if f.name not in ("ts", "rack", "gpu")]
-_THROTTLE_MASK = (
-    CLOCK_EVENT_SW_POWER_CAP
-    | CLOCK_EVENT_HW_SLOWDOWN
-    | CLOCK_EVENT_SW_THERMAL
-    | CLOCK_EVENT_HW_THERMAL
+#: Throttled, as an operator reads it: thermal or hardware slowdown. Power capping (0x4) is
+#: normal operation under a power limit and is counted apart (power_capped_gpus).
+_THROTTLE_MASK = CLOCK_EVENTS_THERMAL | CLOCK_EVENTS_HW_SLOWDOWN
+
+#: Rack and facility counts of GPUs by condition (summary keys, summed over racks).
+GPU_COUNT_KEYS = (
+    "throttled_gpus",
+    "power_capped_gpus",
+    "thermal_slowdown_gpus",
+    "hw_slowdown_gpus",
+    "xid_gpus",
+    "ecc_uncorrected_gpus",
+    "row_remap_flagged_gpus",
 )
 
 
@@ -126,6 +133,7 @@ class RackState:
             p = slice(None)  # the usual case: no boolean gather per field
         v = self.values
         reasons = v["clock_event_reasons"][p]
+        remap = v["row_remap_flags"][p]
         return {
             "rack": self.rack,
             "ts_ms": self.last_ts_ms,
@@ -135,8 +143,15 @@ class RackState:
             "temp_gpu_mean_c": float(v["temp_gpu_c"][p].mean(dtype=np.float64)),
             "temp_mem_max_c": float(v["temp_mem_c"][p].max()),
             "util_mean_pct": float(v["util_pct"][p].mean(dtype=np.float64)),
+            # thermal or hardware slowdown; power capping is not "throttled" (module top)
             "throttled_gpus": int(((reasons & _THROTTLE_MASK) != 0).sum()),
+            "power_capped_gpus": int(((reasons & CLOCK_EVENTS_POWER_CAP) != 0).sum()),
+            "thermal_slowdown_gpus": int(((reasons & CLOCK_EVENTS_THERMAL) != 0).sum()),
+            "hw_slowdown_gpus": int(((reasons & CLOCK_EVENTS_HW_SLOWDOWN) != 0).sum()),
             "xid_gpus": int((v["xid"][p] != 0).sum()),
+            "ecc_uncorrected_gpus": int((v["ecc_uncorrected"][p] != 0).sum()),
+            "row_remap_flagged_gpus": int((remap != 0).sum()),
+            "thermal_margin_min_k": float(v["thermal_margin_k"][p].min()),
         }
 
     def detail(self) -> dict[str, Any]:
@@ -213,10 +228,12 @@ def facility_summary(
         "gpu_power_w": gpu_power_w,
         "it_power_w": it_power_w,
         "temp_gpu_max_c": max(temps) if temps else None,
-        "throttled_gpus": int(sum(r.get("throttled_gpus", 0) for r in racks)),
-        "xid_gpus": int(sum(r.get("xid_gpus", 0) for r in racks)),
         "units": len(units),
     }
+    for key in GPU_COUNT_KEYS:
+        out[key] = int(sum(r.get(key, 0) for r in racks))
+    margins = [r["thermal_margin_min_k"] for r in racks if "thermal_margin_min_k" in r]
+    out["thermal_margin_min_k"] = min(margins) if margins else None
     if facility_power_w is not None and it_power_w > 0:
         out["facility_power_w"] = float(facility_power_w)
         out["pue"] = float(facility_power_w) / it_power_w

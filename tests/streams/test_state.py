@@ -1,13 +1,28 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
-from streams.codec import decode_gpu_frame, decode_points_frame, encode_frame, points_batch
+from streams.codec import (
+    decode_gpu_frame,
+    decode_points_frame,
+    encode_frame,
+    gpu_batch,
+    points_batch,
+)
 from streams.runtime import TwinRuntime, partition_for
+from streams.schema import DEFAULT_SLOWDOWN_C, GPU_SCHEMA, GPU_SCHEMA_V1
 from streams.state import RackState, UnitState, facility_summary
 from tests.streams.frames import gpu_columns, known_gpu_batch
 
 NOW = 1_795_000_000_000
+
+
+def upgrade_free_v1_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The same rows as a telemetry.gpu/v1 batch (the v2 columns dropped)."""
+    return pa.RecordBatch.from_arrays(
+        [batch.column(f.name) for f in GPU_SCHEMA_V1], schema=GPU_SCHEMA_V1
+    )
 
 
 def _frame(rack: str, ts: int, n: int = 72, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -43,9 +58,39 @@ def test_summary_hand_computed() -> None:
     assert s["gpus"] == 8
     np.testing.assert_allclose(s["power_w"], cols["power_w"].astype(np.float64).sum(), rtol=1e-9)
     assert s["temp_gpu_max_c"] == float(cols["temp_gpu_c"].max())
-    throttled = int(((cols["clock_event_reasons"] & 0x6C) != 0).sum())
+    # throttled = thermal or hardware slowdown only; power capping (0x4) is counted apart
+    throttled = int(((cols["clock_event_reasons"] & 0xE8) != 0).sum())
     assert s["throttled_gpus"] == throttled
+    assert s["power_capped_gpus"] == int(((cols["clock_event_reasons"] & 0x4) != 0).sum())
     assert s["xid_gpus"] == int((cols["xid"] != 0).sum())
+
+
+def test_throttle_reasons_are_counted_apart() -> None:
+    # one GPU per reason: idle, power cap, HW slowdown, SW thermal, HW thermal, power brake,
+    # HW thermal + HW slowdown (deep thermal throttle), power cap + SW thermal
+    reasons = np.array([0x1, 0x4, 0x8, 0x20, 0x40, 0x80, 0x48, 0x24], dtype=np.uint64)
+    cols = gpu_columns(8) | {"clock_event_reasons": reasons}
+    rs = RackState("R1")
+    rs.apply(decode_gpu_frame(encode_frame(gpu_batch(NOW, "R1", cols)), key=None, now_ms=NOW))
+    s = rs.summary()
+    assert s["power_capped_gpus"] == 2  # 0x4, 0x24
+    assert s["thermal_slowdown_gpus"] == 4  # 0x20, 0x40, 0x48, 0x24
+    assert s["hw_slowdown_gpus"] == 3  # 0x8, 0x80, 0x48
+    assert s["throttled_gpus"] == 6  # everything but idle and the pure power cap
+    fac = facility_summary([s, s], {})
+    assert fac["power_capped_gpus"] == 4
+    assert fac["throttled_gpus"] == 12
+    assert fac["hw_slowdown_gpus"] == 6
+
+
+def test_v1_checkpoint_restores_with_v2_defaults() -> None:
+    v1 = upgrade_free_v1_batch(known_gpu_batch("R1", NOW, n=4))
+    rs = RackState.from_bytes("R1", encode_frame(v1))
+    temp = v1.column("temp_gpu_c").to_numpy()
+    np.testing.assert_allclose(rs.values["thermal_margin_k"], DEFAULT_SLOWDOWN_C - temp)
+    assert (rs.values["ecc_corrected"] == 0).all()
+    assert rs.to_batch().schema.equals(GPU_SCHEMA)
+    assert rs.summary()["thermal_margin_min_k"] == float(DEFAULT_SLOWDOWN_C - temp.max())
 
 
 def test_unit_state_and_facility_pue() -> None:
