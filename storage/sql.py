@@ -103,6 +103,11 @@ class SqlService:
     def pool(self) -> SqlPool | None:
         return self._pool
 
+    @property
+    def max_waiting(self) -> int:
+        """Queries that may wait or run at once (more are refused as busy)."""
+        return self._pool.max_waiting if self._pool is not None else 1
+
     def close(self) -> None:
         self._check.close()
         if self._engine is not None:

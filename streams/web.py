@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import faust
@@ -51,7 +52,13 @@ def register_views(
             from storage.sql import POOL_WORKERS, SqlService
 
             # worker processes: deadlines from submission, an express lane, no file writes
-            sql_state["svc"] = SqlService(settings.history_dir, workers=POOL_WORKERS)
+            svc = SqlService(settings.history_dir, workers=POOL_WORKERS)
+            sql_state["svc"] = svc
+            # Threads of its own, as many as queries it lets wait or run: waiting SQL never
+            # holds the loop's default executor (snapshots) or a later SELECT 1.
+            sql_state["threads"] = ThreadPoolExecutor(
+                max_workers=svc.max_waiting, thread_name_prefix="sql"
+            )
         return sql_state["svc"]
 
     @app.page("/api/snapshot")
@@ -73,7 +80,8 @@ def register_views(
             loop = asyncio.get_running_loop()
             try:
                 sql = sql_from_body(body)  # 400 for bad UTF-8, JSON, surrogates, NUL
-                table = await loop.run_in_executor(None, sql_service().query, sql)
+                svc = sql_service()
+                table = await loop.run_in_executor(sql_state["threads"], svc.query, sql)
                 data = result_json(table)  # strict JSON: NaN -> null, BLOB -> base64
             except SqlRefused as exc:
                 return self.json({"error": " ".join(str(exc).split())}, status=400)
