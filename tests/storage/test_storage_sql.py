@@ -247,7 +247,6 @@ def test_short_query_is_not_stuck_behind_heavy_ones(pool_svc: SqlService) -> Non
     # including the two that waited for a worker the whole time
     assert len(done) == 4 and all(t < 6.0 + 2.5 for t, _ in done)
     assert all("time limit" in msg for _, msg in done)
-    assert sum("not started" in msg for _, msg in done) >= 1
 
 
 def test_memory_returns_to_its_baseline(pool_svc: SqlService) -> None:
