@@ -18,6 +18,7 @@ import pytest
 from storage import synth
 from storage.layout import date_dir, day_of_ms, default_tables
 from storage.sql import SqlRefused, SqlService, check_statement, to_csv, to_json, to_text
+from storage.sql_pool import SqlPool
 from storage.sql_worker import landlock_abi
 from storage.writer import write_file
 
@@ -288,3 +289,38 @@ def test_workers_cannot_write_files_at_os_level(pool_svc: SqlService) -> None:
     assert infos and all(info.get("ready") for info in infos)
     if landlock_abi() >= 1:
         assert all(info.get("landlock") for info in infos)
+
+
+def test_deadline_counts_from_submission_and_the_queue_is_bounded(store: Path) -> None:
+    pool = SqlPool(store, workers=1, express=False, max_waiting=2)
+    try:
+        pool.wait_ready()
+        done: dict[str, tuple[float, str]] = {}
+
+        def run(name: str, timeout_s: float) -> None:
+            t0 = time.monotonic()
+            try:
+                pool.query(HEAVY, timeout_s=timeout_s, max_rows=10)
+                done[name] = (time.monotonic() - t0, "finished")
+            except SqlRefused as exc:
+                done[name] = (time.monotonic() - t0, str(exc))
+
+        first = threading.Thread(target=run, args=("first", 4.0))
+        first.start()
+        time.sleep(0.5)
+        second = threading.Thread(target=run, args=("second", 1.5))
+        second.start()
+        time.sleep(0.3)
+        with pytest.raises(SqlRefused, match="busy"):  # a third one: over max_waiting
+            pool.query("SELECT 1", timeout_s=5.0, max_rows=10)
+        first.join()
+        second.join()
+        # the second waited for the only worker and was refused at 1.5 s from its
+        # submission, not 1.5 s after the first one freed the worker
+        took, msg = done["second"]
+        assert "not started within its 1.5 s time limit" in msg and 1.4 < took < 2.5
+        took, msg = done["first"]
+        assert "stopped at its 4 s time limit" in msg and took < 4.0 + 2.5
+        assert pool.query("SELECT 1 AS x", timeout_s=5.0, max_rows=10).to_pylist() == [{"x": 1}]
+    finally:
+        pool.close()
