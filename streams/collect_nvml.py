@@ -13,7 +13,20 @@ value it has instead of NaN (a NaN frame would be dead-lettered downstream):
 - clock-event reasons: ``nvmlDeviceGetCurrentClocksEventReasons``, else the deprecated
   ``...ThrottleReasons`` call of older drivers, else 0;
 - XID: the last critical XID seen on that GPU since the collector started (sticky, like
-  DCGM's ``DCGM_FI_DEV_XID_ERRORS``), 0 = none; 0 also where XID events are unsupported.
+  DCGM's ``DCGM_FI_DEV_XID_ERRORS``), 0 = none; 0 also where XID events are unsupported;
+- ECC: ``nvmlDeviceGetTotalEccErrors`` corrected and uncorrected, volatile (since driver
+  load); 0 where ECC is off or unsupported;
+- remapped rows: ``nvmlDeviceGetRemappedRows`` (Ampere and newer): correctable plus
+  uncorrectable remaps, and the pending / failure flags; 0 where unsupported;
+- NVLink errors: CRC flit + CRC data + replay + recovery counters summed over every link,
+  read as the ``NVML_FI_DEV_NVLINK_*_TOTAL`` fields in one call, else per link with
+  ``nvmlDeviceGetNvLinkErrorCounter``; 0 on GPUs without NVLink;
+- thermal margin: ``nvmlDeviceGetTemperatureThreshold(SLOWDOWN)`` (read once per GPU)
+  minus the die temperature, else ``nvmlDeviceGetMarginTemperature``, else the margin to
+  the reference 89 C (``streams.schema.DEFAULT_SLOWDOWN_C``).
+
+Every optional call is guarded: a GPU answering NotSupported is not asked again, and a
+count beyond the codec's bound (a driver's "not available" sentinel) reads 0.
 
 The NVML module is a parameter (``open_nvml(nvml=...)``), so tests drive the collector
 with a fake module object and no GPU.
@@ -33,7 +46,8 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from streams.codec import encode_frame, gpu_batch
+from streams.codec import DEFAULT_LIMITS, encode_frame, gpu_batch
+from streams.schema import DEFAULT_SLOWDOWN_C, ROW_REMAP_FAILURE, ROW_REMAP_PENDING
 from twin.errors import NoGpuError, TwinError
 
 log = logging.getLogger(__name__)
@@ -64,6 +78,12 @@ class GpuReading:
     clock_event_reasons: int  # NVML clock-event (throttle) bitmask
     xid: int  # last critical XID, 0 = none
     power_limit_mw: int  # enforced power limit [mW]
+    ecc_corrected: int = 0  # volatile corrected ECC errors [count]
+    ecc_uncorrected: int = 0  # volatile uncorrected ECC errors [count]
+    remapped_rows: int = 0  # HBM rows remapped, correctable + uncorrectable [count]
+    row_remap_flags: int = 0  # 0x1 remap pending, 0x2 a remap failed
+    nvlink_errors: int = 0  # NVLink CRC + replay + recovery errors, all links [count]
+    thermal_margin_k: float | None = None  # slowdown temp - die temp [K]; None: unknown
 
 
 def frame_from_readings(
@@ -93,6 +113,20 @@ def frame_from_readings(
         "clock_event_reasons": np.array([r.clock_event_reasons for r in readings], dtype=np.uint64),
         "xid": np.array([r.xid for r in readings], dtype=np.uint32),
         "power_limit_w": np.array([r.power_limit_mw for r in readings], dtype=np.float64) / 1000.0,
+        "ecc_corrected": np.array([r.ecc_corrected for r in readings], dtype=np.uint64),
+        "ecc_uncorrected": np.array([r.ecc_uncorrected for r in readings], dtype=np.uint64),
+        "remapped_rows": np.array([r.remapped_rows for r in readings], dtype=np.uint32),
+        "row_remap_flags": np.array([r.row_remap_flags for r in readings], dtype=np.uint8),
+        "nvlink_errors": np.array([r.nvlink_errors for r in readings], dtype=np.uint64),
+        "thermal_margin_k": np.array(
+            [
+                DEFAULT_SLOWDOWN_C - r.temp_gpu_c
+                if r.thermal_margin_k is None
+                else r.thermal_margin_k
+                for r in readings
+            ],
+            dtype=np.float32,
+        ),
     }
     return gpu_batch(ts_ms, rack, columns)
 
@@ -197,6 +231,11 @@ class NvmlCollector:
         self.energy_integrated = [False] * n
         self._energy_mj = [0.0] * n
         self._last_xid = [0] * n
+        #: Optional readings a GPU answered NotSupported to, by name: not asked again.
+        self.unsupported: list[set[str]] = [set() for _ in range(n)]
+        #: Slowdown temperature [C] per GPU, read once (None: not read yet or unsupported).
+        self.slowdown_c: list[float | None] = [None] * n
+        self._nvlink_links: list[list[int] | None] = [None] * n  # links that answer
         self._last_sample_s: float | None = None
         self._error: type[BaseException] = getattr(nvml.module, "NVMLError", Exception)
         self._events = self._register_xid_events()
@@ -229,12 +268,12 @@ class NvmlCollector:
     def _read_gpu(self, i: int, handle: Any, dt_s: float) -> GpuReading:
         m = self.nvml.module
         power_mw = int(self._essential(i, "power", m.nvmlDeviceGetPowerUsage, handle))
+        temp_c = float(self._essential(i, "temperature", m.nvmlDeviceGetTemperature, handle, 0))
+        corr, unc, pending, failed = self._remapped_rows(i, handle)
         return GpuReading(
             power_mw=power_mw,
             energy_mj=self._energy(i, handle, power_mw, dt_s),
-            temp_gpu_c=float(
-                self._essential(i, "temperature", m.nvmlDeviceGetTemperature, handle, 0)
-            ),
+            temp_gpu_c=temp_c,
             temp_mem_c=self._mem_temp(i, handle),
             sm_clock_mhz=int(
                 self._essential(i, "SM clock", m.nvmlDeviceGetClockInfo, handle, m.NVML_CLOCK_SM)
@@ -247,7 +286,121 @@ class NvmlCollector:
             power_limit_mw=int(
                 self._essential(i, "power limit", m.nvmlDeviceGetEnforcedPowerLimit, handle)
             ),
+            ecc_corrected=self._ecc(i, handle, corrected=True),
+            ecc_uncorrected=self._ecc(i, handle, corrected=False),
+            remapped_rows=min(corr + unc, DEFAULT_LIMITS.max_remapped_rows),
+            row_remap_flags=(ROW_REMAP_PENDING if pending else 0)
+            | (ROW_REMAP_FAILURE if failed else 0),
+            nvlink_errors=self._nvlink_errors(i, handle),
+            thermal_margin_k=self._thermal_margin(i, handle, temp_c),
         )
+
+    # -- optional readings: guarded, NotSupported once means never asked again ----------
+    def _optional(self, i: int, what: str, fn: Callable[..., Any] | None, *args: Any) -> Any:
+        """fn(*args), or None where the GPU (or the bindings) do not support it."""
+        if fn is None or what in self.unsupported[i]:
+            return None
+        try:
+            return fn(*args)
+        except self._error as exc:
+            code = _nvml_code(exc)
+            if code in (_NVML_ERROR_NOT_SUPPORTED, _NVML_ERROR_FUNCTION_NOT_FOUND):
+                self.unsupported[i].add(what)
+                log.info("GPU %d: %s not supported; reads as a default", i, what)
+            return None
+
+    def _count(self, value: Any) -> int:
+        """An NVML counter as an int; a value beyond the codec's bound (a driver's
+        "not available" sentinel) or below 0 reads 0."""
+        n = int(value)
+        return n if 0 <= n <= DEFAULT_LIMITS.max_error_count else 0
+
+    def _ecc(self, i: int, handle: Any, *, corrected: bool) -> int:
+        m = self.nvml.module
+        kind = 0 if corrected else 1  # NVML_MEMORY_ERROR_TYPE_CORRECTED / _UNCORRECTED
+        what = "ECC corrected" if corrected else "ECC uncorrected"
+        fn = getattr(m, "nvmlDeviceGetTotalEccErrors", None)
+        got = self._optional(i, what, fn, handle, kind, 0)  # 0: NVML_VOLATILE_ECC
+        return 0 if got is None else self._count(got)
+
+    def _remapped_rows(self, i: int, handle: Any) -> tuple[int, int, int, int]:
+        fn = getattr(self.nvml.module, "nvmlDeviceGetRemappedRows", None)
+        got = self._optional(i, "remapped rows", fn, handle)
+        if got is None:
+            return 0, 0, 0, 0
+        corr, unc, pending, failed = (int(x) for x in got)
+        return max(corr, 0), max(unc, 0), pending, failed
+
+    def _nvlink_errors(self, i: int, handle: Any) -> int:
+        m = self.nvml.module
+        fields = [
+            getattr(m, name, None)
+            for name in (
+                "NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
+                "NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL",
+                "NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
+                "NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL",
+            )
+        ]
+        ids = [f for f in fields if f is not None]
+        if ids and "NVLink fields" not in self.unsupported[i]:
+            got = self._optional(
+                i, "NVLink fields", getattr(m, "nvmlDeviceGetFieldValues", None), handle, ids
+            )
+            if got is not None:
+                ok = [v for v in got if int(v.nvmlReturn) == _NVML_SUCCESS]
+                if ok:
+                    return self._count(sum(int(_field_number(v)) for v in ok))
+                self.unsupported[i].add("NVLink fields")
+        return self._nvlink_per_link(i, handle)
+
+    def _nvlink_per_link(self, i: int, handle: Any) -> int:
+        m = self.nvml.module
+        fn = getattr(m, "nvmlDeviceGetNvLinkErrorCounter", None)
+        if fn is None or "NVLink counters" in self.unsupported[i]:
+            return 0
+        counters = (0, 1, 2, 3)  # NVML_NVLINK_ERROR_DL_REPLAY, _RECOVERY, _CRC_FLIT, _CRC_DATA
+        links = self._nvlink_links[i]
+        if links is None:  # first read: find the links that answer, then ask only those
+            links = []
+            for link in range(int(getattr(m, "NVML_NVLINK_MAX_LINKS", 18))):
+                try:
+                    fn(handle, link, counters[0])
+                except self._error:
+                    continue
+                links.append(link)
+            self._nvlink_links[i] = links
+            if not links:
+                self.unsupported[i].add("NVLink counters")
+                return 0
+        total = 0
+        for link in links:
+            for c in counters:
+                try:
+                    total += int(fn(handle, link, c))
+                except self._error:
+                    continue
+        return self._count(total)
+
+    def _thermal_margin(self, i: int, handle: Any, temp_c: float) -> float | None:
+        m = self.nvml.module
+        if self.slowdown_c[i] is None:
+            slow = self._optional(
+                i,
+                "slowdown threshold",
+                getattr(m, "nvmlDeviceGetTemperatureThreshold", None),
+                handle,
+                1,  # NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
+            )
+            # a threshold of 0 C is a GPU that does not report one
+            self.slowdown_c[i] = float(slow) if slow is not None and float(slow) > 0 else None
+        slowdown = self.slowdown_c[i]
+        if slowdown is not None:
+            return slowdown - temp_c
+        margin = self._optional(
+            i, "margin temperature", getattr(m, "nvmlDeviceGetMarginTemperature", None), handle
+        )
+        return None if margin is None else float(margin)
 
     def _essential(self, i: int, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -48,6 +48,13 @@ class FakeGpu:
     reasons: int = 0
     limit_mw: int = 1_800_000
     broken: bool = False  # power read fails
+    # telemetry.gpu/v2 sources; None: NotSupported
+    ecc: tuple[int, int] | None = None  # (corrected, uncorrected) volatile
+    remap: tuple[int, int, int, int] | None = None  # (corr, unc, pending, failure)
+    nvlink_totals: tuple[int, int, int, int] | None = None  # CRC flit, CRC data, replay, recov.
+    nvlink_links: dict[int, int] | None = None  # link -> errors per counter (per-link API)
+    slowdown_c: int | None = None  # NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
+    margin_c: int | None = None  # nvmlDeviceGetMarginTemperature
 
 
 @dataclass
@@ -64,7 +71,13 @@ class FakeNvml:
     NVMLError = FakeNvmlError
     NVML_CLOCK_SM = 1
     NVML_FI_DEV_MEMORY_TEMP = 82
+    NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL = 38
+    NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL = 45
+    NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL = 52
+    NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL = 59
+    NVML_NVLINK_MAX_LINKS = 18
     nvmlEventTypeXidCriticalError = 0x8
+    calls: dict[str, int] = field(default_factory=dict)  # v2 call -> times called
 
     def nvmlInit(self) -> None:
         if self.init_error is not None:
@@ -104,10 +117,62 @@ class FakeNvml:
         return self.gpus[handle].temp_c
 
     def nvmlDeviceGetFieldValues(self, handle: int, ids: list[int]) -> list[Any]:
-        assert ids == [self.NVML_FI_DEV_MEMORY_TEMP]
-        temp = self.gpus[handle].mem_temp_c
-        ret = NOT_SUPPORTED if temp is None else 0
-        return [SimpleNamespace(nvmlReturn=ret, valueType=1, value=SimpleNamespace(uiVal=temp))]
+        gpu = self.gpus[handle]
+        if ids == [self.NVML_FI_DEV_MEMORY_TEMP]:
+            temp = gpu.mem_temp_c
+            ret = NOT_SUPPORTED if temp is None else 0
+            return [SimpleNamespace(nvmlReturn=ret, valueType=1, value=SimpleNamespace(uiVal=temp))]
+        assert ids == [38, 45, 52, 59]
+        self._count("nvlink fields")
+        totals = gpu.nvlink_totals
+        return [
+            SimpleNamespace(
+                nvmlReturn=NOT_SUPPORTED if totals is None else 0,
+                valueType=3,  # unsigned long long
+                value=SimpleNamespace(ullVal=0 if totals is None else totals[k]),
+            )
+            for k in range(4)
+        ]
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: int, kind: int, counter: int) -> int:
+        assert counter == 0  # volatile
+        self._count("ecc")
+        ecc = self.gpus[handle].ecc
+        if ecc is None:
+            raise FakeNvmlError(NOT_SUPPORTED)
+        return ecc[kind]
+
+    def nvmlDeviceGetRemappedRows(self, handle: int) -> tuple[int, int, int, int]:
+        self._count("remap")
+        remap = self.gpus[handle].remap
+        if remap is None:
+            raise FakeNvmlError(NOT_SUPPORTED)
+        return remap
+
+    def nvmlDeviceGetNvLinkErrorCounter(self, handle: int, link: int, counter: int) -> int:
+        self._count("nvlink link")
+        links = self.gpus[handle].nvlink_links
+        if links is None or link not in links:
+            raise FakeNvmlError(NOT_SUPPORTED)
+        return links[link]
+
+    def nvmlDeviceGetTemperatureThreshold(self, handle: int, kind: int) -> int:
+        assert kind == 1  # SLOWDOWN
+        self._count("threshold")
+        slow = self.gpus[handle].slowdown_c
+        if slow is None:
+            raise FakeNvmlError(NOT_SUPPORTED)
+        return slow
+
+    def nvmlDeviceGetMarginTemperature(self, handle: int) -> int:
+        self._count("margin")
+        margin = self.gpus[handle].margin_c
+        if margin is None:
+            raise FakeNvmlError(NOT_SUPPORTED)
+        return margin
 
     def nvmlDeviceGetClockInfo(self, handle: int, kind: int) -> int:
         assert kind == self.NVML_CLOCK_SM
@@ -239,6 +304,12 @@ readings_strategy = st.builds(
     clock_event_reasons=st.integers(0, 2**16),
     xid=st.integers(0, 200),
     power_limit_mw=st.integers(100_000, 4_000_000),
+    ecc_corrected=st.integers(0, 2**48),
+    ecc_uncorrected=st.integers(0, 2**48),
+    remapped_rows=st.integers(0, 65_535),
+    row_remap_flags=st.integers(0, 3),
+    nvlink_errors=st.integers(0, 2**48),
+    thermal_margin_k=st.one_of(st.none(), st.integers(-50, 100).map(float)),
 )
 
 
@@ -344,3 +415,76 @@ async def test_collect_loop_refuses_a_zero_interval() -> None:
 
     with pytest.raises(ValueError, match="interval_s"):
         await collect_loop(collector, publish, 0.0, asyncio.Event())
+
+
+# -- telemetry.gpu/v2 fields ---------------------------------------------------------------
+
+
+def test_collector_reads_ecc_remaps_nvlink_and_margin() -> None:
+    gpus = [
+        FakeGpu(
+            power_mw=1_000_000,
+            temp_c=70,
+            mem_temp_c=75,
+            energy_mj=1,
+            ecc=(12, 1),
+            remap=(3, 1, 1, 0),
+            nvlink_totals=(5, 6, 7, 8),
+            slowdown_c=87,
+        ),
+        # per-link NVLink counters only, no threshold but a margin call
+        FakeGpu(
+            power_mw=1_000_000,
+            temp_c=60,
+            mem_temp_c=75,
+            energy_mj=1,
+            ecc=(0, 0),
+            remap=(0, 0, 0, 1),
+            nvlink_links={0: 2, 5: 1},
+            margin_c=21,
+        ),
+        # nothing of v2 supported (an old GPU): defaults, margin to the reference 89 C
+        FakeGpu(power_mw=300_000, temp_c=50, mem_temp_c=55, energy_mj=1),
+    ]
+    fake = FakeNvml(gpus=gpus)
+    collector = NvmlCollector(open_nvml(fake), rack="r01", clock=FakeClock(1_780_000_000.0))
+    cols = collector.read().to_pydict()
+    assert cols["ecc_corrected"] == [12, 0, 0]
+    assert cols["ecc_uncorrected"] == [1, 0, 0]
+    assert cols["remapped_rows"] == [4, 0, 0]
+    assert cols["row_remap_flags"] == [1, 2, 0]  # pending; failure occurred; none
+    assert cols["nvlink_errors"] == [26, 4 * (2 + 1), 0]  # 4 counters per answering link
+    assert cols["thermal_margin_k"] == [17.0, 21.0, 89.0 - 50.0]
+    assert collector.slowdown_c == [87.0, None, None]
+    # NotSupported answers are not asked again; the threshold is read once per GPU
+    before = dict(fake.calls)
+    collector.read()
+    after = fake.calls
+    assert after["threshold"] == before["threshold"] == 3
+    assert after["ecc"] - before["ecc"] == 2 * 2  # GPUs 0 and 1, corrected + uncorrected
+    assert after["remap"] - before["remap"] == 2
+    assert after["nvlink link"] - before["nvlink link"] == 2 * 4  # GPU 1: its 2 links
+    assert "ECC corrected" in collector.unsupported[2]
+
+
+def test_sentinel_counts_read_zero_and_frames_decode() -> None:
+    from streams.codec import encode_frame
+
+    gpu = FakeGpu(
+        power_mw=1_000_000,
+        temp_c=70,
+        mem_temp_c=75,
+        energy_mj=1,
+        ecc=(2**64 - 1, 3),
+        nvlink_totals=(2**63, 0, 0, 0),
+        remap=(70_000, 0, 0, 0),
+    )
+    collector = NvmlCollector(open_nvml(FakeNvml(gpus=[gpu])), rack="r", clock=FakeClock(1e9))
+    batch = collector.read()
+    cols = batch.to_pydict()
+    assert cols["ecc_corrected"] == [0]
+    assert cols["ecc_uncorrected"] == [3]
+    assert cols["nvlink_errors"] == [0]
+    assert cols["remapped_rows"] == [65_535]
+    frame = decode_gpu_frame(encode_frame(batch), key=b"r", now_ms=None)
+    assert frame.columns["ecc_uncorrected"].tolist() == [3]
