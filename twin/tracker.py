@@ -389,9 +389,12 @@ class FacilityTracker:
     def worst_gpu_temp_c(self) -> FloatArray:
         """Per GPU (n_racks, n_gpus): the hotter of the model's die temperature and a
         measured one at most MEASURED_MAX_AGE_S old [C]."""
+        return np.fmax(self._state.gpu_temp_c, self._fresh_measured_c())  # NaN loses
+
+    def _fresh_measured_c(self) -> FloatArray:
+        """Measured die temperatures [C] (R, G) at most MEASURED_MAX_AGE_S old, NaN else."""
         fresh = (self._ts_ms - self._meas_ts_ms) <= MEASURED_MAX_AGE_S * 1000.0
-        meas = np.where(fresh, self._meas_temp_c, np.nan)
-        return np.fmax(self._state.gpu_temp_c, meas)  # fmax: NaN (not measured) loses
+        return np.where(fresh, self._meas_temp_c, np.nan)
 
     def rack_headroom(self) -> dict[str, np.ndarray]:
         """Per rack (n_racks,), for an operator: headroom_k [K] = min over the rack's GPUs of
@@ -401,9 +404,8 @@ class FacilityTracker:
         seconds_to_throttle_s [s] until the first GPU reaches slowdown at the model's present
         trend, from the worse temperature."""
         st, slow = self._state, self.site.gpu.slowdown_c
-        worst = self.worst_gpu_temp_c()
-        fresh = (self._ts_ms - self._meas_ts_ms) <= MEASURED_MAX_AGE_S * 1000.0
-        meas = np.where(fresh, self._meas_temp_c, np.nan)
+        meas = self._fresh_measured_c()
+        worst = np.fmax(st.gpu_temp_c, meas)  # fmax: NaN (not measured) loses
         rack_fresh = (self._ts_ms - self._meas_rack_ts_ms) <= MEASURED_MAX_AGE_S * 1000.0
         rack_meas = np.where(rack_fresh, self._meas_rack_max_c, np.nan)
         # the hottest measured die per rack (NaN where nothing is measured: fmax skips NaN)
