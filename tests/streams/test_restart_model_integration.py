@@ -167,6 +167,23 @@ def _own_fits(worker: WorkerProcess, racks: list[str], timeout_s: float = 60.0) 
     raise AssertionError(f"racks not owned with a model in {timeout_s}s\n{worker.log_tail()}")
 
 
+def _learning(
+    worker: WorkerProcess, racks: list[str], since: dict[str, Fit], timeout_s: float = 60.0
+) -> dict[str, Fit]:
+    """The fits once every GPU has taken 10 updates more than any had in ``since``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        fits = _own_fits(worker, racks)
+        if all(fits[r].updates.min() > since[r].updates.max() + 10 for r in racks):
+            return fits
+        assert time.monotonic() < deadline, (
+            f"the fit stopped at {[fits[r].updates.min() for r in racks]} updates "
+            f"(since: {[since[r].updates.max() for r in racks]}); "
+            f"{worker.get_json('/healthz')}\n{worker.log_tail()}"
+        )
+        time.sleep(0.2)
+
+
 def _healthy(worker: WorkerProcess, timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -213,11 +230,15 @@ def test_fitted_models_survive_ten_random_sigkills(
         deadline = time.monotonic() + 90
         while True:
             ckpt = asyncio.run(_changelog(broker.bootstrap, changelog))
-            if set(ckpt) >= set(racks) and min(ckpt[r].updates.min() for r in racks) >= 80:
+            if set(ckpt) >= set(racks) and min(ckpt[r].updates.min() for r in racks) >= 100:
                 break
             assert time.monotonic() < deadline, f"no checkpoints\n{worker.log_tail()}"
             time.sleep(1.0)
+        after = _own_fits(worker, racks)
         for kill in range(1, KILLS + 1):
+            # each worker learns something before it is killed, so that the counts must go
+            # on across the kills, not merely not drop
+            _learning(worker, racks, after)
             time.sleep(rng.uniform(0.0, 3.0))
             before = _own_fits(worker, racks)
             worker.kill()
@@ -239,8 +260,8 @@ def test_fitted_models_survive_ten_random_sigkills(
                 )
                 _assert_fitted(got, f"kill {kill} {rack} after restart")
                 # what was checkpointed is what came back (plus what was applied since)
-                assert np.all(np.abs(got.r_k_w / floor.r_k_w - 1) < 0.02), rack
-                assert np.all(np.abs(got.c_j_k / floor.c_j_k - 1) < 0.10), rack
+                assert np.all(np.abs(got.r_k_w / floor.r_k_w - 1) < 0.05), rack
+                assert np.all(np.abs(got.c_j_k / floor.c_j_k - 1) < 0.15), rack
             rows.append(
                 f"{broker.kind} kill {kill:2d}: healthy {t_healthy:5.1f} s, "
                 f"restored {t_restored:5.1f} s; "
@@ -253,18 +274,7 @@ def test_fitted_models_survive_ten_random_sigkills(
             )
             with capsys.disabled():
                 print(rows[-1], flush=True)
-        # the restored fit goes on learning from the frames that follow
-        deadline = time.monotonic() + 30
-        while True:
-            last = _own_fits(worker, racks)
-            if all(last[r].updates.min() > after[r].updates.max() + 20 for r in racks):
-                break
-            assert time.monotonic() < deadline, (
-                f"the fit stopped at {[last[r].updates.min() for r in racks]} updates "
-                f"(restored: {[after[r].updates.max() for r in racks]}); "
-                f"{worker.get_json('/healthz')}\n{worker.log_tail()}"
-            )
-            time.sleep(0.5)
+        last = _learning(worker, racks, after)
         for rack in racks:
             _assert_fitted(last[rack], f"{rack} at the end")
         with capsys.disabled():
