@@ -81,11 +81,20 @@ def starting_point(
     return site, sim.state, start_ms, "plan", f"fresh site warmed up {warm_s / 60:.0f} min"
 
 
-def _json_default(x: Any) -> Any:
-    """numpy scalars in the result as plain numbers (JSON has no NaN or infinity: None)."""
+def _finite(x: Any) -> Any:
+    """``x`` with every non-finite number as None (JSON has no NaN or infinity) and numpy
+    scalars as plain numbers."""
     import math
 
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (bool, str)) or x is None:
+        return x
     f = float(x)
+    if isinstance(x, int) or (f.is_integer() and type(x).__name__.startswith("int")):
+        return int(x)
     return f if math.isfinite(f) else None
 
 
@@ -161,7 +170,7 @@ def run_whatif_cli(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        print(json.dumps(result.as_dict(), indent=2, allow_nan=False, default=_json_default))
+        print(json.dumps(_finite(result.as_dict()), indent=2, allow_nan=False))
     else:
         print(result.summary())
     if args.out:

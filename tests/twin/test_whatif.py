@@ -332,6 +332,35 @@ def test_cli_from_snapshot_file_prints_summary_and_writes_png(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_json_names_the_minute_and_the_racks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = load_site(racks=8)
+    snap = TwinSnapshot(state=_warm(site, 0.5), meta={"racks": "8", "ts_ms": str(JULY_15_14H_MS)})
+    path = save_snapshot(tmp_path / "twin.npz", snap)
+    args = _args("--snapshot", str(path), "--scenario", "pump_trip:CDU01", "--horizon", "2m",
+                 "--no-progress", "--json")  # fmt: skip
+    assert args.handler(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    limits = {x["limit"]: x for x in data["limits"]}
+    # 8 racks, one CDU: every rack loses its flow; slowdown in the first minute
+    assert limits["gpu_slowdown"]["groups"] == [
+        {"units": "R0001-R0008", "first_min": limits["gpu_slowdown"]["first_min"]}
+    ]
+    assert 0.0 < limits["gpu_slowdown"]["first_min"] < 1.0
+    assert limits["gpu_shutdown"]["units"] == [f"R{i:04d}" for i in range(1, 9)]
+    assert data["kpis"]["max_gpu_temp_c"] <= 92.0 + 1e-6
+    assert data["racks"] == 8 and data["scenarios"] == ["pump_trip:CDU01"]
+
+
+def test_json_form_has_no_nan_or_numpy() -> None:
+    from twin.whatif_cli import _finite
+
+    out = _finite({"a": np.float64("nan"), "b": [np.int64(3), 1.5, float("inf")], "c": None})
+    assert out == {"a": None, "b": [3, 1.5, None], "c": None}
+    assert json.dumps(out, allow_nan=False)
+
+
 @pytest.fixture
 def worker_url(tmp_path: Path) -> Iterator[str]:
     site = load_site(racks=8)
