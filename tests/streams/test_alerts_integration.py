@@ -29,12 +29,12 @@ from storage.decode import decode_message
 from storage.layout import default_tables
 from streams.brokers import Broker
 from streams.brokers.ports import free_port
-from streams.codec import encode_frame
+from streams.codec import encode_frame, gpu_batch
 from streams.producer import FramePublisher
 from streams.settings import Topics
 from streams.topics_admin import ensure_topics
 from tests.conftest import in_ci
-from tests.streams.frames import known_gpu_batch, with_column
+from tests.streams.frames import gpu_columns
 from tests.streams.workerproc import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -93,11 +93,16 @@ class Alertmanager:
             stderr=subprocess.STDOUT,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while request(self.url + "/-/ready")[0] != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"alertmanager did not start: {(tmp / 'alertmanager.log')}")
-            time.sleep(0.2)
+        try:
+            deadline = time.monotonic() + 30
+            while request(self.url + "/-/ready")[0] != 200:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = (tmp / "alertmanager.log").read_text(errors="replace")[-2000:]
+                    raise AssertionError(f"alertmanager did not start:\n{log}")
+                time.sleep(0.2)
+        except BaseException:
+            self.stop()  # never leave it running behind a failed start
+            raise
 
     def alerts(self) -> list[dict[str, Any]]:
         status, body = request(self.url + "/api/v2/alerts")
@@ -138,11 +143,11 @@ def rules_file(tmp: Path) -> Path:
 
 def gpu_frame(temp_hot_c: float) -> bytes:
     ts = time.time_ns() // 1_000_000
-    batch = known_gpu_batch(RACK, ts, n=8, seed=3)
-    temps = np.full(8, 50.0)
-    temps[HOT_GPU] = temp_hot_c
-    batch = with_column(batch, "temp_gpu_c", temps)
-    return encode_frame(with_column(batch, "clock_event_reasons", np.zeros(8)))
+    cols = gpu_columns(8, seed=3)
+    cols["temp_gpu_c"] = np.full(8, 50.0, dtype=np.float32)
+    cols["temp_gpu_c"][HOT_GPU] = temp_hot_c
+    cols["clock_event_reasons"] = np.zeros(8, dtype=np.uint64)
+    return encode_frame(gpu_batch(ts, RACK, cols))
 
 
 async def _publish(bootstrap: str, topic: str, frames: list[bytes]) -> None:
@@ -279,3 +284,63 @@ def test_thermal_alert_reaches_alertmanager_is_acked_survives_a_restart_and_reso
         assert states[0] == "UNACK" and "ACKED" in states and states[-1] == "NORM"
     finally:
         worker.stop()
+
+
+def test_an_ack_on_any_worker_reaches_the_owner_of_the_alert(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    from models.alerting import alert_id
+
+    topics = Topics(topic_prefix)
+    asyncio.run(ensure_topics(broker.bootstrap, topics, 8))
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    extra = ("--api-token-file", str(token_file), "--alert-rules", str(rules_file(tmp_path)))
+    workers = [
+        WorkerProcess(broker.url, topic_prefix, tmp_path / f"w{i}", extra=extra) for i in (0, 1)
+    ]
+    aid = alert_id(RACK, "gpu_thermal_margin", f"{RACK}/g{HOT_GPU}")
+    try:
+        for w in workers:
+            w.wait_healthy()
+
+        def split() -> tuple[int, ...]:
+            docs = [w.get_json("/healthz")[1] or {} for w in workers]
+            return tuple(int(d.get("assigned_partitions", 0)) for d in docs)
+
+        # both in the group and no rebalance under way: the same split for 2 s
+        deadline = time.monotonic() + 90
+        seen: list[tuple[int, ...]] = []
+        while not (len(seen) >= 5 and len(set(seen[-5:])) == 1 and min(seen[-1]) > 0):
+            assert time.monotonic() < deadline, f"workers never shared the partitions: {seen}"
+            seen.append(split())
+            time.sleep(0.5)
+
+        def owner() -> WorkerProcess | None:
+            for w in workers:
+                status, doc = w.get_json(f"/api/alerts/{aid}")
+                if status == 200 and doc["state"] == "UNACK":
+                    return w
+            return None
+
+        # the worker owning the rack's partition raises the alert
+        held = send_until(broker, topics, SLOWDOWN_C - 2.0, owner, "the alert on its owner")
+        other = workers[1] if held is workers[0] else workers[0]
+        assert other.get_json(f"/api/alerts/{aid}")[0] == 404
+        url = f"{other.url}/api/alerts/{aid}/ack"
+        assert request(url, {"comment": "x"})[0] == 401
+        status, doc = request(url, {"comment": "from the other worker", "by": "op-ben"}, TOKEN)
+        assert status == 202 and doc == {"forwarded": True, "owner": RACK, "id": aid}
+
+        def acked() -> dict[str, Any] | None:
+            status, doc = held.get_json(f"/api/alerts/{aid}")
+            return doc if status == 200 and doc["state"] == "ACKED" else None
+
+        doc = send_until(broker, topics, SLOWDOWN_C - 2.0, acked, "the forwarded ack")
+        assert (doc["ack_by"], doc["ack_comment"]) == ("op-ben", "from the other worker")
+        # malformed actions are refused where they are posted
+        assert request(url, {"comment": 5}, TOKEN)[0] == 400
+        assert request(f"{other.url}/api/alerts/..%2Fx/ack", {}, TOKEN)[0] in (400, 404)
+    finally:
+        for w in workers:
+            w.stop()
