@@ -613,6 +613,18 @@ def run_whatif(
             f"load x{setup.load_factor:.2f}: GPU utilisation capped at 100 %, IT power "
             f"{it0 / 1e6:.2f} -> {it1 / 1e6:.2f} MW ({(it1 / max(it0, 1e-9) - 1) * 100:+.1f} %)"
         )
+    if base is not None:
+        mwh = 3.6e9
+        d_it = (base.energy_j("it_power_w") - series.energy_j("it_power_w")) / mwh
+        d_dh = (base.energy_j("heat_to_dh_w") - series.energy_j("heat_to_dh_w")) / mwh
+        d_dc = (base.energy_j("heat_to_dc_w") - series.energy_j("heat_to_dc_w")) / mwh
+        if d_it > 0.01 and abs(d_dh) < 0.1 * d_it:
+            # the operator sees district heat unchanged under a trip: say why
+            notes.append(
+                f"IT energy {d_it:.2f} MWh lower; district heat is held at the town's demand "
+                f"(it takes less than the site makes), so the heat not produced comes off the "
+                f"dry coolers ({d_dc:.2f} MWh less)"
+            )
     return WhatIfResult(
         parsed,
         horizon_s,

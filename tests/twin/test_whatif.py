@@ -139,6 +139,30 @@ def test_a_trip_cuts_it_energy_and_district_heat_together_and_energy_closes(
     assert data["kpis"]["it_energy_mwh"] == pytest.approx(it_s)
 
 
+def test_in_winter_district_heat_stays_at_demand_and_the_dry_coolers_give_way() -> None:
+    """16 racks at 90 % load in January make 3.1 MW; the town takes 2 MW of district heat.
+    A trip of half the racks leaves district heat where it was; the dry coolers reject the
+    heat no longer produced, and the summary says so."""
+    site = load_site(racks=16)
+    util = np.full((16, 72), 0.9)
+    inputs = nominal_inputs(site, util, outdoor_c=-5.0, day_of_year=15.0)
+    state = initial_state(site, outdoor_c=-5.0)
+    for _ in range(40):
+        state = step(site, state, inputs, 60.0)
+    assert state.dh_offtake_w == state.hp_heat_w == 2.0e6
+    jan_15_12h_ms = 1_768_478_400_000
+    result = run_whatif(site, state, ["pump_trip:CDU02"], 1800.0, 5.0, progress=False,
+                        start_ms=jan_15_12h_ms)  # fmt: skip
+    s, b = result.series, result.baseline
+    assert b is not None
+    d_it = b.energy_j("it_power_w") - s.energy_j("it_power_w")
+    d_dc = b.energy_j("heat_to_dc_w") - s.energy_j("heat_to_dc_w")
+    assert d_it > 0.45 * b.energy_j("it_power_w")
+    assert_allclose(s.energy_j("heat_to_dh_w"), b.energy_j("heat_to_dh_w"), rtol=1e-3)
+    assert_allclose(d_dc, d_it, rtol=0.05)  # the liquid heat not produced, off the coolers
+    assert any("held at the town's demand" in n for n in result.notes)
+
+
 @pytest.mark.parametrize("dt_s", [5.0, 60.0])
 @pytest.mark.parametrize(
     "scenario",
