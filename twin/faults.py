@@ -13,6 +13,9 @@ device index, counted from 0 (``G00``..``G71`` in a 72-GPU rack), the same numbe
 - ``sensor_drift:CDU01/supply_temp_c@30``: the reading drifts at a constant rate
 - ``ups_on_battery:UPS01@10``: the module's mains input fails; its battery carries the load
 - ``gpu_throttle_stuck:R0001/G05@5``: the GPU is stuck in hardware slowdown
+- fleet faults (``twin/fleet_faults.py``): ``xid:R0003/G05@T,code=79``,
+  ``hbm_decay:R0003/G05@T``, ``fail_slow:R0003/G05@T``, ``leak:CDU01@T``,
+  ``cascade:UPS01@T``
 
 Optional parameters follow T: ``fouling:R0003/G12@600,rate_per_s=0.002,max=3``.
 """
@@ -23,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from twin import fleet_faults
 from twin.errors import ConfigError
 from twin.site import Site
 from twin.step import StepInputs
@@ -42,6 +46,7 @@ FAULT_KINDS: dict[str, tuple[str, dict[str, float]]] = {
     "ups_on_battery": ("ups", {"duration_s": float("inf")}),
     "gpu_throttle_stuck": ("gpu", {}),
 }
+FAULT_KINDS.update(fleet_faults.FLEET_FAULT_KINDS)
 
 _FAULT_RE = re.compile(r"^([a-z_]+):([^@\s]+)@([0-9]+(?:\.[0-9]*)?)((?:,[a-z_]+=[^,\s]+)*)$")
 _GPU_RE = re.compile(r"^(R\d{4,})(?:/G(\d+))?$")
@@ -70,7 +75,7 @@ class FaultSpec:
             "target": self.target,
             "start_ts_ms": start_ms + round(self.at_s * 1000),
             "params": merged,
-        }
+        } | fleet_faults.record_extra(self, start_ms)
 
 
 def parse_fault(text: str) -> FaultSpec:
@@ -141,6 +146,7 @@ def _lookup(ids: tuple[str, ...], target: str, spec: FaultSpec) -> int:
 def resolve(spec: FaultSpec, site: Site) -> ResolvedFault:
     """Bind ``spec`` to ``site``; ConfigError when the target does not exist. Sensor points
     are checked by the simulator, which knows its frame."""
+    fleet_faults.check(spec)
     form = FAULT_KINDS[spec.kind][0]
     if form == "gpu":
         m = _GPU_RE.match(spec.target)
@@ -186,6 +192,8 @@ def apply_physical(faults: list[ResolvedFault], t_s: float, inputs: StepInputs) 
             inputs.dc_fan_ok[f.index] = False
         elif s.kind == "ups_on_battery" and age < s.param("duration_s"):
             inputs.ups_mains_ok[f.index] = False
+        elif s.kind in fleet_faults.FLEET_FAULT_KINDS:
+            fleet_faults.apply_physical(f, age, inputs)
 
 
 def sensor_reading(f: ResolvedFault, t_s: float, value: float, stuck_value: float) -> float:

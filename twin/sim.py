@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from twin import fleet_faults
 from twin import kpi as kpi_m
 from twin.errors import ConfigError
 from twin.faults import (
@@ -70,6 +71,9 @@ class Simulator:
         self.sensor_noise = sensor_noise
         self._rng = np.random.default_rng(seed)
         self._noise_rng = np.random.default_rng([seed, 1])
+        # noise of the leak-detection and supply-voltage points (twin/fleet_faults.py): a
+        # stream of its own, so adding those points moved no other reading of a seed
+        self._fleet_rng = np.random.default_rng([seed, 2]) if sensor_noise else None
         self._plan = make_plan(site.n_racks, site.gpu.tdp_w, site.workload, self._rng)
         self._weather = make_weather(site.weather)
         self._carbon_csv: HourlySeries | None = None
@@ -233,7 +237,14 @@ class Simulator:
         thermal, power = readings["thermal"], readings["power"]
         if st.it_power_w > 0.0 and st is self._state:
             add_site_kpis(power["SITE"], self.kpis())
+        # telemetry.gpu/v2 columns and the fleet faults' fingerprints (XID, ECC, remaps,
+        # NVLink, a straggler's reported limit); leak and supply-voltage points
+        fleet_faults.gpu_readings(self._faults, st.t_s, gpu, site.gpu.slowdown_c)
+        fleet_faults.plant_points(self._faults, st.t_s, site, thermal, power, self._fleet_rng)
         self._apply_sensor_faults(st.t_s, gpu, thermal, power)
+        # NVML's margin is slowdown minus the die sensor's reading: a faulty die sensor
+        # moves it too
+        np.subtract(np.float32(site.gpu.slowdown_c), gpu["temp_gpu_c"], out=gpu["thermal_margin_k"])
         return SimFrame(ts_ms, list(site.rack_ids), gpu, thermal, power, started)
 
     def _apply_sensor_faults(
@@ -266,7 +277,7 @@ class Simulator:
             if f.gpu >= 0:
                 if f.unit not in self.site.rack_ids or f.gpu >= self.site.n_gpus:
                     raise ConfigError(f"{where}: no GPU {f.unit}/G{f.gpu:02d} in this site")
-                if f.point not in frame.gpu or f.point in ("energy_mj",):
+                if f.point not in frame.gpu or f.point in ("energy_mj", "thermal_margin_k"):
                     raise ConfigError(f"{where}: expected a GPU field of {sorted(frame.gpu)}")
                 continue
             units = frame.thermal if f.unit in frame.thermal else frame.power

@@ -50,7 +50,12 @@ def test_frame_matches_gpu_schema_and_ids() -> None:
         "flow_kg_s",
         "pump_speed_frac",
         "pump_power_w",
+        # leak detection (twin/fleet_faults.py)
+        "reservoir_level_frac",
+        "loop_pressure_pa",
+        "leak_detected_bool",
     }
+    assert "input_voltage_v" in frame.power["UPS01"]
     for units in (frame.thermal, frame.power):
         for pts in units.values():
             for name, value in pts.items():
