@@ -204,6 +204,7 @@ class AlertEngine:
     _changes: dict[str, Alert] = field(default_factory=dict)
     _removed: set[str] = field(default_factory=set)
     _signatures: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    _owners_seen: set[str] = field(default_factory=set)
 
     # --- the hot path ----------------------------------------------------------------------
     def observe(
@@ -224,21 +225,27 @@ class AlertEngine:
         where: grouping keys of the owner (``{"rack": ..., "cdu": ..., "hall": ...}``); blast:
         racks fed by the owner (kept on root-cause alerts for suppression).
         """
-        if not valid_owner(owner):
-            raise ValueError(f"owner {owner!r}: expected letters, digits, _ or -")
+        rules = self.rules.by_signal(signal)
+        if not rules:
+            return
+        if owner not in self._owners_seen:
+            if not valid_owner(owner):
+                raise ValueError(f"owner {owner!r}: expected letters, digits, _ or -")
+            self._owners_seen.add(owner)
         now = self.clock() if now_s is None else float(now_s)
-        ents = np.asarray(entities, dtype=str)
+        ents = entities if isinstance(entities, np.ndarray) else np.asarray(entities, dtype=str)
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         if ents.shape != v.shape:
             raise ValueError(f"{ents.shape[0]} entities but {v.shape[0]} values")
-        finite = np.isfinite(v)
         blast_t = tuple(blast)
-        for rule in self.rules.by_signal(signal):
-            beyond_raise = finite & rule.beyond(v, rule.raise_at)
+        for rule in rules:
+            beyond_raise = rule.beyond(v, rule.raise_at)  # False where NaN
             tracked = self._tracked.get((rule.name, owner))
             cand = beyond_raise
             if tracked:
-                cand = cand | (finite & np.isin(ents, np.fromiter(tracked, dtype=ents.dtype)))
+                # ids of their own width: a fixed-width cast would cut R0001/g10 to R0001/g1
+                known = np.isin(ents, np.array(sorted(tracked)))
+                cand = cand | (np.isfinite(v) & known)
             idx = np.flatnonzero(cand)
             if idx.size == 0:
                 continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +84,14 @@ class RuleSet:
     rules: dict[str, Rule]
     budget: AlarmBudget
     source: str
+    _by_signal: dict[str, list[Rule]] = field(default_factory=dict, compare=False, repr=False)
 
     def by_signal(self, signal: str) -> list[Rule]:
-        """Rules that watch ``signal``."""
-        return [r for r in self.rules.values() if r.signal == signal]
+        """Rules that watch ``signal`` (cached: the hot path asks for every rack)."""
+        found = self._by_signal.get(signal)
+        if found is None:
+            found = self._by_signal[signal] = [r for r in self.rules.values() if r.signal == signal]
+        return found
 
 
 _RULE_KEYS: dict[str, type | tuple[type, ...]] = {
