@@ -318,6 +318,7 @@ def finding_class(f: Finding) -> str:
     """A finding's kind and detail with numbers, quotes and inputs blurred, for grouping."""
     detail = f.detail.split(" (", 1)[0] if f.kind == "invariant" else f.detail
     detail = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", detail)
+    detail = re.sub(r"byte 0x[0-9a-f]+ in position \d+: [a-z ]+", "byte 0xN ", detail)
     return f"{f.kind}: {_NUMBERS.sub('N', detail)[:140]}"
 
 
