@@ -185,13 +185,13 @@ def _query_cost(d: Path) -> None:
     for name, q in zip(names, queries, strict=True):
         try:
             ours = best(lambda q=q: svc.query(q))
-            theirs = best(lambda q=q: native.sql(q).fetch_arrow_table())
+            theirs = best(lambda q=q: native.sql(q).to_arrow_table())
             print(f"  {name:16s} sandboxed {ours:8.1f} ms   DuckDB read_parquet {theirs:8.1f} ms")
         except (SqlRefused, duckdb.Error) as exc:
             print(f"  {name:16s} failed: {exc}")
     raw = "SELECT rack, max(temp_gpu_c) AS t FROM gpu GROUP BY rack"
     ours = best(lambda: svc.query(raw))
-    theirs = best(lambda: native.sql(raw).fetch_arrow_table())
+    theirs = best(lambda: native.sql(raw).to_arrow_table())
     print(
         f"  {'full gpu scan':16s} sandboxed {ours:8.1f} ms   DuckDB read_parquet {theirs:8.1f} ms"
     )
