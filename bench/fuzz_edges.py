@@ -1,6 +1,6 @@
 """Fuzz every untrusted edge at scale: frames, JSON ingest, the store's decoder, SQL.
 
-    .venv/bin/python bench/fuzz_edges.py [--cases 1000000] [--sql-cases 20000] [--jobs 1]
+    .venv/bin/python bench/fuzz_edges.py [--cases 1000000] [--sql-cases 10000] [--jobs 1]
         [--seed 0] [--groups arrow,json,store,sql] [--save DIR] [--json OUT]
 
 ``--cases`` is shared equally by the arrow, json and store groups (then among their targets
@@ -29,7 +29,7 @@ from tests.fuzz.targets import groups, plan
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--cases", type=int, default=1_000_000, help="arrow+json+store cases")
-    ap.add_argument("--sql-cases", type=int, default=20_000)
+    ap.add_argument("--sql-cases", type=int, default=10_000)
     ap.add_argument("--jobs", type=int, default=1, help="worker processes at once")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=25_000, help="cases per worker process")
