@@ -1,0 +1,616 @@
+"""The worker's detectors (models/): run each alert tick over every owned GPU, rack and unit.
+
+One :class:`DetectRuntime` per worker holds one detector per kind over *all* GPU series of
+the site (series ``rack_no * width + gpu``), so a tick is one vectorised call per detector
+over the owned GPUs (``index=``), never a Python loop over GPUs:
+
+- ``residual``: :class:`~models.physics.GpuResidual` on the estimator's die-temperature
+  residual [K], grouped by rack: ``own`` (this GPU alone: its thermal interface or die
+  sensor) apart from ``common`` (the whole rack: coolant or a biased rack sensor);
+- ``r_trend``: :class:`~models.physics.ResistanceTrend` on the fitted R [K/W], grouped by
+  rack (own = fouling of this cold plate; common = rack flow / coolant);
+- ``stuck``: die temperature [C] that stops moving while board power moves;
+- ``rate_power`` / ``rate_temp``: rate of change of power [W/s] and die temperature [K/s];
+- ``drift``: CUSUM on the residual [K] (slow changes the z-score forgets);
+- per rack ``balance``: coolant heat ``m_dot * cp * (T_out - T_in)`` [W] of the rack
+  manifold against the sum of its GPUs' power [W];
+- per plant-unit point with a facility-model expectation: ``unit_z`` (robust z-score) and
+  ``unit_drift`` (CUSUM) of the residual measured - expected.
+
+Scores are held between samples (a series without a new sample keeps its last score), fed
+to the alert engine as score signals (``*_score``, rules in models/rules/default.toml) and
+exported on /metrics with bounded labels (:class:`DetectCollector`). Detector state is
+checkpointed per rack (and for the units under the key ``facility``) as array packs
+(streams/arraypack.py) and restored before the first frame, as the fitted models are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from models.alerting import AlertEngine
+from models.base import Detector, GroupLayout
+from models.physics import Balance, GpuResidual, ResistanceTrend
+from models.robust import Drift, RobustZScore
+from models.sensor import RateOfChange, Stuck
+from streams.arraypack import pack_arrays, unpack_arrays
+from streams.runtime import TwinRuntime
+
+log = logging.getLogger(__name__)
+
+#: Per-GPU detectors, in checkpoint order.
+GPU_DETECTORS: tuple[str, ...] = (
+    "residual",
+    "r_trend",
+    "stuck",
+    "rate_power",
+    "rate_temp",
+    "drift",
+)
+#: Per-rack and per-unit-point detectors.
+RACK_DETECTORS: tuple[str, ...] = ("balance",)
+UNIT_DETECTORS: tuple[str, ...] = ("unit_z", "unit_drift")
+#: Held scores per GPU kept in a checkpoint (besides each detector's state).
+GPU_SCORES: tuple[str, ...] = (
+    *GPU_DETECTORS,
+    "residual_common",
+    "r_trend_common",
+    "drift_common",
+)
+#: Checkpoint key of the unit detectors (owned by the worker running the facility model).
+FACILITY_KEY = "facility"
+#: A rack or unit is fed to the engine while its largest score was >= HOT_SCORE within
+#: HOT_HOLD_S [s] (long enough for any rule's clear_for_s): the engine sees every value that
+#: can raise or clear an alert, and the ~all-quiet racks cost nothing.
+HOT_SCORE = 0.3
+HOT_HOLD_S = 900.0
+
+
+def _gpu_detectors() -> dict[str, Detector]:
+    # Parameters: the residual's noise floor 0.3 K is NVML's whole-degree rounding; the
+    # R trend learns over a day (fouling takes hours to weeks); stuck needs a power change
+    # of 5 % that leaves the die reading unmoved; rates learn their spread over 10 min.
+    return {
+        "residual": GpuResidual(threshold=6.0, floor=0.3, half_life=3600.0),
+        "r_trend": ResistanceTrend(),
+        "stuck": Stuck(aux_rel_tol=0.05),
+        "rate_power": RateOfChange(threshold=8.0),
+        "rate_temp": RateOfChange(threshold=8.0),
+        "drift": Drift(h=10.0),
+    }
+
+
+def _unit_detectors() -> dict[str, Detector]:
+    return {"unit_z": RobustZScore(threshold=6.0, min_scale=0.05), "unit_drift": Drift(h=10.0)}
+
+
+@dataclass
+class DetectRuntime:
+    """Detectors over every GPU, rack and plant-unit point of a site (see module doc).
+
+    ``rack_ids``: the site's racks (slots in this order; racks seen later get new slots);
+    ``width``: GPUs per rack slot (the site's ``n_gpus``; GPUs beyond it are not scored);
+    ``cp_j_kgk``: specific heat of the rack loop's coolant [J/(kg K)].
+    """
+
+    rack_ids: Sequence[str]
+    width: int
+    cp_j_kgk: float = 3_900.0
+    gpu: dict[str, Detector] = field(default_factory=_gpu_detectors)
+    rack: dict[str, Detector] = field(
+        default_factory=lambda: {"balance": Balance(min_aux=1_000.0, threshold=6.0)}
+    )
+    unit: dict[str, Detector] = field(default_factory=_unit_detectors)
+    rack_no: dict[str, int] = field(default_factory=dict)
+    unit_no: dict[str, int] = field(default_factory=dict)
+    #: held scores: per GPU series (GPU_SCORES), per rack series, per unit-point series
+    gpu_score: dict[str, np.ndarray] = field(default_factory=dict)
+    rack_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    unit_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: last facility-model expectation and residual of each unit point (for /metrics)
+    unit_expected: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    unit_residual: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: rack -> (rack slot, GPUs) of the racks scored in the last tick
+    scored: dict[str, int] = field(default_factory=dict)
+    hot_until_s: dict[str, float] = field(default_factory=dict)
+    bad_checkpoints: int = 0
+    _index_key: tuple[Any, ...] = ()
+    _index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _layout: GroupLayout | None = None
+
+    def __post_init__(self) -> None:
+        for r in self.rack_ids:
+            self.rack_no.setdefault(r, len(self.rack_no))
+        self._grow_racks()
+
+    # --- slots -------------------------------------------------------------------------
+    def _grow_racks(self) -> None:
+        n_racks = len(self.rack_no)
+        n = n_racks * self.width
+        for d in self.gpu.values():
+            if d.n_series < n:
+                d.resize(n)
+        for d in self.rack.values():
+            if d.n_series < n_racks:
+                d.resize(n_racks)
+        for k in GPU_SCORES:
+            old = self.gpu_score.get(k, np.zeros(0))
+            if old.size < n:
+                self.gpu_score[k] = np.concatenate([old, np.zeros(n - old.size)])
+        if self.rack_score.size < n_racks:
+            self.rack_score = np.concatenate(
+                [self.rack_score, np.zeros(n_racks - self.rack_score.size)]
+            )
+
+    def _slot(self, rack: str) -> int:
+        no = self.rack_no.get(rack)
+        if no is None:
+            no = self.rack_no[rack] = len(self.rack_no)
+            self._grow_racks()
+        return no
+
+    def _unit_slot(self, key: str) -> int:
+        no = self.unit_no.get(key)
+        if no is None:
+            no = self.unit_no[key] = len(self.unit_no)
+            n = len(self.unit_no)
+            for d in self.unit.values():
+                d.resize(n)
+            pad = np.zeros(n - self.unit_score.size)
+            self.unit_score = np.concatenate([self.unit_score, pad])
+            self.unit_expected = np.concatenate([self.unit_expected, pad + np.nan])
+            self.unit_residual = np.concatenate([self.unit_residual, pad + np.nan])
+        return no
+
+    # --- one tick ----------------------------------------------------------------------
+    def evaluate(
+        self,
+        rt: TwinRuntime,
+        owned: Callable[[str], bool],
+        *,
+        facility_view: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Score every owned rack's GPUs, every owned rack's heat balance and (with the
+        facility model's view) every unit point with an expectation."""
+        racks = [r for r, s in rt.racks.items() if owned(r) and s.present.any()]
+        counts = [min(rt.racks[r].present.size, self.width) for r in racks]
+        slots = [self._slot(r) for r in racks]
+        self.scored = dict(zip(racks, counts, strict=True))
+        if racks:
+            self._score_gpus(rt, racks, counts, slots)
+            self._score_racks(rt, racks, slots)
+        if facility_view is not None:
+            self._score_units(facility_view)
+
+    def _gpu_index(self, slots: list[int], counts: list[int]) -> np.ndarray:
+        key = (tuple(slots), tuple(counts))
+        if key != self._index_key:
+            self._index = np.concatenate(
+                [
+                    s * self.width + np.arange(c, dtype=np.int64)
+                    for s, c in zip(slots, counts, strict=True)
+                ]
+            )
+            self._index_key = key
+        return self._index
+
+    def _score_gpus(
+        self, rt: TwinRuntime, racks: list[str], counts: list[int], slots: list[int]
+    ) -> None:
+        idx = self._gpu_index(slots, counts)
+        group = idx // self.width
+        st = [rt.racks[r] for r in racks]
+        present = np.concatenate([s.present[:c] for s, c in zip(st, counts, strict=True)])
+        ts_s = np.concatenate([s.ts_ms[:c] for s, c in zip(st, counts, strict=True)]) / 1000.0
+        ts_s = np.where(present, ts_s, np.nan)
+        temp = np.concatenate(
+            [s.values["temp_gpu_c"][:c] for s, c in zip(st, counts, strict=True)]
+        ).astype(np.float64)
+        power = np.concatenate(
+            [s.values["power_w"][:c] for s, c in zip(st, counts, strict=True)]
+        ).astype(np.float64)
+        # the fitted model's residual and R, at the model's own sample times
+        res = np.full(idx.size, np.nan)
+        r_fit = np.full(idx.size, np.nan)
+        t_fit = np.full(idx.size, np.nan)
+        pool = rt.models
+        start = 0
+        pieces = []
+        for r, c in zip(racks, counts, strict=True):
+            ms = pool.slots.get(r)
+            if ms is not None:
+                k = min(c, ms.size)
+                pieces.append((start, ms[:k]))
+            start += c
+        if pieces:
+            dst = np.concatenate([start + np.arange(m.size) for start, m in pieces])
+            src = np.concatenate([m for _, m in pieces])
+            est = pool.estimator
+            res[dst] = est.residual_k[src]
+            r_fit[dst] = est.r_k_w[src]
+            t_fit[dst] = pool.last_ts_ms[src] / 1000.0
+            fitted = est.n_updates[src] > 0
+            r_fit[dst[~fitted]] = np.nan
+        sc = self.gpu_score
+        d = self.gpu
+        inputs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {
+            "residual": (t_fit, res, None),
+            "r_trend": (t_fit, r_fit, None),
+            "stuck": (ts_s, temp, power),
+            "rate_power": (ts_s, power, None),
+            "rate_temp": (ts_s, temp, None),
+            "drift": (t_fit, res, None),
+        }
+        for name, (t, x, aux) in inputs.items():
+            det = d[name]
+            prev_t = det._state["t_last_s"][idx]
+            grp = group if name in ("residual", "r_trend") else None
+            s = det.update(t, x, aux=aux, group=grp, index=idx)
+            fresh = det._state["t_last_s"][idx] != prev_t
+            sc[name][idx[fresh]] = s[fresh]
+            if name in ("residual", "r_trend"):
+                g = det  # _Grouped: own and common parts of the same call
+                own = getattr(g, "last_own", s)
+                common = getattr(g, "last_common", np.zeros_like(s))
+                sc[name][idx[fresh]] = own[fresh]
+                sc[f"{name}_common"][idx[fresh]] = common[fresh]
+        # A drift the whole rack shares (its median GPU drifts) is the rack's coolant or its
+        # inlet sensor, not each GPU: the median over the rack is its common part.
+        lay = self._layout
+        if lay is None or not np.array_equal(lay.group, group):
+            lay = self._layout = GroupLayout(group)
+        med, _ = lay.median(sc["drift"][idx], np.ones(idx.size, dtype=bool))
+        sc["drift_common"][idx] = med
+
+    def _score_racks(self, rt: TwinRuntime, racks: list[str], slots: list[int]) -> None:
+        n = len(racks)
+        heat = np.full(n, np.nan)
+        power = np.full(n, np.nan)
+        ts = np.full(n, np.nan)
+        for i, r in enumerate(racks):  # per rack, not per GPU: a few dict reads
+            u = rt.units.get(r)
+            if u is None:
+                continue
+            pts = u.points
+            try:
+                t_in, v_in = pts["inlet_temp_c"]
+                t_out, v_out = pts["outlet_temp_c"]
+                _, flow = pts["flow_kg_s"]
+            except KeyError:
+                continue
+            rs = rt.racks[r]
+            heat[i] = float(flow) * self.cp_j_kgk * (float(v_out) - float(v_in))
+            power[i] = float(rs.values["power_w"][rs.present].sum())
+            ts[i] = max(int(t_in), int(t_out)) / 1000.0
+        det = self.rack["balance"]
+        idx = np.asarray(slots, dtype=np.int64)
+        prev = det._state["t_last_s"][idx]
+        s = det.update(ts, heat, aux=power, index=idx)
+        fresh = det._state["t_last_s"][idx] != prev
+        self.rack_score[idx[fresh]] = s[fresh]
+
+    def _score_units(self, view: Mapping[str, Any]) -> None:
+        units = view.get("units") or {}
+        keys: list[int] = []
+        exp: list[float] = []
+        meas: list[float] = []
+        for u, pts in units.items():
+            for p, v in pts.items():
+                e = v.get("expected")
+                m = v.get("measured")
+                if e is None or m is None:
+                    continue
+                keys.append(self._unit_slot(f"{u}/{p}"))
+                exp.append(float(e))
+                meas.append(float(m))
+        if not keys:
+            return
+        idx = np.asarray(keys, dtype=np.int64)
+        e_a = np.asarray(exp)
+        r_a = np.asarray(meas) - e_a
+        ts = float(view.get("ts_ms", 0) or 0) / 1000.0
+        ts_a = np.full(idx.size, ts if ts > 0 else np.nan)
+        out = np.zeros(idx.size)
+        for det in self.unit.values():
+            out = np.maximum(out, det.update(ts_a, r_a, index=idx))
+        self.unit_score[idx] = out
+        self.unit_expected[idx] = e_a
+        self.unit_residual[idx] = r_a
+
+    # --- views ---------------------------------------------------------------------------
+    def rack_max(self, name: str) -> dict[str, float]:
+        """Largest held score of a GPU detector (or ``*_common``) per scored rack."""
+        racks = list(self.scored)
+        if not racks:
+            return {}
+        idx = self._index
+        vals = self.gpu_score[name][idx]
+        starts = np.cumsum([0, *list(self.scored.values())[:-1]])
+        mx = np.maximum.reduceat(vals, starts) if vals.size else np.zeros(len(racks))
+        return dict(zip(racks, mx.tolist(), strict=True))
+
+    def gpu_scores(self, rack: str, name: str) -> np.ndarray:
+        """Held scores of one rack's GPUs for one GPU detector (or ``*_common``)."""
+        c = self.scored.get(rack, self.width)
+        no = self.rack_no[rack]
+        return self.gpu_score[name][no * self.width : no * self.width + c].copy()
+
+    def unit_scores(self) -> dict[str, float]:
+        """Held score of every unit point (``unit/point``)."""
+        return {k: float(self.unit_score[i]) for k, i in self.unit_no.items()}
+
+    # --- alerts ---------------------------------------------------------------------------
+    def feed(
+        self,
+        engine: AlertEngine,
+        names: Callable[[str, int], np.ndarray],
+        where: Mapping[str, Mapping[str, str]],
+        now_s: float,
+        *,
+        facility_owner: bool = False,
+    ) -> None:
+        """Give the engine the score signals of hot racks and units (see HOT_SCORE).
+
+        GPU signals (entity = GPU, owner = rack): ``gpu_residual_score``,
+        ``gpu_r_trend_score``, ``gpu_stuck_score``, ``gpu_drift_score`` (own parts), and the
+        events ``gpu_rate_score``; rack signals (entity = rack): ``rack_coolant_common_score``
+        (the rack moved together) and ``rack_balance_score``; unit signals (owner
+        ``facility``): ``unit_residual_score`` (largest of the unit's points).
+        """
+        gpu_sig = {
+            "gpu_residual_score": self.gpu_score["residual"],
+            "gpu_r_trend_score": self.gpu_score["r_trend"],
+            "gpu_stuck_score": self.gpu_score["stuck"],
+            # own drift only: a rack drifting together is reported once, as the rack's
+            "gpu_drift_score": np.where(
+                self.gpu_score["drift_common"] >= 0.5, 0.0, self.gpu_score["drift"]
+            ),
+            "gpu_rate_score": np.maximum(self.gpu_score["rate_power"], self.gpu_score["rate_temp"]),
+        }
+        common = np.maximum.reduce(
+            [self.gpu_score[k] for k in ("residual_common", "r_trend_common", "drift_common")]
+        )
+        rmax = np.zeros(0)
+        if self.scored:
+            idx = self._index
+            stack = np.maximum.reduce([v[idx] for v in gpu_sig.values()])
+            stack = np.maximum(stack, common[idx])
+            starts = np.cumsum([0, *list(self.scored.values())[:-1]])
+            rmax = np.maximum.reduceat(stack, starts)
+        for i, (rack, c) in enumerate(self.scored.items()):
+            no = self.rack_no[rack]
+            hot = max(float(rmax[i]), float(self.rack_score[no]))
+            if hot >= HOT_SCORE:
+                self.hot_until_s[rack] = now_s + HOT_HOLD_S
+            if self.hot_until_s.get(rack, -np.inf) < now_s:
+                self.hot_until_s.pop(rack, None)
+                continue
+            sl = slice(no * self.width, no * self.width + c)
+            w = where.get(rack, {"rack": rack})
+            ents = names(rack, c)
+            for sig, arr in gpu_sig.items():
+                engine.observe(sig, ents, arr[sl], owner=rack, where=w, now_s=now_s)
+            engine.observe(
+                "rack_coolant_common_score",
+                [rack],
+                [float(common[sl].max()) if c else 0.0],
+                owner=rack,
+                where=w,
+                now_s=now_s,
+            )
+            engine.observe(
+                "rack_balance_score",
+                [rack],
+                [float(self.rack_score[no])],
+                owner=rack,
+                where=w,
+                now_s=now_s,
+            )
+        if facility_owner and self.unit_no:
+            per_unit: dict[str, float] = {}
+            for key, i in self.unit_no.items():
+                u = key.partition("/")[0]
+                per_unit[u] = max(per_unit.get(u, 0.0), float(self.unit_score[i]))
+            ids = list(per_unit)
+            engine.observe(
+                "unit_residual_score",
+                ids,
+                [per_unit[u] for u in ids],
+                owner=FACILITY_KEY,
+                where={},
+                now_s=now_s,
+            )
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def checkpoints(self, racks: Sequence[str], *, facility: bool = False) -> dict[str, bytes]:
+        """Array packs of the detector state and held scores of ``racks`` (and of the unit
+        detectors under ``facility`` when asked)."""
+        out: dict[str, bytes] = {}
+        for rack in racks:
+            no = self.rack_no.get(rack)
+            if no is None:
+                continue
+            sl = slice(no * self.width, (no + 1) * self.width)
+            arrays: dict[str, np.ndarray] = {"width": np.array([self.width])}
+            for name, det in self.gpu.items():
+                for k, v in det._state.items():
+                    arrays[f"gpu.{name}.{k}"] = v[sl]
+            for k in GPU_SCORES:
+                arrays[f"score.{k}"] = self.gpu_score[k][sl]
+            for name, det in self.rack.items():
+                for k, v in det._state.items():
+                    arrays[f"rack.{name}.{k}"] = v[no : no + 1]
+            arrays["score.rack"] = self.rack_score[no : no + 1]
+            out[rack] = pack_arrays(arrays)
+        if facility and self.unit_no:
+            keys = sorted(self.unit_no, key=self.unit_no.__getitem__)
+            arrays = {"keys": np.array(keys, dtype=np.str_)}
+            for name, det in self.unit.items():
+                for k, v in det._state.items():
+                    arrays[f"unit.{name}.{k}"] = v
+            arrays["score.unit"] = self.unit_score
+            out[FACILITY_KEY] = pack_arrays(arrays)
+        return out
+
+    def restore(self, data: Mapping[str, bytes]) -> int:
+        """Take checkpoints (key -> bytes of :meth:`checkpoints`); returns how many were
+        taken. A bad or foreign checkpoint is skipped, logged and counted, never raised."""
+        taken = 0
+        for key, blob in data.items():
+            try:
+                arrays = unpack_arrays(blob)
+                if key == FACILITY_KEY:
+                    self._restore_units(arrays)
+                else:
+                    self._restore_rack(key, arrays)
+                taken += 1
+            except Exception as exc:  # a bad checkpoint must not stop the worker
+                self.bad_checkpoints += 1
+                log.warning("skipped a bad detector checkpoint of %s: %r", key, exc)
+        return taken
+
+    def _restore_rack(self, rack: str, arrays: Mapping[str, np.ndarray]) -> None:
+        if int(arrays["width"][0]) != self.width:
+            raise ValueError(f"width {int(arrays['width'][0])}, expected {self.width}")
+        # check every field before writing any, so a bad pack leaves the rack untouched
+        plan: list[tuple[np.ndarray, Any, np.ndarray]] = []
+        no = self._slot(rack)
+        sl = slice(no * self.width, (no + 1) * self.width)
+        for name, det in self.gpu.items():
+            for k, v in det._state.items():
+                plan.append((v, sl, np.asarray(arrays[f"gpu.{name}.{k}"], dtype=np.float64)))
+        for k in GPU_SCORES:
+            plan.append((self.gpu_score[k], sl, np.asarray(arrays[f"score.{k}"], np.float64)))
+        for name, det in self.rack.items():
+            for k, v in det._state.items():
+                plan.append((v, slice(no, no + 1), np.asarray(arrays[f"rack.{name}.{k}"])))
+        plan.append((self.rack_score, slice(no, no + 1), np.asarray(arrays["score.rack"])))
+        for dst, where, src in plan:
+            if dst[where].shape != src.shape:
+                raise ValueError(f"shape {src.shape}, expected {dst[where].shape}")
+        for dst, where, src in plan:
+            dst[where] = src
+
+    def _restore_units(self, arrays: Mapping[str, np.ndarray]) -> None:
+        keys = [str(k) for k in arrays["keys"].tolist()]
+        idx = np.asarray([self._unit_slot(k) for k in keys], dtype=np.int64)
+        plan: list[tuple[np.ndarray, np.ndarray]] = []
+        for name, det in self.unit.items():
+            for k, v in det._state.items():
+                src = np.asarray(arrays[f"unit.{name}.{k}"], dtype=np.float64)
+                if src.shape[0] != idx.size:
+                    raise ValueError(f"unit.{name}.{k}: {src.shape[0]} rows for {idx.size} keys")
+                plan.append((v, src))
+        score = np.asarray(arrays["score.unit"], dtype=np.float64)
+        if score.shape != (idx.size,):
+            raise ValueError("score.unit: wrong shape")
+        for dst, src in plan:
+            dst[idx] = src
+        self.unit_score[idx] = score
+
+
+def detect_runtime_for_site(site: Any) -> DetectRuntime:
+    """The detector runtime of a site (its racks, GPUs per rack and rack-loop coolant)."""
+    from twin.fluids import cp_j_kgk, get_fluid
+
+    cp = float(cp_j_kgk(get_fluid(site.tcs.fluid), 40.0))
+    return DetectRuntime(list(site.rack_ids), int(site.n_gpus), cp_j_kgk=cp)
+
+
+class DetectCollector(Collector):
+    """/metrics of the detectors, with bounded label sets.
+
+    ``twin_detector_rack_score{detector,rack}``: largest score of each detector per owned
+    rack; ``twin_detector_top_gpu_score{detector,gpu}``: the ``top_k`` highest GPUs per
+    detector; ``twin_rack_residual_max_abs_k{rack}``; per plant-unit point with a facility
+    expectation ``twin_unit_expected``, ``twin_unit_residual`` and ``twin_unit_score``
+    ``{unit,point}``.
+    """
+
+    def __init__(self, det: DetectRuntime, rt: TwinRuntime, top_k: int = 10) -> None:
+        self.det = det
+        self.rt = rt
+        self.top_k = top_k
+
+    def collect(self) -> Iterator[Any]:
+        d = self.det
+        g = GaugeMetricFamily(
+            "twin_detector_rack_score",
+            "Largest detector score [0-1] of a rack (GPU detectors, *_common: whole rack moved).",
+            labels=["detector", "rack"],
+        )
+        top = GaugeMetricFamily(
+            "twin_detector_top_gpu_score",
+            "The highest-scoring GPUs of each detector (top k).",
+            labels=["detector", "gpu"],
+        )
+        names = list(d.scored)
+        idx = d._index if d.scored else np.zeros(0, dtype=np.int64)
+        for name in GPU_SCORES:
+            for rack, v in d.rack_max(name).items():
+                g.add_metric([name, rack], v)
+            if idx.size:
+                vals = d.gpu_score[name][idx]
+                k = min(self.top_k, vals.size)
+                best = np.argpartition(-vals, k - 1)[:k]
+                for j in best.tolist():
+                    series = int(idx[j])
+                    rack = _rack_of(d, series // d.width)
+                    top.add_metric([name, f"{rack}/g{series % d.width}"], float(vals[j]))
+        for rack in names:
+            no = d.rack_no[rack]
+            g.add_metric(["balance", rack], float(d.rack_score[no]))
+        yield g
+        yield top
+        res = GaugeMetricFamily(
+            "twin_rack_residual_max_abs_k",
+            "Largest |die temperature - model| of a rack's GPUs [K].",
+            labels=["rack"],
+        )
+        for rack in names:
+            if rack in self.rt.models:
+                m = self.rt.models.summary(rack).get("residual_max_abs_k")
+                if m is not None:
+                    res.add_metric([rack], float(m))
+        yield res
+        fams = {
+            "expected": GaugeMetricFamily(
+                "twin_unit_expected",
+                "Facility model's expected value of a plant point [point unit].",
+                labels=["unit", "point"],
+            ),
+            "residual": GaugeMetricFamily(
+                "twin_unit_residual",
+                "Measured minus expected of a plant point [point unit].",
+                labels=["unit", "point"],
+            ),
+            "score": GaugeMetricFamily(
+                "twin_unit_score",
+                "Detector score [0-1] of a plant point's residual (z-score, drift).",
+                labels=["unit", "point"],
+            ),
+        }
+        for key, i in d.unit_no.items():
+            unit, _, point = key.partition("/")
+            for kind, arr in (
+                ("expected", d.unit_expected),
+                ("residual", d.unit_residual),
+                ("score", d.unit_score),
+            ):
+                if np.isfinite(arr[i]):
+                    fams[kind].add_metric([unit, point], float(arr[i]))
+        yield from fams.values()
+
+
+def _rack_of(d: DetectRuntime, no: int) -> str:
+    for rack, n in d.rack_no.items():
+        if n == no:
+            return rack
+    return "?"

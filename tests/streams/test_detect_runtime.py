@@ -1,0 +1,165 @@
+"""The worker's detector runtime over the simulator's frames (streams/detect_runtime.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from models.alerting import AlertEngine
+from models.rules import load_rules
+from streams.alert_sources import site_map
+from streams.codec import decode_points_frame, encode_frame, gpu_batch, points_batch
+from streams.codec_batch import GpuMessage, decode_gpu_frames
+from streams.detect_runtime import (
+    GPU_SCORES,
+    DetectCollector,
+    DetectRuntime,
+    detect_runtime_for_site,
+)
+from streams.runtime import TwinRuntime
+from twin.faults import parse_fault
+from twin.sim import Simulator
+from twin.site import load_site
+from twin.step import rack_design_flow_kg_s
+
+START_MS = 1_767_225_600_000
+
+
+class Rig:
+    """Simulator -> decoders -> TwinRuntime -> DetectRuntime, one 1 s step per tick."""
+
+    def __init__(self, faults: list[str], racks: int = 2, seed: int = 3) -> None:
+        self.site = load_site(None, racks=racks)
+        self.sim = Simulator(
+            self.site, seed=seed, start_ms=START_MS, faults=[parse_fault(f) for f in faults]
+        )
+        self.now = START_MS
+        self.rt = TwinRuntime(
+            partitions=1,
+            clock_ms=lambda: self.now,
+            rack_design_flow_kg_s=rack_design_flow_kg_s(self.site),
+        )
+        self.det = detect_runtime_for_site(self.site)
+
+    def frames(self) -> None:
+        f = self.sim.step(1.0)
+        self.now = f.ts_ms
+        msgs = [
+            GpuMessage(
+                encode_frame(gpu_batch(f.ts_ms, r, {k: a[i] for k, a in f.gpu.items()})),
+                r.encode(),
+                False,
+            )
+            for i, r in enumerate(f.rack_ids)
+        ]
+        self.rt.apply_gpus([g for g in decode_gpu_frames(msgs, now_ms=f.ts_ms)], "gpu")  # type: ignore[misc]
+        for units in (f.thermal, f.power):
+            for unit, pts in units.items():
+                data = encode_frame(points_batch(f.ts_ms, unit, pts))
+                self.rt.apply_points(decode_points_frame(data, key=None, now_ms=f.ts_ms), "p")
+
+    def run(self, steps: int, det: DetectRuntime | None = None) -> None:
+        for _ in range(steps):
+            self.frames()
+            (det or self.det).evaluate(self.rt, lambda _k: True)
+
+
+def _all(_k: str) -> bool:
+    return True
+
+
+def test_restore_gives_identical_scores() -> None:
+    rig = Rig([])
+    rig.run(120)
+    blobs = rig.det.checkpoints(list(rig.site.rack_ids))
+    twin = detect_runtime_for_site(rig.site)
+    assert twin.restore(blobs) == len(rig.site.rack_ids)
+    for _ in range(40):
+        rig.frames()
+        rig.det.evaluate(rig.rt, _all)
+        twin.evaluate(rig.rt, _all)
+        for name, arr in rig.det.gpu_score.items():
+            np.testing.assert_array_equal(arr, twin.gpu_score[name], err_msg=name)
+        np.testing.assert_array_equal(rig.det.rack_score, twin.rack_score)
+    for name, d in rig.det.gpu.items():
+        for k, v in d.snapshot().items():
+            np.testing.assert_array_equal(v, twin.gpu[name].snapshot()[k], err_msg=f"{name}.{k}")
+
+
+def test_bad_checkpoint_is_skipped_and_counted() -> None:
+    rig = Rig([])
+    rig.run(5)
+    good = rig.det.checkpoints(["R0001"])["R0001"]
+    before = rig.det.gpu_score["residual"].copy()
+    assert rig.det.restore({"R0001": good[:-7], "R0002": b"junk"}) == 0
+    assert rig.det.bad_checkpoints == 2
+    np.testing.assert_array_equal(before, rig.det.gpu_score["residual"])
+
+
+def test_fouling_raises_own_score_of_that_gpu_only() -> None:
+    rig = Rig(["fouling:R0002/G07@420,rate_per_s=0.01,max=3"])
+    rig.run(700)
+    own = rig.det.gpu_scores("R0002", "r_trend")
+    common = rig.det.gpu_scores("R0002", "r_trend_common")
+    assert own[7] > 0.9
+    others = np.delete(own, 7)
+    assert others.max() < 0.5
+    assert common.max() < 0.5
+    assert rig.det.gpu_scores("R0001", "r_trend").max() < 0.5
+
+
+def test_coolant_sensor_bias_raises_common_score_of_the_whole_rack() -> None:
+    # the rack's inlet sensor drifts 3 K within a minute: every GPU of the rack looks off the
+    # model the same way, which is no single GPU's fault
+    rig = Rig(["sensor_drift:R0002/inlet_temp_c@400,rate_per_s=0.05"])
+    rig.run(490)
+    common = rig.det.gpu_scores("R0002", "drift_common")
+    assert common.min() > 0.9
+    for name in ("residual", "r_trend"):  # no single GPU stands out
+        assert rig.det.gpu_scores("R0002", name).max() < 0.5
+    for name in ("drift_common", "residual_common", "r_trend_common", "drift"):
+        assert rig.det.gpu_scores("R0001", name).max() < 0.5, name
+
+
+def test_feed_raises_score_alerts_and_metrics_are_bounded() -> None:
+    rig = Rig(["fouling:R0002/G07@420,rate_per_s=0.01,max=3"])
+    engine = AlertEngine(load_rules(None), clock=lambda: rig.now / 1000.0)
+    sm = site_map(rig.site)
+    for _ in range(700):
+        rig.frames()
+        rig.det.evaluate(rig.rt, _all)
+        rig.det.feed(engine, sm.gpu_names, sm.rack_where, rig.now / 1000.0)
+        engine.tick(rig.now / 1000.0)
+    raised = {(a.rule, a.entity) for a in engine.take_changes()[0]}
+    assert ("gpu_r_trend_own", "R0002/g7") in raised
+    assert not any(e.startswith("R0001") for _r, e in raised)
+    fams = {f.name: f for f in DetectCollector(rig.det, rig.rt, top_k=3).collect()}
+    top = fams["twin_detector_top_gpu_score"].samples
+    assert len(top) <= 3 * len(GPU_SCORES)  # top k per detector, whatever the GPU count
+    rack = fams["twin_detector_rack_score"].samples
+    assert {s.labels["rack"] for s in rack} == {"R0001", "R0002"}
+    best = max((s for s in top if s.labels["detector"] == "r_trend"), key=lambda s: s.value)
+    assert best.labels["gpu"] == "R0002/g7"
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_units_scored_from_the_facility_view(n: int) -> None:
+    det = DetectRuntime(["R0001"], 4)
+    rt = TwinRuntime(partitions=1, clock_ms=lambda: 0)
+    points: Callable[[float, float], dict[str, object]] = lambda t, r: {  # noqa: E731
+        "ts_ms": int(t * 1000),
+        "units": {"CDU01": {"supply_temp_c": {"measured": 40.0 + r, "expected": 40.0}}},
+    }
+    rng = np.random.default_rng(n)
+    for t in range(1, 200):
+        det.evaluate(rt, _all, facility_view=points(t, 0.05 * rng.standard_normal()))
+    assert det.unit_scores()["CDU01/supply_temp_c"] < 0.5
+    for t in range(200, 230):
+        det.evaluate(rt, _all, facility_view=points(t, 3.0))
+    assert det.unit_scores()["CDU01/supply_temp_c"] > 0.9
+    blob = det.checkpoints([], facility=True)
+    other = DetectRuntime(["R0001"], 4)
+    assert other.restore(blob) == 1
+    assert other.unit_scores() == det.unit_scores()
