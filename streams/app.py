@@ -34,6 +34,7 @@ from streams.alert_views import (
 )
 from streams.codec import DecodeError, decode_points_frame, encode_frame
 from streams.codec_batch import GpuMessage, decode_gpu_frames
+from streams.detect_runtime import DetectCollector, detect_runtime_for_site
 from streams.facility import FacilityModel
 from streams.faust_app import TwinFaustApp
 from streams.inflight import InflightGuard, MessageKey
@@ -510,6 +511,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             if owned(rack):
                 rt.restore_model(rack, data)
         restore_alerts()
+        restore_detectors()
 
     @app.timer(interval=0.5)
     async def sync_tables() -> None:
@@ -567,6 +569,26 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         load_rules(settings.alert_rules_path), clock=lambda: rt.clock_ms() / 1000.0
     )
     smap = site_map(site)
+    # detectors over every owned GPU, rack and unit (streams/detect_runtime.py); their state
+    # is checkpointed per rack (and the units' under "facility") like the fitted models
+    detect = detect_runtime_for_site(site)
+    detect_table = app.Table("rack-detect", **tables)
+
+    def restore_detectors() -> None:
+        # called by sync_tables_now after a table recovery
+        bad = detect.bad_checkpoints
+        detect.restore({k: v for k, v in list(detect_table.data.items()) if owned(k)})
+        rt.counters.bad_checkpoints += detect.bad_checkpoints - bad
+
+    @app.timer(interval=model_checkpoint_s)
+    async def checkpoint_detectors() -> None:
+        if app.in_recovery:
+            return
+        sync_tables_now()  # never write a key's checkpoint before restoring it
+        racks = [r for r in detect.scored if owned(r)]
+        for key, data in detect.checkpoints(racks, facility=owned("facility")).items():
+            put(detect_table, key, data)
+
     # keyed by alert id, written to the changelog partition of the alert's owner (its rack or
     # unit), so the worker owning that partition restores it after a restart or rebalance
     alert_table = app.Table("alerts", **tables)
@@ -629,6 +651,8 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         now_s = rt.clock_ms() / 1000.0
         view = rt.model_view if owned("facility") else None
         evaluate_sources(engine, rt, smap, owned, now_s, facility_view=view)
+        detect.evaluate(rt, owned, facility_view=view)
+        detect.feed(engine, smap.gpu_names, smap.rack_where, now_s, facility_owner=view is not None)
         engine.tick(now_s)
         await publish_alert_changes()
 
@@ -674,9 +698,8 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         base = fm.snapshot() if fm is not None else None
         return snapshot_bytes(runtime_snapshot(rt, base))
 
-    register_views(
-        app, rt, settings, consumer_lag, snapshot, extra_metrics=[AlertCollector(engine, sinks)]
-    )
+    metrics = [AlertCollector(engine, sinks), DetectCollector(detect, rt)]
+    register_views(app, rt, settings, consumer_lag, snapshot, extra_metrics=metrics)
     return TwinWorker(app=app, runtime=rt, settings=settings)
 
 
