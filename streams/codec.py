@@ -303,13 +303,6 @@ def fill_v2_nulls(table: pa.Table) -> pa.Table:
     return table
 
 
-def upgrade_v1_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A telemetry.gpu/v1 batch as a v2 batch, the new columns from :func:`v2_defaults`."""
-    extra = v2_defaults(batch.column("temp_gpu_c").to_numpy(zero_copy_only=False))
-    arrays = list(batch.columns) + [pa.array(extra[n]) for n in GPU_V2_COLUMNS]
-    return pa.RecordBatch.from_arrays(arrays, schema=GPU_SCHEMA)
-
-
 _ARANGE: Final = np.arange(1 << 16, dtype=np.uint16)
 
 

@@ -24,12 +24,13 @@ from streams.codec import (
     _read_single_batch,
     decode_gpu_frame,
     gpu_ints_ok,
-    upgrade_v1_batch,
+    v2_defaults,
 )
 from streams.schema import GPU_SCHEMA, GPU_SCHEMA_V1
 from twin.errors import DecodeError
 
 _COLUMNS = [name for name in GPU_SCHEMA.names if name != "rack"]
+_V1_COLUMNS = [name for name in GPU_SCHEMA_V1.names if name != "rack"]
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,9 @@ def decode_gpu_frames(
     [ms since epoch] bounding the timestamps.
     """
     out: list[GpuFrame | DecodeError | None] = [None] * len(messages)
-    batches: list[pa.RecordBatch] = []
-    received: list[pa.RecordBatch] = []  # as received (a v1 batch without the v2 columns)
-    which: list[int] = []
+    # well-formed batches by contract version: v2 and v1 (no v2 columns) are checked as two
+    # sets, the v1 set given the v2 defaults once for all its rows
+    groups: dict[bool, tuple[list[pa.RecordBatch], list[int]]] = {True: ([], []), False: ([], [])}
     for i, m in enumerate(messages):
         try:
             b = _read_single_batch(m.value, limits)
@@ -66,18 +67,12 @@ def decode_gpu_frames(
         ):
             out[i] = _one(m, now_ms, limits)
             continue
-        received.append(b)
-        if not v2:
-            try:
-                b = upgrade_v1_batch(b)
-            except (pa.ArrowException, ValueError):
-                out[i] = _one(m, now_ms, limits)
-                received.pop()
-                continue
-        batches.append(b)
-        which.append(i)
-    if batches:
-        frames = _together(batches, received, [messages[i] for i in which], now_ms, limits)
+        groups[v2][0].append(b)
+        groups[v2][1].append(i)
+    for v2, (batches, which) in groups.items():
+        if not batches:
+            continue
+        frames = _together(batches, v2, [messages[i] for i in which], now_ms, limits)
         if frames is None:  # something in the batch is wrong: find what, frame by frame
             frames = [_one(messages[i], now_ms, limits) for i in which]
         for i, f in zip(which, frames, strict=True):
@@ -94,12 +89,13 @@ def _one(m: GpuMessage, now_ms: int, limits: Limits) -> GpuFrame | DecodeError:
 
 def _together(
     batches: list[pa.RecordBatch],
-    received: list[pa.RecordBatch],
+    v2: bool,
     messages: list[GpuMessage],
     now_ms: int,
     limits: Limits,
 ) -> list[GpuFrame | DecodeError] | None:
-    """Frames of well-formed batches when every check passes on the whole; else None."""
+    """Frames of well-formed batches of one contract version (``v2`` False: v1, given the
+    v2 defaults) when every check passes on the whole; else None."""
     table = pa.Table.from_batches(batches)
     if any(c.null_count for c in table.columns):
         return None
@@ -117,7 +113,9 @@ def _together(
     for m, rack in zip(messages, racks, strict=True):
         if m.key is not None and m.key != rack.encode():
             return None
-    cols = {n: table.column(n).to_numpy() for n in _COLUMNS}
+    cols = {n: table.column(n).to_numpy() for n in (_COLUMNS if v2 else _V1_COLUMNS)}
+    if not v2:
+        cols |= v2_defaults(cols["temp_gpu_c"])
     for name, limit in _GPU_RANGES:
         lo, hi = getattr(limits, limit)
         col = cols[name]
@@ -143,7 +141,7 @@ def _together(
                 rack=racks[k],
                 ts_ms=ts_ms[s:e],
                 columns={n: c[s:e] for n, c in cols.items()},
-                batch=received[k],
+                batch=batches[k],
                 raw=messages[k].value,
             )
         )
