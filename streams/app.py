@@ -32,6 +32,7 @@ from streams.alert_views import (
     parse_command,
     register_alert_views,
 )
+from streams.background import TEST_FAIL_TASK_ENV, guarded, parse_fail_plan, run_restarting
 from streams.codec import DecodeError, decode_points_frame, encode_frame
 from streams.codec_batch import GpuMessage, decode_gpu_frames
 from streams.detect_runtime import DetectCollector, detect_runtime_for_site
@@ -203,6 +204,11 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     limits = settings.limits
     # Table recoveries Faust has completed, and the one whose checkpoints were restored.
     sync_state = {"recovered": 0, "synced": 0}
+    # Every timer body is guarded and every long task restarted (streams/background.py): an
+    # exception escaping either would crash the whole app (mode's Service._execute_task).
+    background = rt.counters.background
+    # Test only (tests/streams/test_background_integration.py): make named tasks fail.
+    background.inject = parse_fail_plan(os.environ.get(TEST_FAIL_TASK_ENV, ""))
 
     async def dead_letter(ev: EventT, code: str, detail: str) -> None:
         # code: one of the fixed DLQ reasons (bounded /metrics label); detail: free text.
@@ -428,6 +434,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         table.send_changelog(partition_for(key, settings.partitions), key, value)
 
     @app.timer(interval=settings.checkpoint_interval_s)
+    @guarded("checkpoint", background, settings.checkpoint_interval_s)
     async def checkpoint() -> None:
         if app.in_recovery:
             return
@@ -443,6 +450,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     model_checkpoint_s = min(settings.model_checkpoint_interval_s, settings.checkpoint_interval_s)
 
     @app.timer(interval=model_checkpoint_s)
+    @guarded("checkpoint_models", background, model_checkpoint_s)
     async def checkpoint_models() -> None:
         if app.in_recovery:
             return
@@ -456,6 +464,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     ticks = {"publish": 0}
 
     @app.timer(interval=settings.publish_interval_s)
+    @guarded("publish_state", background, settings.publish_interval_s)
     async def publish_state() -> None:
         ticks["publish"] += 1
         turn = ticks["publish"] % settings.detail_every
@@ -514,11 +523,11 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         restore_detectors()
 
     @app.timer(interval=0.5)
+    @guarded("sync_tables", background, 0.5)
     async def sync_tables() -> None:
         sync_tables_now()
 
-    @app.task
-    async def state_view() -> None:
+    async def follow_state_once() -> None:
         stop = asyncio.Event()
         try:
             await follow_state(
@@ -527,6 +536,11 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         except asyncio.CancelledError:
             stop.set()
             raise
+
+    @app.task
+    async def state_view() -> None:
+        # restarted with backoff when it fails (a broker down at start, a bug)
+        await run_restarting("state_view", background, follow_state_once)
 
     async def consumer_lag() -> dict[tuple[str, int], int]:
         lag: dict[tuple[str, int], int] = {}
@@ -544,6 +558,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         return lag
 
     @app.timer(interval=settings.model_interval_s)
+    @guarded("facility_model", background, settings.model_interval_s)
     async def facility_model() -> None:
         # One worker runs the facility model: the owner of the "facility" key.
         if app.in_recovery or not owned("facility"):
@@ -581,6 +596,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         rt.counters.bad_checkpoints += detect.bad_checkpoints - bad
 
     @app.timer(interval=model_checkpoint_s)
+    @guarded("checkpoint_detectors", background, model_checkpoint_s)
     async def checkpoint_detectors() -> None:
         if app.in_recovery:
             return
@@ -644,6 +660,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             sink.offer(docs)
 
     @app.timer(interval=settings.alert_interval_s)
+    @guarded("evaluate_alerts", background, settings.alert_interval_s)
     async def evaluate_alerts() -> None:
         if app.in_recovery:
             return
@@ -682,7 +699,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
 
     def start_sink(sink: AlertSink) -> None:
         async def run_alert_sink() -> None:
-            await sink.run()
+            await run_restarting(f"alert_sink_{sink.name}", background, sink.run)
 
         app.task(run_alert_sink)
 

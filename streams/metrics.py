@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streams.background import BackgroundHealth
 from streams.runtime import TwinRuntime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -117,6 +118,28 @@ class _TwinCollector(Collector):
             "Receive time minus sample time of the last GPU frame [s].",
             value=rt.last_latency_ms / 1000.0,
         )
+        yield from background_metrics(rt.counters.background)
+
+
+def background_metrics(health: BackgroundHealth) -> Iterator[Metric]:
+    """Failures and degraded state of each background task (labels: the task names, fixed
+    by the worker's code, so a bounded set)."""
+    failures = CounterMetricFamily(
+        "twin_background_failures",
+        "Failed runs of a background timer or task (caught, logged, retried).",
+        labels=["task"],
+    )
+    degraded = GaugeMetricFamily(
+        "twin_background_degraded",
+        "1 while the task's last run failed or it failed within its last few intervals.",
+        labels=["task"],
+    )
+    now_degraded = health.degraded()
+    for name, t in sorted(health.tasks.items()):
+        failures.add_metric([name], t.failures)
+        degraded.add_metric([name], 1.0 if name in now_degraded else 0.0)
+    yield failures
+    yield degraded
 
 
 def render_metrics(

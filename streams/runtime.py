@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from aiokafka.partitioner import murmur2
 
+from streams.background import BackgroundHealth
 from streams.codec import GpuFrame, PointsFrame
 from streams.modelpool import RackModels
 from streams.rackmodel import RackModel, coolant_at_plates_c
@@ -77,6 +78,8 @@ class Counters:
     checkpoints: int = 0
     #: table checkpoints that could not be restored (corrupt or of another layout)
     bad_checkpoints: int = 0
+    #: failures of timers and tasks by task name (streams/background.py)
+    background: BackgroundHealth = field(default_factory=BackgroundHealth)
 
     def frame(self, topic: str) -> None:
         """Count one accepted frame."""

@@ -101,8 +101,14 @@ def register_views(
             # only partitions this worker has read from: elsewhere the lag is an estimate
             # from offset 0 (a restarted worker with nothing new to read is not stalled)
             stalled = ready and rt.stalled(sum(v for k, v in lags.items() if k in rt.positions))
+            # Failing background tasks (streams/background.py): "degraded" with HTTP 200,
+            # since the worker still applies telemetry and a restart would not mend a
+            # failing checkpoint write; stalled and starting stay 503.
+            failing = rt.counters.background.degraded()
+            ok = "degraded" if failing else "ok"
             body: dict[str, Any] = {
-                "status": "stalled" if stalled else "ok" if ready else "starting",
+                "status": "stalled" if stalled else ok if ready else "starting",
+                "degraded_tasks": failing,
                 "consumer_lag": lag,
                 "assigned_partitions": len(app.consumer.assignment()),
                 "racks_owned": len(rt.racks),
