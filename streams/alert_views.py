@@ -1,11 +1,15 @@
 """HTTP API and /metrics of the alerts.
 
-GET /api/alerts (active and recent alerts, filterable by ``state``, ``severity``, ``entity``;
-``events=N`` adds the last N events), GET /api/alerts/{id}, POST /api/alerts/{id}/ack
-(``{"comment": ..., "by": ...}``) and POST /api/alerts/{id}/shelve (``{"duration_s": ...,
-"comment": ..., "by": ...}``). The POSTs need the worker's bearer token (streams/auth.py). An
-action on an alert this worker does not own is forwarded on ``twin.alert-commands``, keyed by
-the owner that the alert id names, and applied by the worker that owns that partition (202).
+- GET /api/alerts: active and recent alerts of every worker (this worker's own live, the
+  others' from twin.state), filterable by ``state``, ``severity``, ``entity``; ``events=N``
+  adds this worker's last N events;
+- GET /api/alerts/{id};
+- POST /api/alerts/{id}/ack ``{"comment": ..., "by": ...}``;
+- POST /api/alerts/{id}/shelve ``{"duration_s": ..., "comment": ..., "by": ...}``.
+
+The POSTs need the worker's bearer token (streams/auth.py). An action on an alert this worker
+does not own is forwarded on ``twin.alert-commands``, keyed by the owner that the alert id
+names, and applied by the worker that owns that partition (202).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from models.alerting import STATES, AlertEngine, AlertError, owner_of
-from models.rules import SEVERITIES
+from models.rules import SEVERITIES, SEVERITY_RANK
 from streams.alert_sinks import AlertSink
 from streams.auth import token_required
 from streams.settings import Settings
@@ -133,14 +137,37 @@ class AlertCollector(Collector):
         yield from (depth, sent, failed, dropped)
 
 
+def _matches(
+    doc: dict[str, Any], state: str | None, severity: str | None, entity: str | None
+) -> bool:
+    return (
+        (state is None or doc.get("state") == state)
+        and (severity is None or doc.get("severity") == severity)
+        and (entity is None or entity in (doc.get("entity"), doc.get("owner"), doc.get("group")))
+    )
+
+
+def _urgency(doc: dict[str, Any]) -> tuple[bool, int, float]:
+    return (
+        doc.get("state") == "NORM",
+        -SEVERITY_RANK.get(str(doc.get("severity")), 0),
+        -float(doc.get("changed_s") or 0.0),
+    )
+
+
 def register_alert_views(
     app: faust.App,
     engine: AlertEngine,
     settings: Settings,
     owned: Callable[[str], bool],
     send_command: SendCommand,
+    others: Callable[[], dict[str, dict[str, Any]]] = dict,
 ) -> None:
-    """Attach the alert API to an app."""
+    """Attach the alert API to an app.
+
+    ``others``: alert id -> alert document of the alerts other workers hold, as published on
+    twin.state; listed beside this worker's own with ``held_here: false``.
+    """
 
     @app.page("/api/alerts")
     class Alerts(View):
@@ -157,9 +184,18 @@ def register_alert_views(
                 n_events = min(1000, max(0, int(q.get("events", "0"))))
             except ValueError:
                 return self.json({"error": "events: expected an integer"}, status=400)
-            alerts = engine.listing(state=state, severity=severity, entity=q.get("entity"))
+            entity = q.get("entity")
+            own = [
+                a.to_dict() | {"held_here": True}
+                for a in engine.listing(state=state, severity=severity, entity=entity)
+            ]
+            remote = [
+                d | {"held_here": False}
+                for aid, d in others().items()
+                if aid not in engine.alerts and _matches(d, state, severity, entity)
+            ]
             body: dict[str, Any] = {
-                "alerts": [a.to_dict() for a in alerts],
+                "alerts": sorted(own + remote, key=_urgency),
                 "flood": engine.flood,
                 "raised_in_window": len(engine.raises),
                 "raised_total": engine.raised_total,
@@ -173,9 +209,12 @@ def register_alert_views(
     class OneAlert(View):
         async def get(self, request: Request, alert_id: str) -> Response:
             a = engine.alerts.get(alert_id)
-            if a is None:
-                return self.json({"error": f"no alert {alert_id!r} on this worker"}, status=404)
-            return self.json(a.to_dict())
+            if a is not None:
+                return self.json(a.to_dict() | {"held_here": True})
+            doc = others().get(alert_id)
+            if doc is None:
+                return self.json({"error": f"no alert {alert_id!r}"}, status=404)
+            return self.json(doc | {"held_here": False})
 
     async def act(view: View, request: Request, op: str, alert_id: str) -> Response:
         try:

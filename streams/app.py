@@ -638,7 +638,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         return json.dumps(row, separators=(",", ":")).encode()
 
     async def publish_alert_changes() -> None:
-        changed, _removed = engine.take_changes()
+        changed, removed = engine.take_changes()
         now = rt.clock_ms()
         docs = [a.to_dict() for a in changed]
         for a, doc in zip(changed, docs, strict=True):
@@ -646,9 +646,21 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
                 value = a.to_bytes()
                 alert_table.data[a.id] = value
                 alert_table.send_changelog(partition_of(a.owner), a.id, value)
+                # every worker follows twin.state: GET /api/alerts on any of them lists it
+                view_doc = {"kind": "alert", "alert": doc}
+                await state_topic.send(
+                    key=f"alert/{a.id}".encode(),
+                    value=json.dumps(view_doc, separators=(",", ":")).encode(),
+                )
             await alerts_topic.send(
                 key=a.entity.encode(), value=alert_message(doc, now, a.state, a.rule)
             )
+        for aid in removed:
+            if owned(owner_of(aid) or ""):
+                try:  # a tombstone: other workers drop the alert from their view
+                    await state_topic.send(key=f"alert/{aid}".encode(), value=None)
+                except Exception as exc:
+                    log.warning("alert tombstone of %s not sent: %r", aid, exc)
         for ev in engine.events_since(events_seen["n"]):
             state = "EVENT_RAISED" if ev["transition"] == "raised" else "EVENT_CLEARED"
             await alerts_topic.send(
@@ -705,7 +717,16 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
 
     for sink in sinks:
         start_sink(sink)
-    register_alert_views(app, engine, settings, owned, send_command)
+
+    def other_alerts() -> dict[str, dict[str, Any]]:
+        # alerts of every worker as twin.state shows them (this worker's own come live)
+        return {
+            e.partition("/")[2]: d["alert"]
+            for e, d in rt.view.items()
+            if d.get("kind") == "alert" and isinstance(d.get("alert"), dict)
+        }
+
+    register_alert_views(app, engine, settings, owned, send_command, other_alerts)
 
     def snapshot() -> bytes:
         from streams.worker_snapshot import runtime_snapshot

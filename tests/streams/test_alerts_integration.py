@@ -170,19 +170,31 @@ def send_until(
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def _read_alert_messages(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
+async def _read_alert_states(bootstrap: str, topic: str, aid: str) -> list[str]:
+    """States of one alert on twin.alerts, each row decoded as the store decodes it, until
+    the alert is back to NORM (or 30 s)."""
+    tdef = default_tables()["alerts"]
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
-    out: list[tuple[bytes, bytes]] = []
+    states: list[str] = []
+    seen_ids: list[str] = []
     try:
-        for _ in range(6):
+        deadline = time.monotonic() + 30
+        while "NORM" not in states and time.monotonic() < deadline:
             for recs in (await consumer.getmany(timeout_ms=500)).values():
-                out += [(r.key, r.value) for r in recs]
+                for r in recs:
+                    table = decode_message(tdef, r.key, r.value, 0)
+                    rows = zip(
+                        table["state"].to_pylist(), table["alert_id"].to_pylist(), strict=True
+                    )
+                    states += [s for s, i in rows if i == aid]
+                    seen_ids.append(str(r.key))
     finally:
         await consumer.stop()
-    return out
+    assert states, f"no message of {aid} among {len(seen_ids)}: {seen_ids[:20]}"
+    return states
 
 
 def test_thermal_alert_reaches_alertmanager_is_acked_survives_a_restart_and_resolves(
@@ -269,18 +281,7 @@ def test_thermal_alert_reaches_alertmanager_is_acked_survives_a_restart_and_reso
         assert status == 200 and doc["state"] == "NORM" and not doc["active"]
 
         # twin.alerts carries the lifecycle in the alerts table's schema
-        tdef = default_tables()["alerts"]
-        msgs = asyncio.run(_read_alert_messages(broker.bootstrap, topics.alerts))
-        states = []
-        for key, value in msgs:
-            table = decode_message(tdef, key, value, 0)
-            states += [
-                s
-                for s, i in zip(
-                    table["state"].to_pylist(), table["alert_id"].to_pylist(), strict=True
-                )
-                if i == aid
-            ]
+        states = asyncio.run(_read_alert_states(broker.bootstrap, topics.alerts, aid))
         assert states[0] == "UNACK" and "ACKED" in states and states[-1] == "NORM"
     finally:
         worker.stop()
@@ -319,14 +320,23 @@ def test_an_ack_on_any_worker_reaches_the_owner_of_the_alert(
         def owner() -> WorkerProcess | None:
             for w in workers:
                 status, doc = w.get_json(f"/api/alerts/{aid}")
-                if status == 200 and doc["state"] == "UNACK":
+                if status == 200 and doc["state"] == "UNACK" and doc["held_here"]:
                     return w
             return None
 
         # the worker owning the rack's partition raises the alert
         held = send_until(broker, topics, SLOWDOWN_C - 2.0, owner, "the alert on its owner")
         other = workers[1] if held is workers[0] else workers[0]
-        assert other.get_json(f"/api/alerts/{aid}")[0] == 404
+
+        def listed_elsewhere() -> dict[str, Any] | None:
+            # the other worker lists it too, from twin.state
+            status, doc = other.get_json(f"/api/alerts?entity={RACK}")
+            alerts: list[dict[str, Any]] = (doc or {}).get("alerts", [])
+            hits = [a for a in alerts if a["id"] == aid]
+            return hits[0] if status == 200 and hits else None
+
+        listed = send_until(broker, topics, SLOWDOWN_C - 2.0, listed_elsewhere, "the alert listed")
+        assert listed["held_here"] is False and listed["state"] == "UNACK"
         url = f"{other.url}/api/alerts/{aid}/ack"
         assert request(url, {"comment": "x"})[0] == 401
         status, doc = request(url, {"comment": "from the other worker", "by": "op-ben"}, TOKEN)
