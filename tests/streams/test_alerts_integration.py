@@ -348,6 +348,19 @@ def test_an_ack_on_any_worker_reaches_the_owner_of_the_alert(
 
         doc = send_until(broker, topics, SLOWDOWN_C - 2.0, acked, "the forwarded ack")
         assert (doc["ack_by"], doc["ack_comment"]) == ("op-ben", "from the other worker")
+        # shelving goes the same way; a shelve longer than the budget allows is refused
+        shelve = f"{other.url}/api/alerts/{aid}/shelve"
+        assert request(shelve, {"duration_s": 600})[0] == 401
+        assert request(f"{held.url}/api/alerts/{aid}/shelve", {"duration_s": 1e9}, TOKEN)[0] == 400
+        status, doc = request(shelve, {"duration_s": 600, "by": "op-ben"}, TOKEN)
+        assert status == 202
+
+        def shelved() -> dict[str, Any] | None:
+            status, doc = held.get_json(f"/api/alerts/{aid}")
+            return doc if status == 200 and doc["state"] == "SHLVD" else None
+
+        doc = send_until(broker, topics, SLOWDOWN_C - 2.0, shelved, "the forwarded shelve")
+        assert doc["shelved_by"] == "op-ben" and doc["shelved_until_s"] > time.time() + 500
         # malformed actions are refused where they are posted
         assert request(url, {"comment": 5}, TOKEN)[0] == 400
         assert request(f"{other.url}/api/alerts/..%2Fx/ack", {}, TOKEN)[0] in (400, 404)
