@@ -207,3 +207,20 @@ def test_restores_never_let_fresh_frames_or_bad_checkpoints_win() -> None:
         new.restore_unit(bad)
     assert new.counters.bad_checkpoints == 6 and "R2" not in new.racks
     assert new.models.view("R1")["updates"] == [29] * 4
+
+
+def test_metrics_export_the_throttle_reasons_apart() -> None:
+    from streams.metrics import render_metrics
+
+    reasons = np.array([0x4, 0x4, 0x4, 0x20, 0x48, 0x0], dtype=np.uint64)
+    cols = gpu_columns(6) | {"clock_event_reasons": reasons}
+    rt = TwinRuntime(partitions=8)
+    frame = decode_gpu_frame(encode_frame(gpu_batch(NOW, "R7", cols)), key=None, now_ms=NOW)
+    rt.apply_gpu(frame, "telemetry.gpu")
+    text = render_metrics(rt, {}).decode()
+    assert 'twin_rack_power_capped_gpus{rack="R7"} 3.0' in text
+    assert 'twin_rack_throttled_gpus{rack="R7"} 2.0' in text
+    assert 'twin_rack_thermal_slowdown_gpus{rack="R7"} 2.0' in text
+    assert 'twin_rack_hw_slowdown_gpus{rack="R7"} 1.0' in text
+    margin = float(DEFAULT_SLOWDOWN_C - cols["temp_gpu_c"].max())
+    assert f'twin_rack_thermal_margin_min_kelvin{{rack="R7"}} {margin}' in text
