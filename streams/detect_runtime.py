@@ -36,7 +36,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from models.alerting import AlertEngine
-from models.base import Detector, GroupLayout
+from models.base import Detector, GroupLayout, squash
 from models.physics import Balance, GpuResidual, ResistanceTrend
 from models.robust import Drift, RobustZScore
 from models.sensor import RateOfChange, Stuck
@@ -53,6 +53,7 @@ GPU_DETECTORS: tuple[str, ...] = (
     "rate_power",
     "rate_temp",
     "drift",
+    "power_own",
 )
 #: Per-rack and per-unit-point detectors.
 RACK_DETECTORS: tuple[str, ...] = ("balance",)
@@ -63,7 +64,24 @@ GPU_SCORES: tuple[str, ...] = (
     "residual_common",
     "r_trend_common",
     "drift_common",
+    "xid_critical",
+    "xid_warning",
+    "hw_slowdown",
+    "hbm",
 )
+#: Per-GPU state of the HBM decay check besides the scores: last corrected-ECC count, its
+#: exponentially weighted rate [1/s], and the sample time [s] of that count.
+GPU_STATE: tuple[str, ...] = ("ecc_last", "ecc_rate", "ecc_t")
+#: XIDs that take a GPU out (issue 9; NVIDIA XID catalogue) and those to trend.
+XID_CRITICAL = (48, 64, 74, 79, 94, 95)
+XID_WARNING = (63, 92)
+#: Clock-event reasons that are not normal operation: HW slowdown, power brake, SW and HW
+#: thermal slowdown (power capping, 0x4, is normal under a power limit).
+ABNORMAL_CLOCK_EVENTS = 0x8 | 0x80 | 0x20 | 0x40
+#: Corrected-ECC rate [1/s] scored 0.5 (a healthy HBM stack corrects ~none per hour) and the
+#: half-life of its weighted rate [s].
+ECC_RATE_THRESHOLD_PER_S = 0.002
+ECC_RATE_HALF_LIFE_S = 60.0
 #: Checkpoint key of the unit detectors (owned by the worker running the facility model).
 FACILITY_KEY = "facility"
 #: A rack or unit is fed to the engine while its largest score was >= HOT_SCORE within
@@ -84,6 +102,9 @@ def _gpu_detectors() -> dict[str, Detector]:
         "rate_power": RateOfChange(threshold=8.0),
         "rate_temp": RateOfChange(threshold=8.0),
         "drift": Drift(h=10.0),
+        # a straggler: this GPU's power against its own history, less its rack's common
+        # move (jobs start and stop whole racks); 3 % noise floor (util jitter), 6 floors
+        "power_own": ResistanceTrend(half_life=3600.0, floor=0.03, min_samples=120),
     }
 
 
@@ -140,7 +161,7 @@ class DetectRuntime:
         for d in self.rack.values():
             if d.n_series < n_racks:
                 d.resize(n_racks)
-        for k in GPU_SCORES:
+        for k in (*GPU_SCORES, *GPU_STATE):
             old = self.gpu_score.get(k, np.zeros(0))
             if old.size < n:
                 self.gpu_score[k] = np.concatenate([old, np.zeros(n - old.size)])
@@ -247,15 +268,18 @@ class DetectRuntime:
             "rate_power": (ts_s, power, None),
             "rate_temp": (ts_s, temp, None),
             "drift": (t_fit, res, None),
+            "power_own": (ts_s, power, None),
         }
         for name, (t, x, aux) in inputs.items():
             det = d[name]
             prev_t = det._state["t_last_s"][idx]
-            grp = group if name in ("residual", "r_trend") else None
+            grp = group if name in ("residual", "r_trend", "power_own") else None
             s = det.update(t, x, aux=aux, group=grp, index=idx)
             fresh = det._state["t_last_s"][idx] != prev_t
             sc[name][idx[fresh]] = s[fresh]
-            if name in ("residual", "r_trend"):
+            if name == "power_own":
+                sc[name][idx[fresh]] = getattr(det, "last_own", s)[fresh]
+            elif name in ("residual", "r_trend"):
                 g = det  # _Grouped: own and common parts of the same call
                 own = getattr(g, "last_own", s)
                 common = getattr(g, "last_common", np.zeros_like(s))
@@ -268,6 +292,43 @@ class DetectRuntime:
             lay = self._layout = GroupLayout(group)
         med, _ = lay.median(sc["drift"][idx], np.ones(idx.size, dtype=bool))
         sc["drift_common"][idx] = med
+        self._score_fleet(st, counts, idx, ts_s)
+
+    def _score_fleet(
+        self, st: list[Any], counts: list[int], idx: np.ndarray, ts_s: np.ndarray
+    ) -> None:
+        """XID classes, abnormal clock events and the HBM decay chain (frames v2 fields;
+        v1 frames read 0 counts and score 0)."""
+        sc = self.gpu_score
+
+        def col(name: str) -> np.ndarray:
+            parts = [s.values[name][:c] for s, c in zip(st, counts, strict=True)]
+            return np.concatenate(parts)
+
+        xid = col("xid").astype(np.int64)
+        sc["xid_critical"][idx] = np.isin(xid, XID_CRITICAL)
+        sc["xid_warning"][idx] = np.isin(xid, XID_WARNING)
+        reasons = col("clock_event_reasons").astype(np.uint64)
+        sc["hw_slowdown"][idx] = (reasons & np.uint64(ABNORMAL_CLOCK_EVENTS)) != 0
+        if "ecc_corrected" not in st[0].values:
+            return
+        ecc = col("ecc_corrected").astype(np.float64)
+        unc = col("ecc_uncorrected").astype(np.float64)
+        flags = col("row_remap_flags").astype(np.int64)
+        last, rate, t_prev = sc["ecc_last"][idx], sc["ecc_rate"][idx], sc["ecc_t"][idx]
+        with np.errstate(invalid="ignore"):
+            dt = ts_s - t_prev
+            fresh = np.isfinite(ts_s) & ~(dt <= 0.0)
+            step = fresh & np.isfinite(t_prev) & (t_prev > 0)
+            inc = np.where(step, np.maximum(ecc - last, 0.0) / dt, 0.0)  # counter reset: 0
+            a = -np.expm1(-np.log(2.0) * np.where(step, dt, 0.0) / ECC_RATE_HALF_LIFE_S)
+            rate = np.where(step, rate + a * (inc - rate), rate)
+        sc["ecc_rate"][idx] = rate
+        sc["ecc_last"][idx] = np.where(fresh, ecc, last)
+        sc["ecc_t"][idx] = np.where(fresh, ts_s, t_prev)
+        hbm = squash(rate, ECC_RATE_THRESHOLD_PER_S)
+        hbm = np.where((flags & 0x3) != 0, np.maximum(hbm, 0.95), hbm)  # rows remapped
+        sc["hbm"][idx] = np.where(unc > 0, 1.0, hbm)  # uncorrectable: the end of the chain
 
     def _score_racks(self, rt: TwinRuntime, racks: list[str], slots: list[int]) -> None:
         n = len(racks)
@@ -372,6 +433,11 @@ class DetectRuntime:
             "gpu_drift_score": np.where(
                 self.gpu_score["drift_common"] >= 0.5, 0.0, self.gpu_score["drift"]
             ),
+            "gpu_power_own_score": self.gpu_score["power_own"],
+            "gpu_xid_critical_bool": self.gpu_score["xid_critical"],
+            "gpu_xid_warning_bool": self.gpu_score["xid_warning"],
+            "gpu_hw_slowdown_bool": self.gpu_score["hw_slowdown"],
+            "gpu_hbm_score": self.gpu_score["hbm"],
             "gpu_rate_score": np.maximum(self.gpu_score["rate_power"], self.gpu_score["rate_temp"]),
         }
         common = np.maximum.reduce(
@@ -442,7 +508,7 @@ class DetectRuntime:
             for name, det in self.gpu.items():
                 for k, v in det._state.items():
                     arrays[f"gpu.{name}.{k}"] = v[sl]
-            for k in GPU_SCORES:
+            for k in (*GPU_SCORES, *GPU_STATE):
                 arrays[f"score.{k}"] = self.gpu_score[k][sl]
             for name, det in self.rack.items():
                 for k, v in det._state.items():
@@ -486,7 +552,7 @@ class DetectRuntime:
         for name, det in self.gpu.items():
             for k, v in det._state.items():
                 plan.append((v, sl, np.asarray(arrays[f"gpu.{name}.{k}"], dtype=np.float64)))
-        for k in GPU_SCORES:
+        for k in (*GPU_SCORES, *GPU_STATE):
             plan.append((self.gpu_score[k], sl, np.asarray(arrays[f"score.{k}"], np.float64)))
         for name, det in self.rack.items():
             for k, v in det._state.items():
