@@ -200,6 +200,8 @@ class AlertEngine:
     floods_total: int = 0
     flood: bool = False
     out_of_service: set[str] = field(default_factory=set)
+    #: active root-cause alerts of other workers: id -> racks it feeds
+    external_roots: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _tracked: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     _changes: dict[str, Alert] = field(default_factory=dict)
     _removed: set[str] = field(default_factory=set)
@@ -440,20 +442,37 @@ class AlertEngine:
         self.flood = flood
 
     # --- suppression and service ------------------------------------------------------------
-    def _suppressor(self, a: Alert) -> str | None:
-        if not self.rules.rules[a.rule].suppressible:
-            return None
-        for root in self.alerts.values():
-            if root.active and not root.oos and root.blast and a.owner in root.blast:
-                return root.id
-        return None
-
-    def _suppress_all(self, now: float) -> None:
+    def _covered(self) -> dict[str, str]:
+        """Rack -> id of an active root-cause alert whose blast radius holds it (this
+        engine's own, then those other workers hold: :meth:`set_external_roots`)."""
         covered: dict[str, str] = {}
         for root in self.alerts.values():
             if root.active and not root.oos and root.blast:
                 for rack in root.blast:
                     covered.setdefault(rack, root.id)
+        for rid, blast in self.external_roots.items():
+            for rack in blast:
+                covered.setdefault(rack, rid)
+        return covered
+
+    def _suppressor(self, a: Alert) -> str | None:
+        if not self.rules.rules[a.rule].suppressible:
+            return None
+        return self._covered().get(a.owner)
+
+    def set_external_roots(
+        self, roots: Mapping[str, Iterable[str]], now_s: float | None = None
+    ) -> None:
+        """Active root-cause alerts held elsewhere (id -> racks it feeds): a CDU owned by
+        another worker suppresses the GPU alerts of its racks here too."""
+        new = {rid: tuple(b) for rid, b in roots.items() if rid not in self.alerts}
+        if new == self.external_roots:
+            return
+        self.external_roots = new
+        self._suppress_all(self.clock() if now_s is None else now_s)
+
+    def _suppress_all(self, now: float) -> None:
+        covered = self._covered()
         for a in self.alerts.values():
             if not self.rules.rules[a.rule].suppressible:
                 continue
@@ -627,6 +646,7 @@ class AlertEngine:
             "floods_total": self.floods_total,
             "flood": self.flood,
             "out_of_service": sorted(self.out_of_service),
+            "external_roots": {k: list(v) for k, v in sorted(self.external_roots.items())},
             "tracked": [[r, o, sorted(s)] for (r, o), s in self._tracked.items()],
         }
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
@@ -650,5 +670,6 @@ class AlertEngine:
         self.floods_total = int(doc["floods_total"])
         self.flood = bool(doc["flood"])
         self.out_of_service = set(doc["out_of_service"])
+        self.external_roots = {k: tuple(v) for k, v in doc["external_roots"].items()}
         self._tracked = {(r, o): set(s) for r, o, s in doc["tracked"]}
         self._changes, self._removed = {}, set()

@@ -77,6 +77,23 @@ def parse_command(raw: bytes, op: str | None = None, aid: str | None = None) -> 
     return out
 
 
+#: Most racks a root-cause alert from twin.state may name (the campus has 1,250).
+MAX_BLAST = 100_000
+
+
+def external_roots(docs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Active root-cause alerts among other workers' alert documents (twin.state, so checked
+    like any input): id -> the racks it feeds."""
+    out: dict[str, tuple[str, ...]] = {}
+    for aid, d in docs.items():
+        blast = d.get("blast")
+        if not d.get("active") or d.get("oos") or not isinstance(blast, list) or not blast:
+            continue
+        if len(blast) <= MAX_BLAST and all(isinstance(r, str) for r in blast):
+            out[aid] = tuple(blast)
+    return out
+
+
 def apply_command(engine: AlertEngine, cmd: dict[str, Any]) -> dict[str, Any]:
     """Apply an action to an owned alert; the alert as JSON (AlertError if it does not apply)."""
     if cmd["op"] == "ack":

@@ -29,6 +29,7 @@ from streams.alert_views import (
     AlertCollector,
     CommandError,
     apply_command,
+    external_roots,
     parse_command,
     register_alert_views,
 )
@@ -678,6 +679,8 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             return
         sync_tables_now()  # an owned alert is restored before it is evaluated again
         now_s = rt.clock_ms() / 1000.0
+        # root causes other workers hold suppress this worker's alerts in their blast radius
+        engine.set_external_roots(external_roots(other_alerts()), now_s)
         view = rt.model_view if owned("facility") else None
         evaluate_sources(engine, rt, smap, owned, now_s, facility_view=view)
         detect.evaluate(rt, owned, facility_view=view)

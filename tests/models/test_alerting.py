@@ -409,3 +409,25 @@ def test_listing_filters_and_counts() -> None:
     assert [a.rule for a in e.listing(entity="R0009")] == ["margin"]
     assert e.listing(state="ACKED") == []
     assert e.counts() == {("UNACK", "critical"): 1, ("UNACK", "major"): 1}
+
+
+def test_a_root_cause_held_by_another_worker_suppresses_here_too() -> None:
+    e, c = engine()
+    for _ in range(3):
+        feed(e, c, 3.0, rack="R0002")
+        c.t += 5
+    a = the_alert(e, rack="R0002")
+    assert a.state == "UNACK"
+    e.set_external_roots({"CDU01.flow.x": ("R0001", "R0002")})
+    assert (a.state, a.suppressed_by) == ("DSUPR", "CDU01.flow.x")
+    e.set_external_roots({})
+    assert a.state == "UNACK" and a.suppressed_by is None
+    # a raise inside an external blast radius is suppressed from the start
+    e.set_external_roots({"UPS01.ups.y": ("R0003",)})
+    for _ in range(3):
+        feed(e, c, 3.0, rack="R0003")
+        c.t += 5
+    assert the_alert(e, rack="R0003").state == "DSUPR"
+    b, _ = engine(Clock(c.t))
+    b.restore(e.snapshot())
+    assert b.snapshot() == e.snapshot()

@@ -179,3 +179,17 @@ def test_metrics_of_the_alerts_have_bounded_labels() -> None:
     assert 'twin_alert_sink_queue{sink="webhook"} 1.0' in text
     series = [ln for ln in text.splitlines() if ln.startswith("twin_alerts{")]
     assert len(series) == 7 * 4  # states x severities, whatever the alerts
+
+
+def test_external_roots_are_checked_like_any_input() -> None:
+    from streams.alert_views import external_roots
+
+    docs = {
+        "CDU01.cdu_flow_low.a": {"active": True, "blast": ["R0001", "R0002"]},
+        "CDU02.cdu_flow_low.b": {"active": False, "blast": ["R0009"]},
+        "UPS01.ups_on_battery.c": {"active": True, "blast": "R0001"},
+        "UPS02.ups_on_battery.d": {"active": True, "blast": [1, 2]},
+        "R0001.gpu_thermal_margin.e": {"active": True, "blast": []},
+        "CDU03.cdu_flow_low.f": {"active": True, "oos": True, "blast": ["R0017"]},
+    }
+    assert external_roots(docs) == {"CDU01.cdu_flow_low.a": ("R0001", "R0002")}
