@@ -72,8 +72,8 @@ def _json(raw: bytes) -> Any:
 class Alertmanager:
     """prometheus-alertmanager on a free loopback port, storage in a temp dir."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         cfg = tmp / "alertmanager.yml"
         cfg.write_text(
             "route:\n  receiver: twin\n  group_wait: 1s\n  group_interval: 1s\n"
@@ -119,13 +119,17 @@ class Alertmanager:
         self.log.close()
 
 
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+def require_alertmanager() -> None:
     if shutil.which(ALERTMANAGER) is None:
         msg = f"{ALERTMANAGER} missing: run scripts/alertmanager.sh (apt prometheus-alertmanager)"
         if in_ci():
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+    require_alertmanager()
     am = Alertmanager(tmp_path)
     yield am
     am.stop()
@@ -367,3 +371,46 @@ def test_an_ack_on_any_worker_reaches_the_owner_of_the_alert(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_an_alert_raised_while_alertmanager_is_down_arrives_when_it_starts(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    require_alertmanager()
+    topics = Topics(topic_prefix)
+    asyncio.run(ensure_topics(broker.bootstrap, topics, 8))
+    port = free_port()  # nothing listens there yet
+    extra = (
+        "--alert-rules",
+        str(rules_file(tmp_path)),
+        "--alertmanager-url",
+        f"http://127.0.0.1:{port}",
+    )
+    worker = WorkerProcess(broker.url, topic_prefix, tmp_path / "w", extra=extra)
+    am: Alertmanager | None = None
+    try:
+        worker.wait_healthy()
+
+        def raised() -> bool:
+            status, doc = worker.get_json("/api/alerts?state=UNACK")
+            return status == 200 and bool(doc["alerts"])
+
+        send_until(broker, topics, SLOWDOWN_C - 2.0, raised, "the alert on the worker")
+
+        def failing() -> bool:
+            text = urllib.request.urlopen(worker.url + "/metrics", timeout=5).read().decode()
+            line = [ln for ln in text.splitlines() if ln.startswith("twin_alert_sink_failures")]
+            return bool(line) and float(line[0].split()[-1]) >= 1
+
+        send_until(broker, topics, SLOWDOWN_C - 2.0, failing, "a failed delivery")
+        am = Alertmanager(tmp_path, port)
+
+        def delivered() -> bool:
+            return any(a["labels"].get("alertname") == "gpu_thermal_margin" for a in am.alerts())
+
+        # retried with backoff (at most 60 s apart); the alert is still firing when it lands
+        send_until(broker, topics, SLOWDOWN_C - 2.0, delivered, "the late delivery", 90)
+    finally:
+        worker.stop()
+        if am is not None:
+            am.stop()
