@@ -93,6 +93,17 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
         default=env("TWIN_SINK_DLQ_TOPIC", ""),
         help="dead-letter topic for refused twin.* records (default: <prefix>telemetry.dlq)",
     )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("TWIN_SINK_HTTP_PORT", "0")),
+        help="serve GET /healthz and /metrics on this port (0: no HTTP server)",
+    )
+    p.add_argument(
+        "--http-host",
+        default=env("TWIN_SINK_HTTP_HOST", "127.0.0.1"),
+        help="address the --http-port server binds",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     add_kafka_security_flags(p)
 
@@ -128,12 +139,25 @@ def with_topics(tables: dict[str, TableDef], spec: str) -> dict[str, TableDef]:
     return out
 
 
-async def _main(sink: ParquetSink) -> None:
+async def _main(sink: ParquetSink, http_host: str = "127.0.0.1", http_port: int = 0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await sink.run(stop)
+    server = None
+    if http_port:
+        from storage.sink_http import SinkHttp
+
+        server = SinkHttp(sink, http_host, http_port)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise ConfigError(f"--http-port {http_port}: {exc}") from exc
+    try:
+        await sink.run(stop)
+    finally:
+        if server is not None:
+            await server.stop()
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -169,7 +193,9 @@ def run_sink(args: argparse.Namespace) -> int:
             dedupe_window_s=args.dedupe_window_seconds,
             dlq_topic=args.dlq_topic or args.topic_prefix + TOPIC_DLQ,
         )
-        asyncio.run(_main(sink))
+        if not 0 <= args.http_port <= 65535:
+            raise ConfigError("--http-port must be 0 (off) .. 65535")
+        asyncio.run(_main(sink, args.http_host, args.http_port))
     except TwinError as exc:
         print(f"twin sink: {exc}", file=sys.stderr)
         return 2

@@ -286,6 +286,8 @@ class ParquetSink:
         self._position: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self._paused_since: float | None = None
+        #: when the consume loop last turned (None: not consuming yet), for /healthz
+        self._last_step: float | None = None
         self._last_retry = 0.0
         self._assigning = False
         self._failed: BaseException | None = None
@@ -406,6 +408,7 @@ class ParquetSink:
                 self.maintenance_error = None
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        self._last_step = self._clock()
         if self._failed is not None:
             # aiokafka logs and swallows listener errors; a sink that cannot place its
             # partitions must stop (and be restarted) rather than read from unknown offsets.
@@ -763,7 +766,7 @@ class ParquetSink:
                 self.writer.buffered_rows,
                 exc,
             )
-        self._paused_since = self._clock()
+            self._paused_since = self._clock()  # the first failure: how long it has lasted
         self._last_retry = self._clock()
         consumer.pause(*consumer.assignment())
 
@@ -790,6 +793,14 @@ class ParquetSink:
     @property
     def paused(self) -> bool:
         return self._paused_since is not None
+
+    def paused_for_s(self) -> float | None:
+        """How long consumption has been paused on an unwritable store [s]; None: not."""
+        return None if self._paused_since is None else self._clock() - self._paused_since
+
+    def since_last_step_s(self) -> float | None:
+        """Seconds since the consume loop last turned; None before it first does."""
+        return None if self._last_step is None else self._clock() - self._last_step
 
     # ---- rebalance -----------------------------------------------------------------------
 
