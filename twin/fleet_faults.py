@@ -25,8 +25,9 @@ as ground truth on twin.faults. They register into ``twin.faults.FAULT_KINDS`` (
   falls; the CDU's leak-detection rope trips ``detect_s`` after T (inf: the leak is not
   over a rope).
 - ``cascade:UPS01@T``: a voltage sag on the UPS input: the UPS rides through on battery for
-  ``sag_s``, the sag trips the dry-cooler fans (their drives stop on undervoltage), the
-  standby does not start, so the facility supply temperature climbs.
+  ``sag_s``, the sag trips the dry-cooler fans (their drives stop on undervoltage;
+  ``trips=1``), the trim chiller (``trips=2``) or both (``3``), the standby does not start,
+  so the facility supply temperature climbs.
 
 Every CDU also publishes ``reservoir_level_frac``, ``loop_pressure_pa`` and
 ``leak_detected_bool``; every UPS ``input_voltage_v``.
@@ -56,7 +57,8 @@ FLEET_FAULT_KINDS: Final[dict[str, tuple[str, dict[str, float]]]] = {
     ),
     "fail_slow": ("gpu", {"frac": 0.3, "reason": 0.0}),
     "leak": ("cdu", {"rate_kg_s": 0.05, "detect_s": 30.0, "cavitate_frac": 0.25}),
-    "cascade": ("ups", {"sag_s": 2.0, "sag_frac": 0.3}),
+    # trips: 1 the dry-cooler fans, 2 the trim chiller, 3 both
+    "cascade": ("ups", {"sag_s": 2.0, "sag_frac": 0.3, "trips": 1.0}),
 }
 
 #: XID classes (streams/schema.py XID_CRITICAL / XID_WARNING, NVIDIA's XID catalogue).
@@ -77,7 +79,10 @@ PRESSURE_EMPTY_PA: Final = 40_000.0
 #: UPS input voltage, line to line [V] (400 V three-phase).
 MAINS_V: Final = 400.0
 
-_GPU_COUNTERS: Final = ("ecc_corrected", "ecc_uncorrected", "remapped_rows", "nvlink_errors")
+#: Points only the sensors have (the facility model has no expectation of them).
+SENSOR_ONLY_POINTS: Final = frozenset(
+    {"reservoir_level_frac", "loop_pressure_pa", "leak_detected_bool", "input_voltage_v"}
+)
 
 
 def check(spec: FaultSpec) -> None:
@@ -98,6 +103,11 @@ def check(spec: FaultSpec) -> None:
         raise ConfigError(f"{where}: frac={spec.param('frac'):g}: expected 0 < frac < 1")
     elif spec.kind == "leak" and not spec.param("rate_kg_s") > 0:
         raise ConfigError(f"{where}: rate_kg_s must be > 0")
+    elif spec.kind == "cascade" and spec.param("trips") not in (1, 2, 3):
+        raise ConfigError(
+            f"{where}: trips={spec.param('trips'):g}: expected 1 (dry-cooler fans), "
+            "2 (trim chiller) or 3 (both)"
+        )
 
 
 def record_extra(spec: FaultSpec, start_ms: int) -> dict[str, Any]:
@@ -144,7 +154,12 @@ def apply_physical(f: ResolvedFault, age_s: float, inputs: StepInputs) -> None:
     elif s.kind == "cascade":
         if age_s < s.param("sag_s"):
             inputs.ups_mains_ok[f.index] = False
-        inputs.dc_fan_ok[:] = False  # tripped on undervoltage; the standby does not start
+        # tripped on undervoltage; the standby does not start
+        trips = int(s.param("trips"))
+        if trips & 1:
+            inputs.dc_fan_ok[:] = False
+        if trips & 2:
+            inputs.chiller_ok = False
 
 
 def gpu_readings(

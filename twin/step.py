@@ -47,6 +47,7 @@ class StepInputs:
     pump_on: BoolArray  # CDU pump running
     dc_fan_ok: BoolArray  # dry-cooler fans working
     ups_mains_ok: BoolArray  # UPS rectifier input healthy
+    chiller_ok: bool = True  # trim chiller available (False: tripped, takes no heat)
     tcs_setpoint_c: float | None = None  # CDU supply setpoint [C]; None = site value
     fws_setpoint_c: float | None = None  # facility supply setpoint [C]; None = site value
     # a GPU that shut down stays off (a what-if horizon: nobody restarts the node); False: it
@@ -346,6 +347,8 @@ def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> F
     t_dc = t_hp - dc_max / m_cp
     ch = site.trim_chiller
     ch_max = min(max(m_cp * (t_dc - fws_set), 0.0), ch.capacity_frac_it * site.it_design_w)
+    if not inputs.chiller_ok:
+        ch_max = 0.0
     t_plant = t_dc - ch_max / m_cp
     volume = k.fws_volume_m3
     c_fws = volume * rho_f * cp_f  # [J/K]

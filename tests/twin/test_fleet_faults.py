@@ -251,3 +251,20 @@ def test_same_seed_same_frames() -> None:
 def test_bad_parameters_are_one_line_errors(text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         resolve(parse_fault(text), _site())
+
+
+def test_cascade_that_also_trips_the_chiller_lets_the_supply_run_away() -> None:
+    frames = _run(f"cascade:UPS01@{AT:g},trips=3")
+    only_fans = _run(f"cascade:UPS01@{AT:g}")
+    t = np.array([(f.ts_ms - T0) / 1000 for f in frames])
+    supply = _pt(frames, "FWS", "supply_temp_c")
+    assert (_pt(frames, "CH01", "cooling_w") == 0).all()  # tripped: takes no heat
+    # climbs (the heat pump, taking more from a warmer return, slows it for a while)
+    assert (np.diff(supply[(t >= AT + DT) & (t <= AT + 100)]) > 0.05).all()
+    assert supply[-1] > supply[t >= AT + DT][0] + 2.0
+    assert supply[-1] > _pt(only_fans, "FWS", "supply_temp_c")[-1] + 1.0
+    chiller_only = _run(f"cascade:UPS01@{AT:g},trips=2")
+    # the fans are left alone (in January the idle chiller's trip changes nothing else)
+    np.testing.assert_array_equal(
+        _pt(chiller_only, "DC01", "fan_speed_frac"), _pt(_baseline(), "DC01", "fan_speed_frac")
+    )
