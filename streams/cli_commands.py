@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from streams.alert_flags import add_alert_flags, alert_settings_from_args
@@ -223,6 +224,13 @@ def register(sub: Any) -> None:
         default=float(env_default("recycle_mb", "1024")),
         help="restart the embedded tansu broker when its memory passes this many "
         "MB (state is snapshotted and restored; env TWIN_RECYCLE_MB)",
+    )
+    p.add_argument(
+        "--api-token-file",
+        type=Path,
+        default=None,
+        help="the worker's bearer token for state-changing endpoints (alert ack/shelve "
+        "from the control room); without it those endpoints refuse every request",
     )
     p.set_defaults(handler=run_demo, speed=1.0)
 

@@ -126,6 +126,8 @@ class Demo:
             worker += ["--racks", str(a.racks)]
         if restore is not None:
             worker += ["--restore", str(restore)]
+        if getattr(a, "api_token_file", None) is not None:
+            worker += ["--api-token-file", str(a.api_token_file)]
         sink = [
             "sink", "--broker", url, "--data-dir", str(a.data_dir),
             "--topic-prefix", topics.prefix, "--flush-seconds", "30",

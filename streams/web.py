@@ -1,6 +1,7 @@
 """HTTP API served by every worker (Faust's aiohttp web server).
 
-GET /healthz, GET /api/state, GET /api/racks/{rack}, GET /api/units/{unit}, GET /metrics;
+GET / (the control room, streams/ui_views.py), GET /healthz, GET /api/state,
+GET /api/racks/{rack}, GET /api/units/{unit}, GET /metrics;
 other modules add their own routes through ``extra_views``.
 """
 
@@ -20,19 +21,10 @@ from streams.auth import sql_auth
 from streams.metrics import CONTENT_TYPE, render_metrics
 from streams.runtime import TwinRuntime
 from streams.settings import Settings
+from streams.ui_views import register_ui_views
 
 LagFn = Callable[[], Awaitable[dict[tuple[str, int], int]]]
 SnapshotFn = Callable[[], bytes]
-
-_INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>dc-twin</title></head>
-<body><h1>dc-twin worker</h1><ul>
-<li><a href="/api/state">/api/state</a>: facility summary and every rack</li>
-<li>/api/racks/{rack}: latest values per GPU, e.g. <a href="/api/racks/R0001">R0001</a></li>
-<li><a href="/metrics">/metrics</a>: Prometheus</li>
-<li><a href="/healthz">/healthz</a></li>
-<li>POST /api/sql {"sql": "SELECT ..."}: read-only SQL over the Parquet history</li>
-<li><a href="/api/snapshot">/api/snapshot</a>: the twin's state as .npz (for twin whatif)</li>
-</ul></body></html>"""
 
 
 def register_views(
@@ -45,6 +37,8 @@ def register_views(
 ) -> None:
     """Attach the API views to an app (``extra_metrics``: more collectors for /metrics)."""
     sql_state: dict[str, Any] = {}
+    # the control room at / (page, static files, SSE stream, what-if): streams/ui_views.py
+    register_ui_views(app, rt, settings, snapshot)
 
     def sql_service() -> Any:
         # Opened on first use: DuckDB views over the store of this worker's --data-dir.
@@ -86,11 +80,6 @@ def register_views(
             except SqlRefused as exc:
                 return self.json({"error": " ".join(str(exc).split())}, status=400)
             return self.bytes(data, content_type="application/json")
-
-    @app.page("/")
-    class Index(View):
-        async def get(self, request: Request) -> Response:
-            return self.html(_INDEX)
 
     @app.page("/healthz")
     class Health(View):
