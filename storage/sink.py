@@ -20,7 +20,8 @@ the committed offset. The rules:
 - a full disk or read-only directory pauses consumption, keeps the buffers, retries every
   ``retry_s`` and resumes once a write succeeds;
 - maintenance (compaction, rollups, retention) that fails is logged with its cause, counted
-  and retried next pass.
+  and retried next pass; with ``twin sink --http-port`` it shows on /healthz as degraded and
+  on /metrics (storage/sink_http.py).
 
 Test-only hook: with ``TWIN_SINK_TEST_ABORT_KEY=<key>`` in the environment, the sink calls
 ``os.abort()`` when it is about to decode a record with that message key (a stand-in for a
