@@ -128,9 +128,10 @@ def evaluate_sources(
         )
         capped[missing] = np.nan
         engine.observe("gpu_power_capped_bool", names, capped, owner=rack, where=where, now_s=now_s)
-        if rack in rt.models:
-            res = np.array(rt.models.view(rack)["residual_k"], dtype=np.float64)
-            res = np.abs(res[:n])
+        slot = rt.models.slots.get(rack)
+        if slot is not None:
+            # the estimator's residual of each GPU, read in place (no per-rack JSON view)
+            res = np.abs(rt.models.estimator.residual_k[slot[:n]])
             engine.observe(
                 "gpu_temp_residual_k", names[: res.size], res, owner=rack, where=where, now_s=now_s
             )

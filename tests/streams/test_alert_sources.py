@@ -193,3 +193,25 @@ def test_external_roots_are_checked_like_any_input() -> None:
         "CDU03.cdu_flow_low.f": {"active": True, "oos": True, "blast": ["R0017"]},
     }
     assert external_roots(docs) == {"CDU01.cdu_flow_low.a": ("R0001", "R0002")}
+
+
+def test_estimator_residuals_feed_the_residual_rule() -> None:
+    sm = site_map(load_site(racks=8))
+    rt = runtime_with({}, {"R0001": {"inlet_temp_c": 40.0}})
+    cols = gpu_columns(8, seed=2)
+    cols["power_w"] = np.full(8, 700.0, dtype=np.float32)
+    cols["clock_event_reasons"] = np.zeros(8, dtype=np.uint64)
+    for i in range(30):  # the fit settles on a steady rack
+        cols["temp_gpu_c"] = np.full(8, 60.0, dtype=np.float32)
+        data = encode_frame(gpu_batch(T0_MS + i * 1000, "R0001", cols))
+        rt.apply_gpu(decode_gpu_frame(data, key=b"R0001", now_ms=None), "t")
+    eng = AlertEngine(load_rules(), clock=lambda: 0.0)
+    cols["temp_gpu_c"][4] = 80.0  # one die jumps 20 K off what the model predicts
+    for i in range(30, 40):
+        data = encode_frame(gpu_batch(T0_MS + i * 1000, "R0001", cols))
+        rt.apply_gpu(decode_gpu_frame(data, key=b"R0001", now_ms=None), "t")
+        evaluate_sources(eng, rt, sm, lambda _k: True, T0_MS / 1000 + i)
+    # a transient the fit absorbs: an event (raised, then cleared), not an alert
+    log = [(e["entity"], e["transition"]) for e in eng.events if e["rule"] == "gpu_temp_residual"]
+    assert log == [("R0001/g4", "raised"), ("R0001/g4", "cleared")]
+    assert not eng.alerts
