@@ -44,12 +44,21 @@ function place() {
   const w = Math.max(320, canvas.parentElement.clientWidth);
   // rows and racks actually present (a small demo site fills one short row)
   const per = Math.max(...layout.pos) + 1, rows = Math.max(...layout.row) + 1, n = layout.n_halls;
-  const hallCols = Math.max(1, Math.min(n, Math.round(Math.sqrt(n * 1.6))));
+  const label = n > 2 ? 18 : 48, hallGap = 14, head = 18;
+  // as many halls side by side as give the biggest tiles that fit the window's width and height
+  const availH = Math.max(240, window.innerHeight - canvas.getBoundingClientRect().top - 16);
+  let hallCols = 1, size = 0;
+  for (let c = 1; c <= n; c++) {
+    const r = Math.ceil(n / c);
+    const sw = Math.floor((w - c * (label + hallGap)) / (c * per)) - 2;
+    const sh = Math.floor((availH - r * (head + hallGap)) / (r * rows)) - 2;
+    const sz = Math.min(46, sw, sh);
+    if (sz > size) { size = sz; hallCols = c; }
+  }
+  size = Math.max(6, size);
   const hallRows = Math.ceil(n / hallCols);
-  const label = 48, hallGap = 14;
-  const size = Math.max(6, Math.min(46, Math.floor((w - label - hallGap * hallCols) / (hallCols * per) - 2)));
-  const gap = size > 14 ? 3 : 1;
-  const hallW = per * (size + gap) + label, hallH = rows * (size + gap) + 18;
+  const gap = size > 14 ? 2 : 1;
+  const hallW = per * (size + gap) + label, hallH = rows * (size + gap) + head;
   const dpr = window.devicePixelRatio || 1;
   canvas.width = Math.floor(w * dpr);
   canvas.height = Math.floor((hallRows * (hallH + hallGap) + 4) * dpr);
@@ -67,7 +76,7 @@ function place() {
   for (let h = 0; h < n; h++) {
     const x0 = (h % hallCols) * (hallW + hallGap), y0 = Math.floor(h / hallCols) * (hallH + hallGap);
     ctx.fillText(`Hall ${h + 1}`, x0 + label, y0 + 11);
-    if (size >= 9) for (let r = 0; r < rows; r++) ctx.fillText(`row ${r + 1}`, x0, y0 + 16 + r * (size + gap) + size * 0.8);
+    if (size >= 9) for (let r = 0; r < rows; r++) ctx.fillText(n > 2 ? `${r + 1}` : `row ${r + 1}`, x0, y0 + 16 + r * (size + gap) + size * 0.7);
   }
 }
 
