@@ -63,7 +63,9 @@ def restore_runtime(rt: TwinRuntime, snap: TwinSnapshot) -> int:
                 continue
             rack = str(batch.column("rack")[0].as_py())
             sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, GPU_SCHEMA) as writer:
+            # the batch's own schema: a snapshot written before telemetry.gpu/v2 holds v1
+            # batches, which the decoder accepts and gives the v2 defaults
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
                 writer.write_batch(batch)
             frame = decode_gpu_frame(
                 sink.getvalue().to_pybytes(), key=None, now_ms=None, limits=DEFAULT_LIMITS

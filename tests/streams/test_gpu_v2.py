@@ -137,3 +137,20 @@ def test_json_reading_with_and_without_the_new_fields() -> None:
     with pytest.raises(DecodeError) as info:
         convert_json((base % (0, NOW, ', "remapped_rows": -1')).encode(), now_ms=NOW)
     assert info.value.code == "out_of_range"
+
+
+def test_worker_snapshot_from_before_v2_restores() -> None:
+    from streams.runtime import TwinRuntime
+    from streams.worker_snapshot import restore_runtime
+    from twin.snapshot import TwinSnapshot
+
+    v1 = as_v1(known_gpu_batch("R1", NOW, n=4))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, GPU_SCHEMA_V1) as writer:
+        writer.write_batch(v1)
+    snap = TwinSnapshot()
+    snap.extras["worker.racks_arrow"] = np.frombuffer(sink.getvalue().to_pybytes(), np.uint8)
+    rt = TwinRuntime(partitions=8)
+    assert restore_runtime(rt, snap) == 1
+    temp = v1.column("temp_gpu_c").to_numpy()
+    np.testing.assert_allclose(rt.racks["R1"].values["thermal_margin_k"], DEFAULT_SLOWDOWN_C - temp)
