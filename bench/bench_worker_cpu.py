@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streams.codec import decode_points_frame
 from streams.codec_batch import GpuMessage, decode_gpu_frames
+from streams.detect_runtime import detect_runtime_for_site
 from streams.facility import FacilityModel
 from streams.runtime import TwinRuntime, partition_for
 from streams.settings import Settings
@@ -62,7 +63,18 @@ def main() -> None:
     now = start_ms + args.seconds * 1000 + 1000
     gpu_cpu = 0.0
     n_gpu = 0
-    for frames in seconds:
+    # detectors (streams/detect_runtime.py) each alert tick over every rack, as the worker's
+    # evaluate_alerts timer runs them after each second's frames; the first seconds (state
+    # still growing) are not counted
+    from models.alerting import AlertEngine
+    from models.rules import load_rules
+    from streams.alert_sources import site_map
+
+    det = detect_runtime_for_site(site)
+    engine = AlertEngine(load_rules(None), clock=lambda: now / 1000.0)
+    smap = site_map(site)
+    det_cpu, det_n = 0.0, 0
+    for second, frames in enumerate(seconds):
         for kind, key, value in frames:
             if kind != "gpu":
                 contract = "telemetry.thermal" if kind == "thermal" else "telemetry.power"
@@ -75,6 +87,13 @@ def main() -> None:
             rt.apply_gpus([f for f in good if not isinstance(f, Exception)], "telemetry.gpu")
         gpu_cpu += time.process_time() - t0
         n_gpu += len(msgs)
+        t0 = time.process_time()
+        det.evaluate(rt, lambda _k: True)
+        det.feed(engine, smap.gpu_names, smap.rack_where, now / 1000.0)
+        if second >= 2:
+            det_cpu += time.process_time() - t0
+            det_n += 1
+    det_ms = det_cpu / max(det_n, 1) * 1000.0
     per_frame_us = gpu_cpu / n_gpu * 1e6
 
     def group(key: str) -> int:
@@ -137,6 +156,11 @@ def main() -> None:
             settings.model_checkpoint_interval_s,
         ),
         "facility model step": (cpu_ms(facility_step), settings.model_interval_s),
+        "detectors (all racks)": (det_ms, settings.alert_interval_s),
+        "detector checkpoints": (
+            cpu_ms(lambda: det.checkpoints(list(rt.racks), facility=True)),
+            settings.model_checkpoint_interval_s,
+        ),
     }
     frames_s = args.racks
     print(f"worker's own CPU at {args.racks} racks ({args.seconds} s of telemetry), 1 core")

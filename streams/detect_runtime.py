@@ -97,14 +97,18 @@ def _gpu_detectors() -> dict[str, Detector]:
     # of 5 % that leaves the die reading unmoved; rates learn their spread over 10 min.
     return {
         "residual": GpuResidual(threshold=6.0, floor=0.3, half_life=3600.0),
-        "r_trend": ResistanceTrend(),
+        # R trend at 3 spreads (0.5 at 6 %, 0.9 at 11 % with the 2 % floor): fouling raises
+        # only the cold plate's share of R, so the fitted R moves slower than the plate does
+        "r_trend": ResistanceTrend(threshold=3.0),
         "stuck": Stuck(aux_rel_tol=0.05),
         "rate_power": RateOfChange(threshold=8.0),
         "rate_temp": RateOfChange(threshold=8.0),
         "drift": Drift(h=10.0),
         # a straggler: this GPU's power against its own history, less its rack's common
-        # move (jobs start and stop whole racks); 3 % noise floor (util jitter), 6 floors
-        "power_own": ResistanceTrend(half_life=3600.0, floor=0.03, min_samples=120),
+        # move (jobs start and stop whole racks); 3 % noise floor (util jitter). Threshold 3
+        # noise units per sample: the rule asks for 30 s above 0.9 (5.5 units) in a row,
+        # which independent noise does not hold
+        "power_own": ResistanceTrend(half_life=3600.0, floor=0.03, min_samples=120, threshold=3.0),
     }
 
 

@@ -1,0 +1,342 @@
+"""Score the worker's detectors and alert rules against the simulator's injected faults.
+
+In process, no Kafka: the simulator's frames go through the worker's decoders
+(streams/codec.py), the same TwinRuntime, fitted models, facility model, alert sources
+(streams/alert_sources.py), detector runtime (streams/detect_runtime.py) and alert engine
+(models/alerting.py with the shipped rules) the worker runs, one alert tick per step.
+
+Per fault kind (several seeds): detection rate, delay from fault onset to the first alert
+raised in the fault's blast radius, and the same for the static-threshold baseline a
+DCGM/DCIM set-up would raise (GPU die temperature at its slowdown limit, CDU supply outside
+its band, UPS on battery, an XID in the critical class). Fault-free runs of simulated days
+(jobs starting and stopping at their checkpoints, inference following the daily cycle)
+give false alerts per 1,000 GPU-hours.
+
+    python bench/bench_detection_eval.py                 # default (~10 min on 2 cores)
+    python bench/bench_detection_eval.py --quick         # one seed, short runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.alerting import AlertEngine
+from models.rules import load_rules
+from streams.alert_sources import evaluate_sources, site_map
+from streams.codec import decode_points_frame, encode_frame, gpu_batch, points_batch
+from streams.codec_batch import GpuMessage, decode_gpu_frames
+from streams.detect_runtime import detect_runtime_for_site
+from streams.facility import FacilityModel
+from streams.runtime import TwinRuntime
+from twin.faults import FAULT_KINDS, parse_fault
+from twin.sim import Simulator
+from twin.site import load_site
+from twin.step import rack_design_flow_kg_s
+
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
+#: XIDs a fleet treats as critical (issue 9; NVIDIA XID catalogue)
+CRITICAL_XIDS = (48, 64, 74, 79, 94, 95)
+
+#: fault kind -> (spec template with {at}, slow?); targets name rack R0002's GPUs, CDU01 etc.
+CASES: dict[str, str] = {
+    "fouling": "fouling:R0002/G07@{at}",
+    "pump_degrade": "pump_degrade:CDU01@{at}",
+    "pump_trip": "pump_trip:CDU01@{at}",
+    "fan_fail": "fan_fail:DC01@{at}",
+    "sensor_stuck": "sensor_stuck:R0002/G03/temp_gpu_c@{at}",
+    "sensor_drift": "sensor_drift:R0002/inlet_temp_c@{at},rate_per_s=0.005",
+    "sensor_drift_cdu": "sensor_drift:CDU01/supply_temp_c@{at}",
+    "ups_on_battery": "ups_on_battery:UPS01@{at}",
+    "gpu_throttle_stuck": "gpu_throttle_stuck:R0002/G05@{at}",
+}
+#: Kinds of faults added by the fleet-fault work, run when the simulator knows them.
+NEW_CASES: dict[str, str] = {
+    "xid": "xid:R0002/G09@{at}",
+    "hbm_decay": "hbm_decay:R0002/G10@{at}",
+    "fail_slow": "fail_slow:R0002/G11@{at}",
+    "leak": "leak:CDU01@{at}",
+    "cascade": "cascade:UPS01@{at}",
+}
+#: Faults whose detectors compare with hours of history (fitted R, power): these runs learn
+#: for --long-warm-s first (at 5 s steps, 1 s from 2 min before the onset).
+LONG_WARM = {"fouling", "fail_slow"}
+SLOW = {"fouling", "pump_degrade", "sensor_drift", "sensor_drift_cdu", "hbm_decay", "fail_slow"}
+
+
+@dataclass
+class Run:
+    """What one simulated run raised: (time [s after start], rule, entity, owner) of each
+    alert raised (operator-visible), and of each baseline threshold alarm."""
+
+    alerts: list[tuple[float, str, str, str]] = field(default_factory=list)
+    baseline: list[tuple[float, str, str]] = field(default_factory=list)
+    gpu_hours: float = 0.0
+    steps: int = 0
+    wall_s: float = 0.0
+
+
+def _frames(sim_frame: Any, plant: bool) -> tuple[list[GpuMessage], list[tuple[str, bytes]]]:
+    gpu = sim_frame.gpu
+    msgs = []
+    for i, rack in enumerate(sim_frame.rack_ids):
+        cols = {name: arr[i] for name, arr in gpu.items()}
+        data = encode_frame(gpu_batch(sim_frame.ts_ms, rack, cols))
+        msgs.append(GpuMessage(data, rack.encode(), False))
+    pts: list[tuple[str, bytes]] = []
+    if plant:
+        for units in (sim_frame.thermal, sim_frame.power):
+            for unit, points in units.items():
+                pts.append((unit, encode_frame(points_batch(sim_frame.ts_ms, unit, points))))
+    return msgs, pts
+
+
+def simulate(
+    racks: int,
+    seed: int,
+    faults: list[str],
+    duration_s: float,
+    dt_s: float,
+    *,
+    fine_from_s: float = math.inf,
+    plant_dt_s: float = 5.0,
+    model_dt_s: float = 10.0,
+) -> Run:
+    """One run; ``dt_s`` per step, 1 s from ``fine_from_s`` on (around a fault)."""
+    site = load_site(None, racks=racks)
+    sim = Simulator(site, seed=seed, start_ms=START_MS, faults=[parse_fault(f) for f in faults])
+    clock = {"ms": START_MS}
+    rt = TwinRuntime(
+        partitions=1,
+        clock_ms=lambda: clock["ms"],
+        rack_design_flow_kg_s=rack_design_flow_kg_s(site),
+    )
+    engine = AlertEngine(load_rules(None), clock=lambda: clock["ms"] / 1000.0)
+    smap = site_map(site)
+    det = detect_runtime_for_site(site)
+    fm = FacilityModel(site, site_file="", start_ms=START_MS)
+    run = Run()
+    slowdown = float(site.gpu.slowdown_c)
+    ups_units = set(site.ups_ids)
+    cdu_units = set(site.cdu_ids)
+    fired: set[tuple[str, str]] = set()
+    t, next_plant, next_model = 0.0, 0.0, 0.0
+    seen = 0
+    t0 = time.perf_counter()
+    n_gpu = site.n_racks * site.n_gpus
+    while t < duration_s:
+        step = 1.0 if t >= fine_from_s else dt_s
+        frame = sim.step(step)
+        t += step
+        clock["ms"] = frame.ts_ms
+        plant = t >= next_plant
+        if plant:
+            next_plant = t + plant_dt_s
+        msgs, pts = _frames(frame, plant)
+        decoded = decode_gpu_frames(msgs, now_ms=frame.ts_ms)
+        rt.apply_gpus([f for f in decoded if not isinstance(f, Exception)], "gpu")
+        for unit, data in pts:
+            rt.apply_points(decode_points_frame(data, key=unit.encode(), now_ms=frame.ts_ms), "p")
+        view = None
+        if t >= next_model:
+            next_model = t + model_dt_s
+            fm.observe(rt)
+            fm.advance(frame.ts_ms)
+            rt.model_view = view = fm.view(rt)
+        now_s = frame.ts_ms / 1000.0
+        evaluate_sources(engine, rt, smap, lambda _k: True, now_s, facility_view=view)
+        det.evaluate(rt, lambda _k: True, facility_view=view)
+        det.feed(engine, smap.gpu_names, smap.rack_where, now_s, facility_owner=True)
+        engine.tick(now_s)
+        changed, _ = engine.take_changes()
+        new_total = engine.raised_total
+        if new_total > seen:
+            for a in changed:
+                key = (a.rule, a.entity)
+                if key not in fired and a.visible(now_s):
+                    fired.add(key)
+                    run.alerts.append((t, a.rule, a.entity, a.owner))
+            seen = new_total
+        # static-threshold baseline (DCGM/DCIM): first crossing per (alarm, entity)
+        temp = frame.gpu["temp_gpu_c"]
+        hot = np.argwhere(temp >= slowdown)
+        for r, g in hot[:50].tolist():
+            ent = f"{frame.rack_ids[r]}/G{g:02d}"
+            if ("temp", ent) not in fired:
+                fired.add(("temp", ent))
+                run.baseline.append((t, "gpu_temp_slowdown", ent))
+        xid = frame.gpu.get("xid")
+        if xid is not None:
+            for r, g in np.argwhere(np.isin(xid, CRITICAL_XIDS))[:50].tolist():
+                ent = f"{frame.rack_ids[r]}/G{g:02d}"
+                if ("xid", ent) not in fired:
+                    fired.add(("xid", ent))
+                    run.baseline.append((t, "xid_critical", ent))
+        for unit, points in frame.thermal.items():
+            if unit in cdu_units and "supply_temp_c" in points:
+                v = points["supply_temp_c"]
+                if (v > 48.0 or v < 30.0) and ("cdu", unit) not in fired:
+                    fired.add(("cdu", unit))
+                    run.baseline.append((t, "cdu_supply_band", unit))
+        for unit, points in frame.power.items():
+            on = unit in ups_units and points.get("on_battery_bool", 0.0) > 0.5
+            if on and ("ups", unit) not in fired:
+                fired.add(("ups", unit))
+                run.baseline.append((t, "ups_on_battery", unit))
+        run.gpu_hours += n_gpu * step / 3600.0
+        run.steps += 1
+    run.wall_s = time.perf_counter() - t0
+    return run
+
+
+def related(site: Any, target: str) -> set[str]:
+    """Entities whose alerts count as detecting a fault on ``target``: the target, its rack
+    (and that rack's GPUs) or the racks and GPUs a plant unit feeds."""
+    from streams.alert_sources import blast_radius
+
+    blast = blast_radius(site)
+    head = target.split("/")[0]
+    out = {head}
+    racks: tuple[str, ...] = ()
+    if head in blast:
+        racks = blast[head]
+    elif head.startswith("R"):
+        racks = (head,)
+    parts = target.split("/")
+    if len(parts) >= 2 and parts[1].startswith("G"):
+        gpu = int(parts[1][1:])
+        return {head, f"{head}/g{gpu}", f"{head}/G{gpu:02d}"}
+    for r in racks:
+        out.add(r)
+        out.update(f"{r}/g{i}" for i in range(site.n_gpus))
+        out.update(f"{r}/G{i:02d}" for i in range(site.n_gpus))
+    if head.startswith("DC") or head in ("FWS", "CHILLER", "HEATPUMP"):
+        out.update({"FWS", *site.cdu_ids, *site.dc_ids})
+        for r in site.rack_ids:
+            out.add(r)
+            out.update(f"{r}/g{i}" for i in range(site.n_gpus))
+    if head.startswith("UPS"):
+        out.update(site.cdu_ids)
+    return out
+
+
+def first_after(events: list[tuple[Any, ...]], ents: set[str], onset: float) -> float | None:
+    ts = [e[0] for e in events if e[0] >= onset and (e[-2] in ents or e[-1] in ents)]
+    return min(ts) - onset if ts else None
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--racks", type=int, default=4, help="racks of the fault runs")
+    ap.add_argument("--free-racks", type=int, default=8, help="racks of the fault-free runs")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--warm-s", type=float, default=600.0, help="learning time before a fault")
+    ap.add_argument("--after-s", type=float, default=900.0, help="time after a fault onset")
+    ap.add_argument(
+        "--slow-after-s", type=float, default=1500.0, help="time after a slow fault's onset"
+    )
+    ap.add_argument("--long-warm-s", type=float, default=3600.0, help="warm-up of LONG_WARM")
+    ap.add_argument("--free-days", type=float, default=1.0, help="fault-free simulated days")
+    ap.add_argument("--free-seeds", type=int, default=1)
+    ap.add_argument("--free-dt-s", type=float, default=10.0)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated fault cases")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.seeds, a.after_s, a.slow_after_s, a.free_days = 1, 600.0, 900.0, 0.25
+    site = load_site(None, racks=a.racks)
+    cases = dict(CASES)
+    cases.update({k: v for k, v in NEW_CASES.items() if k in FAULT_KINDS})
+    if a.only:
+        cases = {k: v for k, v in cases.items() if k in a.only.split(",")}
+    print(
+        f"# bench_detection_eval: {a.racks} racks x {site.n_gpus} GPUs, seeds {a.seeds}, "
+        f"warm {a.warm_s:.0f} s, after onset {a.after_s:.0f} s (slow faults "
+        f"{a.slow_after_s:.0f} s), dt 1 s; {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    missing = sorted(set(NEW_CASES) - set(FAULT_KINDS))
+    if missing:
+        print(f"# simulator lacks fault kinds {missing}: not evaluated")
+    print(
+        "| fault | detected | delay median [s] | delay max [s] | first rule | "
+        "baseline detected | baseline delay median [s] |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, tmpl in cases.items():
+        at = a.long_warm_s if name in LONG_WARM else a.warm_s
+        spec = tmpl.format(at=int(at))
+        target = spec.split(":", 1)[1].split("@")[0]
+        ents = related(site, target)
+        delays: list[float] = []
+        base: list[float] = []
+        rules: list[str] = []
+        for seed in range(a.seeds):
+            after = a.slow_after_s if name in SLOW else a.after_s
+            # 1 s steps throughout: the detectors learn at the rate the worker sees
+            run = simulate(
+                a.racks,
+                seed,
+                [spec],
+                at + after,
+                5.0 if name in LONG_WARM else 1.0,
+                fine_from_s=at - 120.0,
+            )
+            d = first_after(run.alerts, ents, at)
+            if d is not None:
+                delays.append(d)
+                rules.append(
+                    next(r for t, r, e, o in run.alerts if t - at == d and (e in ents or o in ents))
+                )
+            b = first_after([(t, e, e) for t, _r, e in run.baseline], ents, at)
+            if b is not None:
+                base.append(b)
+            pre = [x for x in run.alerts if x[0] < at]
+            if pre:
+                print(f"#   {name} seed {seed}: {len(pre)} alerts before onset: {pre[:3]}")
+        print(
+            f"| {name} | {len(delays)}/{a.seeds} | "
+            f"{fmt(float(np.median(delays)) if delays else None)} | "
+            f"{fmt(max(delays) if delays else None)} | {rules[0] if rules else '-'} | "
+            f"{len(base)}/{a.seeds} | {fmt(float(np.median(base)) if base else None)} |",
+            flush=True,
+        )
+    total_alerts, total_base, hours, wall = 0, 0, 0.0, 0.0
+    by_rule: dict[str, int] = {}
+    for seed in range(a.free_seeds):
+        run = simulate(a.free_racks, 100 + seed, [], a.free_days * 86_400.0, a.free_dt_s)
+        # the first hour is learning (min_samples of every detector): not scored
+        scored = [x for x in run.alerts if x[0] >= 3600.0]
+        total_alerts += len(scored)
+        total_base += len(run.baseline)
+        for x in scored:
+            by_rule[x[1]] = by_rule.get(x[1], 0) + 1
+        hours += run.gpu_hours * max(0.0, 1.0 - 3600.0 / max(a.free_days * 86_400.0, 1.0))
+        wall += run.wall_s
+    per_k = 1000.0 * total_alerts / hours if hours else float("nan")
+    print(
+        f"\nfault-free: {a.free_seeds} x {a.free_days:g} days at dt {a.free_dt_s:g} s, "
+        f"{hours:,.0f} GPU-hours scored: {total_alerts} alerts = {per_k:.2f} per 1,000 "
+        f"GPU-hours (by rule: {by_rule or 'none'}); baseline alarms {total_base}; "
+        f"wall {wall:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
