@@ -200,6 +200,8 @@ class AlertEngine:
     floods_total: int = 0
     flood: bool = False
     out_of_service: set[str] = field(default_factory=set)
+    #: entity -> {"entity", "by", "reason", "since_s"} of each entity out of service
+    service_notes: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: active root-cause alerts of other workers: id -> racks it feeds
     external_roots: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _tracked: dict[tuple[str, str], set[str]] = field(default_factory=dict)
@@ -207,6 +209,7 @@ class AlertEngine:
     _removed: set[str] = field(default_factory=set)
     _signatures: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     _owners_seen: set[str] = field(default_factory=set)
+    _service_changes: set[str] = field(default_factory=set)
 
     # --- the hot path ----------------------------------------------------------------------
     def observe(
@@ -486,18 +489,67 @@ class AlertEngine:
     def _is_oos(self, a: Alert) -> bool:
         return a.entity in self.out_of_service or a.owner in self.out_of_service
 
-    def set_out_of_service(self, entity: str, oos: bool, now_s: float | None = None) -> None:
-        """Take an entity (or a whole owner: a rack, a unit) out of service or back."""
+    def set_out_of_service(
+        self,
+        entity: str,
+        oos: bool,
+        now_s: float | None = None,
+        *,
+        by: str = "operator",
+        reason: str = "",
+    ) -> None:
+        """Take an entity (or a whole owner: a rack, a unit) out of service or back.
+
+        Out of service (ISA-18.2 OOSRV), its alerts are neither shown, counted nor notified;
+        ``by`` and ``reason`` are kept with the time [s] (:attr:`service_notes`).
+        """
         now = self.clock() if now_s is None else now_s
         if oos:
             self.out_of_service.add(entity)
+            self.service_notes[entity] = {
+                "entity": entity,
+                "by": by,
+                "reason": reason,
+                "since_s": now,
+            }
         else:
             self.out_of_service.discard(entity)
+            self.service_notes.pop(entity, None)
+        self._service_changes.add(entity)
+        self._apply_service(entity, now)
+
+    def _apply_service(self, entity: str, now: float) -> None:
         for a in self.alerts.values():
             if a.entity == entity or a.owner == entity:
                 a.oos = self._is_oos(a)
                 self._refresh(a, now)
         self._suppress_all(now)
+
+    def take_service_changes(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """Entities put out of or back in service since the last call: (entity, note), the
+        note None when back in service."""
+        out = [(e, self.service_notes.get(e)) for e in sorted(self._service_changes)]
+        self._service_changes.clear()
+        return out
+
+    def restore_service(
+        self, notes: Mapping[str, Mapping[str, Any]], now_s: float | None = None
+    ) -> None:
+        """Replace the entities out of service by ``notes`` (entity -> note, as kept by
+        :meth:`set_out_of_service`), e.g. after a table recovery."""
+        now = self.clock() if now_s is None else now_s
+        before = set(self.out_of_service)
+        self.service_notes = {e: dict(n) for e, n in notes.items()}
+        self.out_of_service = set(self.service_notes)
+        for entity in sorted(before ^ self.out_of_service):
+            self._apply_service(entity, now)
+
+    def service_listing(self) -> list[dict[str, Any]]:
+        """The entities out of service, with who took them out, why and since when [s]."""
+        return [
+            self.service_notes.get(e, {"entity": e, "by": None, "reason": "", "since_s": None})
+            for e in sorted(self.out_of_service)
+        ]
 
     # --- operator actions ---------------------------------------------------------------------
     def get(self, aid: str) -> Alert:
@@ -646,6 +698,7 @@ class AlertEngine:
             "floods_total": self.floods_total,
             "flood": self.flood,
             "out_of_service": sorted(self.out_of_service),
+            "service_notes": self.service_notes,
             "external_roots": {k: list(v) for k, v in sorted(self.external_roots.items())},
             "tracked": [[r, o, sorted(s)] for (r, o), s in self._tracked.items()],
         }
@@ -670,6 +723,8 @@ class AlertEngine:
         self.floods_total = int(doc["floods_total"])
         self.flood = bool(doc["flood"])
         self.out_of_service = set(doc["out_of_service"])
+        # snapshots written before notes were kept have none
+        self.service_notes = {str(k): dict(v) for k, v in doc.get("service_notes", {}).items()}
         self.external_roots = {k: tuple(v) for k, v in doc["external_roots"].items()}
         self._tracked = {(r, o): set(s) for r, o, s in doc["tracked"]}
         self._changes, self._removed = {}, set()

@@ -5,17 +5,21 @@
   adds this worker's last N events;
 - GET /api/alerts/{id};
 - POST /api/alerts/{id}/ack ``{"comment": ..., "by": ...}``;
-- POST /api/alerts/{id}/shelve ``{"duration_s": ..., "comment": ..., "by": ...}``.
+- POST /api/alerts/{id}/shelve ``{"duration_s": ..., "comment": ..., "by": ...}``;
+- POST /api/entities/{entity}/out-of-service ``{"reason": ..., "by": ...}`` and
+  POST /api/entities/{entity}/in-service: ISA-18.2 OOSRV of a GPU (``R0001/g3``), a rack or
+  a unit; the entities out of service are listed in GET /api/alerts (``out_of_service``).
 
-The POSTs need the worker's bearer token (streams/auth.py). An action on an alert this worker
-does not own is forwarded on ``twin.alert-commands``, keyed by the owner that the alert id
-names, and applied by the worker that owns that partition (202).
+The POSTs need the worker's bearer token (streams/auth.py). An action on an alert (or entity)
+this worker does not own is forwarded on ``twin.alert-commands``, keyed by the owner that the
+alert id (the entity) names, and applied by the worker that owns that partition (202).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -39,6 +43,16 @@ MAX_BODY_BYTES = 16 * 1024
 
 SendCommand = Callable[[str, dict[str, Any]], Awaitable[None]]
 
+#: An entity that can be taken out of service: a rack or unit (the owner), or a GPU of a rack.
+_ENTITY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64})?")
+
+
+def entity_owner(entity: str) -> str | None:
+    """The owner (rack or unit) whose partition holds an entity's alerts; None if malformed."""
+    if not isinstance(entity, str) or not _ENTITY_RE.fullmatch(entity):
+        return None
+    return entity.partition("/")[0]
+
 
 class CommandError(ValueError):
     """A malformed operator action (HTTP body or twin.alert-commands message)."""
@@ -58,16 +72,14 @@ def parse_command(raw: bytes, op: str | None = None, aid: str | None = None) -> 
     if not isinstance(doc, dict):
         raise CommandError("body must be a JSON object")
     op = op or doc.get("op")
+    if op == "service":
+        return _parse_service(doc, aid)
     aid = aid or doc.get("id")
     if op not in ("ack", "shelve"):
-        raise CommandError("op: expected ack or shelve")
+        raise CommandError("op: expected ack, shelve or service")
     if not isinstance(aid, str) or owner_of(aid) is None:
         raise CommandError("id: not an alert id")
-    by, comment = doc.get("by", "operator"), doc.get("comment", "")
-    if not isinstance(by, str) or not 0 < len(by) <= MAX_BY:
-        raise CommandError(f"by: expected a name of 1 to {MAX_BY} characters")
-    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
-        raise CommandError(f"comment: expected text of at most {MAX_COMMENT} characters")
+    by, comment = _by_comment(doc, "comment")
     out: dict[str, Any] = {"op": op, "id": aid, "by": by, "comment": comment}
     if op == "shelve":
         d = doc.get("duration_s")
@@ -75,6 +87,34 @@ def parse_command(raw: bytes, op: str | None = None, aid: str | None = None) -> 
             raise CommandError("duration_s: expected seconds >= 0 (0 unshelves)")
         out["duration_s"] = float(d)
     return out
+
+
+def _by_comment(doc: dict[str, Any], text_key: str) -> tuple[str, str]:
+    by, comment = doc.get("by", "operator"), doc.get(text_key, "")
+    if not isinstance(by, str) or not 0 < len(by) <= MAX_BY:
+        raise CommandError(f"by: expected a name of 1 to {MAX_BY} characters")
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+        raise CommandError(f"{text_key}: expected text of at most {MAX_COMMENT} characters")
+    return by, comment
+
+
+def _parse_service(doc: dict[str, Any], entity: str | None) -> dict[str, Any]:
+    """``{"op": "service", "entity", "oos": bool, "by", "reason"}`` (entity from the URL)."""
+    entity = entity or doc.get("entity")
+    if not isinstance(entity, str) or entity_owner(entity) is None:
+        raise CommandError("entity: expected a rack, a unit or RACK/gN")
+    oos = doc.get("oos")
+    if not isinstance(oos, bool):
+        raise CommandError("oos: expected true (out of service) or false (in service)")
+    by, reason = _by_comment(doc, "reason")
+    return {"op": "service", "entity": entity, "oos": oos, "by": by, "reason": reason}
+
+
+def command_owner(cmd: dict[str, Any]) -> str:
+    """The owner whose partition a parsed command goes to (its worker applies it)."""
+    if cmd["op"] == "service":
+        return entity_owner(cmd["entity"]) or ""
+    return owner_of(cmd["id"]) or ""
 
 
 #: Most racks a root-cause alert from twin.state may name (the campus has 1,250).
@@ -95,7 +135,13 @@ def external_roots(docs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, ...]
 
 
 def apply_command(engine: AlertEngine, cmd: dict[str, Any]) -> dict[str, Any]:
-    """Apply an action to an owned alert; the alert as JSON (AlertError if it does not apply)."""
+    """Apply an action to an owned alert (or entity); the alert (the entity's service
+    record) as JSON (AlertError if it does not apply)."""
+    if cmd["op"] == "service":
+        entity = cmd["entity"]
+        engine.set_out_of_service(entity, cmd["oos"], by=cmd["by"], reason=cmd["reason"])
+        note = engine.service_notes.get(entity)
+        return {"entity": entity, "out_of_service": cmd["oos"], "note": note}
     if cmd["op"] == "ack":
         a = engine.ack(cmd["id"], cmd["by"], cmd["comment"])
     else:
@@ -179,11 +225,14 @@ def register_alert_views(
     owned: Callable[[str], bool],
     send_command: SendCommand,
     others: Callable[[], dict[str, dict[str, Any]]] = dict,
+    others_service: Callable[[], dict[str, dict[str, Any]]] = dict,
 ) -> None:
     """Attach the alert API to an app.
 
     ``others``: alert id -> alert document of the alerts other workers hold, as published on
     twin.state; listed beside this worker's own with ``held_here: false``.
+    ``others_service``: entity -> service note of the entities other workers hold out of
+    service (twin.state).
     """
 
     @app.page("/api/alerts")
@@ -217,10 +266,24 @@ def register_alert_views(
                 "raised_in_window": len(engine.raises),
                 "raised_total": engine.raised_total,
                 "floods_total": engine.floods_total,
+                "out_of_service": service_list(),
             }
             if n_events:
                 body["events"] = list(engine.events)[-n_events:]
             return self.json(body)
+
+    def service_list() -> list[dict[str, Any]]:
+        own = {n["entity"]: n | {"held_here": True} for n in engine.service_listing()}
+        for e, n in others_service().items():
+            if e not in own and isinstance(n, dict) and entity_owner(e) is not None:
+                own[e] = {
+                    "entity": e,
+                    "by": n.get("by"),
+                    "reason": n.get("reason"),
+                    "since_s": n.get("since_s"),
+                    "held_here": False,
+                }
+        return [own[e] for e in sorted(own)]
 
     @app.page("/api/alerts/{alert_id}")
     class OneAlert(View):
@@ -238,14 +301,47 @@ def register_alert_views(
             cmd = parse_command(await request.read(), op, alert_id)
         except CommandError as exc:
             return view.json({"error": str(exc)}, status=400)
-        owner = owner_of(alert_id) or ""
+        return await dispatch(view, cmd, alert_id)
+
+    async def dispatch(view: View, cmd: dict[str, Any], target: str) -> Response:
+        owner = command_owner(cmd)
         if owned(owner):
             try:
                 return view.json(apply_command(engine, cmd))
             except AlertError as exc:
                 return view.json({"error": str(exc)}, status=exc.status)
         await send_command(owner, cmd)
-        return view.json({"forwarded": True, "owner": owner, "id": alert_id}, status=202)
+        key = "entity" if cmd["op"] == "service" else "id"
+        return view.json({"forwarded": True, "owner": owner, key: target}, status=202)
+
+    async def service(view: View, request: Request, entity: str, oos: bool) -> Response:
+        raw = await request.read()
+        try:
+            doc = json.loads(raw or b"{}") if len(raw) <= MAX_BODY_BYTES else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            doc = None
+        if not isinstance(doc, dict):
+            return view.json({"error": "body must be a JSON object"}, status=400)
+        try:
+            cmd = _parse_service(doc | {"oos": oos}, entity)
+        except CommandError as exc:
+            return view.json({"error": str(exc)}, status=400)
+        return await dispatch(view, cmd, entity)
+
+    # a GPU entity has a slash (R0001/g3): the path segment pattern takes one
+    entity_path = "/api/entities/{entity:[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)?}"
+
+    @app.page(entity_path + "/out-of-service")
+    class OutOfService(View):
+        @token_required(settings)
+        async def post(self, request: Request, entity: str) -> Response:
+            return await service(self, request, entity, True)
+
+    @app.page(entity_path + "/in-service")
+    class InService(View):
+        @token_required(settings)
+        async def post(self, request: Request, entity: str) -> Response:
+            return await service(self, request, entity, False)
 
     @app.page("/api/alerts/{alert_id}/ack")
     class Ack(View):

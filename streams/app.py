@@ -29,6 +29,8 @@ from streams.alert_views import (
     AlertCollector,
     CommandError,
     apply_command,
+    command_owner,
+    entity_owner,
     external_roots,
     parse_command,
     register_alert_views,
@@ -624,6 +626,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     def restore_alerts() -> None:
         # called by sync_tables_now after a table recovery
         engine.drop_owners(owned)
+        restore_service()
         for aid, data in list(alert_table.data.items()):
             owner = owner_of(aid)
             if owner is None or not owned(owner):
@@ -634,11 +637,47 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
                 rt.counters.bad_checkpoints += 1
                 log.warning("skipped a bad alerts checkpoint of %s: %r", aid, exc)
 
+    def restore_service() -> None:
+        # entities out of service (ISA-18.2 OOSRV), kept in the alerts table as "oos/ENTITY"
+        # on the partition of the entity's owner
+        notes: dict[str, dict[str, Any]] = {}
+        for key, data in list(alert_table.data.items()):
+            entity = key[4:] if isinstance(key, str) and key.startswith("oos/") else None
+            owner = entity_owner(entity) if entity else None
+            if entity is None or owner is None or not owned(owner) or not data:
+                continue
+            try:
+                note = json.loads(data)
+                if not isinstance(note, dict):
+                    raise ValueError("not an object")
+                notes[entity] = note
+            except Exception as exc:  # a bad checkpoint must not stop the worker: skip it
+                rt.counters.bad_checkpoints += 1
+                log.warning("skipped a bad out-of-service checkpoint of %s: %r", entity, exc)
+        engine.restore_service(notes)
+
+    async def publish_service_changes() -> None:
+        for entity, note in engine.take_service_changes():
+            owner = entity_owner(entity) or ""
+            if not owned(owner):
+                continue
+            key = f"oos/{entity}"
+            value = None if note is None else json.dumps(note, separators=(",", ":")).encode()
+            # back in service: an empty value (restore_service skips it), not a tombstone
+            alert_table.data[key] = value or b""
+            alert_table.send_changelog(partition_of(owner), key, value or b"")
+            doc = None if note is None else {"kind": "oos", "oos": note}
+            await state_topic.send(
+                key=key.encode(),
+                value=None if doc is None else json.dumps(doc, separators=(",", ":")).encode(),
+            )
+
     def alert_message(doc: dict[str, Any], ts_ms: int, state: str, kind: str) -> bytes:
         row = {**doc, "ts": ts_ms, "alert_id": doc["id"], "kind": kind, "state": state}
         return json.dumps(row, separators=(",", ":")).encode()
 
     async def publish_alert_changes() -> None:
+        await publish_service_changes()
         changed, removed = engine.take_changes()
         now = rt.clock_ms()
         docs = [a.to_dict() for a in changed]
@@ -697,7 +736,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             except CommandError as exc:
                 log.warning("alert command refused: %s", exc)
                 continue
-            owner = owner_of(cmd["id"]) or ""
+            owner = command_owner(cmd)
             if not owned(owner):
                 log.warning("alert command for %s, not owned here", owner)
                 continue
@@ -705,7 +744,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             try:
                 apply_command(engine, cmd)
             except AlertError as exc:
-                log.info("alert command %s on %s: %s", cmd["op"], cmd["id"], exc)
+                log.info("alert command %s on %s: %s", cmd["op"], cmd.get("id"), exc)
             await publish_alert_changes()
 
     async def send_command(owner: str, cmd: dict[str, Any]) -> None:
@@ -729,7 +768,17 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             if d.get("kind") == "alert" and isinstance(d.get("alert"), dict)
         }
 
-    register_alert_views(app, engine, settings, owned, send_command, other_alerts)
+    def other_service() -> dict[str, dict[str, Any]]:
+        # entities other workers hold out of service, as twin.state shows them
+        return {
+            e.partition("/")[2]: d["oos"]
+            for e, d in rt.view.items()
+            if d.get("kind") == "oos" and isinstance(d.get("oos"), dict)
+        }
+
+    register_alert_views(
+        app, engine, settings, owned, send_command, other_alerts, others_service=other_service
+    )
 
     def snapshot() -> bytes:
         from streams.worker_snapshot import runtime_snapshot

@@ -266,6 +266,12 @@ def test_thermal_alert_reaches_alertmanager_is_acked_survives_a_restart_and_reso
         assert 'twin_alert_sink_queue{sink="alertmanager"}' in metrics
         assert TOKEN not in worker.log_tail(10**6)
 
+        # another GPU of the rack out of service (ISA-18.2 OOSRV): kept across the restart
+        oos_url = f"{worker.url}/api/entities/{RACK}/g0/out-of-service"
+        assert request(oos_url, {"reason": "fan swap"})[0] == 401
+        status, doc = request(oos_url, {"reason": "fan swap", "by": "op-anna"}, token=TOKEN)
+        assert status == 200 and doc["out_of_service"] is True, doc
+
         # a worker killed and restarted keeps its alert and the acknowledgement
         time.sleep(1.0)  # the table write follows the ack within one evaluation interval
         worker.kill()
@@ -278,6 +284,10 @@ def test_thermal_alert_reaches_alertmanager_is_acked_survives_a_restart_and_reso
 
         doc = send_until(broker, topics, SLOWDOWN_C - 2.0, restored, "the restored alert")
         assert (doc["state"], doc["ack_by"]) == ("ACKED", "op-anna")
+        oos = worker.get_json("/api/alerts")[1]["out_of_service"]
+        assert [(n["entity"], n["by"], n["reason"]) for n in oos] == [
+            (f"{RACK}/g0", "op-anna", "fan swap")
+        ]
 
         # cooled down: the alert clears (acknowledged: NORM) and Alertmanager resolves it
         send_until(broker, topics, 50.0, lambda: am_alert() is None, "resolved in Alertmanager")
@@ -365,6 +375,34 @@ def test_an_ack_on_any_worker_reaches_the_owner_of_the_alert(
 
         doc = send_until(broker, topics, SLOWDOWN_C - 2.0, shelved, "the forwarded shelve")
         assert doc["shelved_by"] == "op-ben" and doc["shelved_until_s"] > time.time() + 500
+        # out of service through the worker that does not own the GPU: forwarded like an ack
+        gpu = f"{RACK}/g{HOT_GPU}"
+        oos_url = f"{other.url}/api/entities/{gpu}/out-of-service"
+        assert request(oos_url, {"reason": "x"})[0] == 401
+        assert (
+            request(f"{other.url}/api/entities/{RACK}/out-of-service", {"reason": 5}, TOKEN)[0]
+            == 400
+        )
+        status, doc = request(oos_url, {"reason": "RMA", "by": "op-ben"}, TOKEN)
+        assert status == 202 and doc == {"forwarded": True, "owner": RACK, "entity": gpu}
+
+        def out_of_service() -> dict[str, Any] | None:
+            status, doc = held.get_json(f"/api/alerts/{aid}")
+            return doc if status == 200 and doc["state"] == "OOSRV" else None
+
+        send_until(broker, topics, SLOWDOWN_C - 2.0, out_of_service, "the forwarded OOS")
+
+        def oos_listed() -> list[dict[str, Any]] | None:
+            _, doc = other.get_json("/api/alerts")
+            return (doc or {}).get("out_of_service") or None
+
+        listed_oos = send_until(broker, topics, SLOWDOWN_C - 2.0, oos_listed, "OOS on the other")
+        assert [(n["entity"], n["by"], n["held_here"]) for n in listed_oos] == [
+            (gpu, "op-ben", False)
+        ]
+        status, doc = request(f"{other.url}/api/entities/{gpu}/in-service", {}, TOKEN)
+        assert status == 202
+        send_until(broker, topics, SLOWDOWN_C - 2.0, shelved, "back in service (shelved)")
         # malformed actions are refused where they are posted
         assert request(url, {"comment": 5}, TOKEN)[0] == 400
         assert request(f"{other.url}/api/alerts/..%2Fx/ack", {}, TOKEN)[0] in (400, 404)
