@@ -13,6 +13,8 @@ from typing import Any
 from streams.alert_flags import add_alert_flags, alert_settings_from_args
 from streams.auth import add_api_auth_flags, api_auth_from_args
 from streams.cli import (
+    _bounded_int,
+    _positive_float,
     add_broker_flag,
     add_common_worker_flags,
     add_sim_flags,
@@ -167,7 +169,7 @@ def run_collect_nvml(args: argparse.Namespace) -> int:
     if not args.broker:
         raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
     nvml = open_nvml()  # raises NoGpuError with a one-line reason
-    collector = NvmlCollector(nvml, rack=args.rack)
+    collector = NvmlCollector(nvml, rack=args.rack, gpu_offset=args.gpu_offset)
     bootstrap = parse_broker_url(args.broker)
     topics = Topics(args.topic_prefix)
     security = kafka_security_from_args(args)
@@ -186,6 +188,44 @@ def run_collect_nvml(args: argparse.Namespace) -> int:
             if args.duration:
                 asyncio.get_running_loop().call_later(args.duration, stop.set)
             await collect_loop(collector, publish, args.interval, stop)
+
+    asyncio.run(go())
+    return 0
+
+
+def run_collect_dcgm(args: argparse.Namespace) -> int:
+    """Scrape a dcgm-exporter endpoint and publish telemetry.gpu frames."""
+    from streams.collect_dcgm import DcgmScraper, collect_dcgm
+    from streams.producer import FramePublisher
+    from streams.topics_admin import ensure_topics
+
+    if not args.broker:
+        raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
+    if not args.url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url must be http(s)://host:port/metrics, got {args.url!r}")
+    bootstrap = parse_broker_url(args.broker)
+    topics = Topics(args.topic_prefix)
+    security = kafka_security_from_args(args)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await ensure_topics(
+            bootstrap, topics, args.partitions, replication=args.replication, security=security
+        )
+        async with (
+            FramePublisher(bootstrap, security=security) as pub,
+            DcgmScraper(
+                args.url, args.rack, gpu_offset=args.gpu_offset, timeout_s=args.timeout
+            ) as scraper,
+        ):
+
+            async def publish(key: str, value: bytes) -> None:
+                await pub.send(topics.gpu, key, value)
+
+            if args.duration:
+                asyncio.get_running_loop().call_later(args.duration, stop.set)
+            await collect_dcgm(scraper, publish, args.interval, stop)
 
     asyncio.run(go())
     return 0
@@ -283,13 +323,62 @@ def register(sub: Any) -> None:
     )
     add_broker_flag(n)
     n.add_argument("--rack", default=env_default("rack", _hostname()), help="rack id (key)")
+    _add_gpu_offset_flag(n)
     n.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     n.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     add_topic_flags(n)
     add_kafka_security_flags(n)
     n.set_defaults(handler=run_collect_nvml)
 
+    d = csub.add_parser(
+        "dcgm",
+        help="scrape an NVIDIA dcgm-exporter endpoint",
+        description="Scrape dcgm-exporter's Prometheus page every interval and publish "
+        "its DCGM_FI_* fields as telemetry.gpu frames (docs/collectors.md has the "
+        "mapping); failed scrapes are counted and logged, never fatal.",
+    )
+    add_broker_flag(d)
+    d.add_argument(
+        "--url",
+        default=env_default("url", "http://127.0.0.1:9400/metrics"),
+        help="dcgm-exporter metrics URL (env TWIN_URL, default http://127.0.0.1:9400/metrics)",
+    )
+    d.add_argument(
+        "--rack", default=env_default("rack", _hostname()), help="rack id (key; env TWIN_RACK)"
+    )
+    _add_gpu_offset_flag(d)
+    d.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=_positive_float(env_default("interval", "1.0")),
+        help="seconds between scrapes (env TWIN_INTERVAL, default 1)",
+    )
+    d.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=_positive_float(env_default("timeout", "2.0")),
+        help="seconds a scrape may take before it counts as failed (env TWIN_TIMEOUT, default 2)",
+    )
+    d.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    add_topic_flags(d)
+    add_kafka_security_flags(d)
+    d.set_defaults(handler=run_collect_dcgm)
+
     _register_others(sub)
+
+
+_gpu_offset = _bounded_int("a GPU index", 0, 1023)
+
+
+def _add_gpu_offset_flag(p: argparse.ArgumentParser) -> None:
+    """--gpu-offset: rack index of this host's first GPU (hosts sharing a rack key)."""
+    p.add_argument(
+        "--gpu-offset",
+        type=_gpu_offset,
+        default=_gpu_offset(env_default("gpu_offset", "0")),
+        help="rack index of this host's GPU 0, so hosts of one rack do not overwrite each "
+        "other (an NVL144 tray n of 4 GPUs: 4n; env TWIN_GPU_OFFSET, default 0)",
+    )
 
 
 def _hostname() -> str:
