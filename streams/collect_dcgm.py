@@ -140,7 +140,8 @@ def _int_top(column: str, limits: Limits) -> float:
     }
     if column in bounds:
         return float(bounds[column])
-    return float(np.iinfo(GPU_SCHEMA.field(column).type.to_pandas_dtype()).max)
+    # at most 2^53: every integer up to it is exact in float64, so the cast cannot overflow
+    return float(min(np.iinfo(GPU_SCHEMA.field(column).type.to_pandas_dtype()).max, 1 << 53))
 
 
 def mapping_markdown() -> str:
@@ -432,6 +433,9 @@ class DcgmScraper:
             data = self._frame(await self.fetch())
         except ScrapeError as exc:
             self.log.failed(exc.cause, exc.detail)
+            return None
+        except Exception as exc:  # a page no rule above foresaw must not end the collector
+            self.log.failed("invalid_frame", f"{type(exc).__name__}: {exc}")
             return None
         self.scrapes_ok += 1
         self.log.ok()

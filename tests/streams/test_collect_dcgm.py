@@ -24,6 +24,7 @@ from streams.collect_dcgm import (
     REQUIRED_COLUMNS,
     SCRAPE_FAILURES,
     DcgmFrameBuilder,
+    DcgmSamples,
     DcgmScraper,
     FailureLog,
     collect_dcgm,
@@ -157,6 +158,8 @@ def test_garbage_values_are_defaults_or_leave_the_gpu_out_never_an_invalid_frame
                 "DCGM_FI_DEV_XID_ERRORS": "+Inf",
                 "DCGM_FI_DEV_GPU_TEMP_LIMIT": 999,
                 "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL": 2.0**60,
+                "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": 2.0**64,  # beyond uint64: integrated
+                "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": 1e300,
             },
             4: {"DCGM_FI_DEV_GPU_TEMP": 50},  # nothing else: left out
         }
@@ -171,6 +174,8 @@ def test_garbage_values_are_defaults_or_leave_the_gpu_out_never_an_invalid_frame
     for c in ("ecc_corrected", "ecc_uncorrected", "row_remap_flags", "xid", "nvlink_errors"):
         assert_array_equal(got[c], [0, 0], err_msg=c)
     assert_array_equal(got["thermal_margin_k"], [39, 39])
+    assert_array_equal(got["energy_mj"], [0, 0])  # first scrape: nothing integrated yet
+    assert_array_equal(got["clock_event_reasons"], [0, 0])
 
 
 def test_parser_keeps_first_sample_and_skips_unlabelled_and_unknown_fields() -> None:
@@ -411,3 +416,22 @@ async def test_collector_publishes_frames_the_worker_decodes(
         assert_array_equal(frame.columns["xid"], [0, 0, 0, 48])
         stamps.append(int(frame.ts_ms[0]))
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
+
+
+async def test_an_unforeseen_error_in_building_a_frame_is_counted_not_raised(
+    exporter: Exporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with DcgmScraper(exporter.url, "R0001") as scraper:
+        real = scraper.builder.build
+        calls = {"n": 0}
+
+        def flaky(samples: DcgmSamples, ts_ms: int) -> dict[str, np.ndarray] | None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+            return real(samples, ts_ms)
+
+        monkeypatch.setattr(scraper.builder, "build", flaky)
+        assert await scraper.read() is None
+        assert await scraper.read() is not None
+    assert scraper.failures["invalid_frame"] == 1 and scraper.scrapes_ok == 1
