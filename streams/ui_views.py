@@ -225,6 +225,14 @@ class UiSource:
     examples: list[dict[str, str]] = field(init=False)
     _doc: tuple[float, dict[str, Any]] | None = field(default=None, init=False)
     _whatif_busy: bool = field(default=False, init=False)
+    #: Set when the web server shuts down: open streams end within a tick instead of holding
+    #: the server's graceful shutdown (an open page would otherwise cost the worker its
+    #: clean stop: the demo's supervisor kills it after 30 s).
+    closing: bool = field(default=False, init=False)
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """aiohttp ``on_shutdown`` hook: end the open event streams."""
+        self.closing = True
 
     def __post_init__(self) -> None:
         self.layout = site_layout(self.site)
@@ -279,7 +287,7 @@ class UiSource:
         await resp.write(f"retry: 1000\nevent: hello\ndata: {hello}\n\n".encode())
         prev: dict[str, Any] = {}
         try:
-            while True:
+            while not self.closing:
                 cur = self.document()
                 diff = changes(prev, cur) if prev else {**cur, "full": True}
                 prev = cur
@@ -287,8 +295,8 @@ class UiSource:
                 data = json.dumps(diff, separators=(",", ":"))
                 await resp.write(f"event: d\ndata: {data}\n\n".encode())
                 await asyncio.sleep(self.tick_s)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass  # the page went away (or the worker stops)
+        except ConnectionResetError:
+            pass  # the page went away
         return resp
 
     async def whatif(self, request: web.Request) -> web.StreamResponse:
@@ -366,6 +374,7 @@ def worker_name(settings: Settings) -> str:
 def ui_web_app(src: UiSource) -> web.Application:
     """A bare aiohttp app with the control room's routes (tests and benches)."""
     app = web.Application()
+    app.on_shutdown.append(src.on_shutdown)
     app.router.add_get("/", src.index)
     app.router.add_get("/static/{path:.+}", src.static)
     app.router.add_get("/api/stream", src.stream)
@@ -405,6 +414,8 @@ def register_ui_views(
             body["post"] = post_method
         app.page(path)(type(f"Ui{abs(hash(path))}", (View,), body))
 
+    # Faust's aiohttp driver runs the Application's on_shutdown before it waits for handlers
+    app.web.web_app.on_shutdown.append(src.on_shutdown)  # type: ignore[attr-defined]
     page("/", get=src.index)
     page("/static/{path:.+}", get=src.static)
     page("/api/stream", get=src.stream)

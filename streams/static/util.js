@@ -62,7 +62,7 @@ export function sparkline(el, width) {
 export function timeChart(el, title, names, data, width = 520, height = 200) {
   el.innerHTML = "";
   const pal = ["#c9ccd0", "#7d8c9b", "#c8b866", "#666970", "#948e77"];
-  const opts = { title, width, height, legend: { show: false },
+  const opts = { title, width, height,
     axes: [AXIS, { ...AXIS, size: 55 }],
     series: [{}, ...names.map((n, i) => ({ label: n, stroke: pal[i % pal.length], width: 1.5 }))] };
   return new uPlot(opts, data, el);

@@ -3,6 +3,7 @@ the SQL examples parsed from docs/sql-examples.md, the layout and static-file gu
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -128,3 +129,15 @@ async def test_whatif_validates_its_body_and_says_why() -> None:
         r = await c.post("/api/whatif", data=b'{"scenario": "pump_trip:CDU01"}')
         assert r.status == 400 and (await r.json())["error"]
         assert src._whatif_busy is False
+
+
+async def test_open_streams_end_when_the_server_shuts_down() -> None:
+    # an open page must not hold the worker's graceful stop (its supervisor would kill it)
+    src = UiSource(TwinRuntime(partitions=4), load_site(None, racks=2), "t", tick_s=0.05)
+    app = ui_web_app(src)
+    async with TestClient(TestServer(app)) as c:
+        r = await c.get("/api/stream")
+        assert b"event: hello" in await r.content.readuntil(b"\n\n")
+        await app.on_shutdown.send(app)
+        rest = await asyncio.wait_for(r.content.read(), timeout=2.0)  # EOF: the handler ended
+        assert rest.count(b"event: d") <= 3
