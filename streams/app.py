@@ -723,7 +723,15 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         view = rt.model_view if owned("facility") else None
         evaluate_sources(engine, rt, smap, owned, now_s, facility_view=view)
         detect.evaluate(rt, owned, facility_view=view)
-        detect.feed(engine, smap.gpu_names, smap.rack_where, now_s, facility_owner=view is not None)
+        detect.feed(
+            engine,
+            smap.gpu_names,
+            smap.rack_where,
+            now_s,
+            facility_owner=view is not None,
+            unit_where=smap.unit_where,
+            blast=smap.blast,
+        )
         engine.tick(now_s)
         await publish_alert_changes()
 
