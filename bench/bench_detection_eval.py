@@ -157,7 +157,15 @@ def simulate(
         now_s = frame.ts_ms / 1000.0
         evaluate_sources(engine, rt, smap, lambda _k: True, now_s, facility_view=view)
         det.evaluate(rt, lambda _k: True, facility_view=view)
-        det.feed(engine, smap.gpu_names, smap.rack_where, now_s, facility_owner=True)
+        det.feed(
+            engine,
+            smap.gpu_names,
+            smap.rack_where,
+            now_s,
+            facility_owner=True,
+            unit_where=smap.unit_where,
+            blast=smap.blast,
+        )
         engine.tick(now_s)
         changed, _ = engine.take_changes()
         new_total = engine.raised_total

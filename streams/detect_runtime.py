@@ -146,6 +146,8 @@ class DetectRuntime:
     scored: dict[str, int] = field(default_factory=dict)
     hot_until_s: dict[str, float] = field(default_factory=dict)
     bad_checkpoints: int = 0
+    #: owned CDU -> (leak detected [0/1], reservoir level [fraction of the tank])
+    cdu_leak: dict[str, tuple[float, float]] = field(default_factory=dict)
     _index_key: tuple[Any, ...] = ()
     _index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     _layout: GroupLayout | None = None
@@ -208,6 +210,15 @@ class DetectRuntime:
         counts = [min(rt.racks[r].present.size, self.width) for r in racks]
         slots = [self._slot(r) for r in racks]
         self.scored = dict(zip(racks, counts, strict=True))
+        # CDU leak points (leak-detection rope, reservoir level): passed on as they are read
+        self.cdu_leak = {}
+        for u, us in rt.units.items():
+            if "leak_detected_bool" in us.points and owned(u):
+                vals = us.values()
+                self.cdu_leak[u] = (
+                    vals.get("leak_detected_bool", np.nan),
+                    vals.get("reservoir_level_frac", np.nan),
+                )
         if racks:
             self._score_gpus(rt, racks, counts, slots)
             self._score_racks(rt, racks, slots)
@@ -420,6 +431,8 @@ class DetectRuntime:
         now_s: float,
         *,
         facility_owner: bool = False,
+        unit_where: Mapping[str, Mapping[str, str]] | None = None,
+        blast: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         """Give the engine the score signals of hot racks and units (see HOT_SCORE).
 
@@ -483,6 +496,15 @@ class DetectRuntime:
                 where=w,
                 now_s=now_s,
             )
+        for cdu, (leak, level) in self.cdu_leak.items():
+            kw: dict[str, Any] = {
+                "owner": cdu,
+                "where": (unit_where or {}).get(cdu, {"cdu": cdu}),
+                "blast": (blast or {}).get(cdu, ()),
+                "now_s": now_s,
+            }
+            engine.observe("cdu_leak_detected_bool", [cdu], [leak], **kw)
+            engine.observe("cdu_reservoir_level_frac", [cdu], [level], **kw)
         if facility_owner and self.unit_no:
             per_unit: dict[str, float] = {}
             for key, i in self.unit_no.items():
