@@ -105,6 +105,11 @@ async function history() {
   try {
     const res = await sql(q);
     if (name !== rack) return;
+    if (!res.rows.length) {
+      $("#rack-hist-t").textContent = `${name}: no stored history in the last hour yet (the sink writes every 30 s, the rollup per closed minute)`;
+      $("#rack-hist-p").textContent = "";
+      return;
+    }
     const col = (c) => res.rows.map((r) => r[c]);
     timeChart($("#rack-hist-t"), `${name} GPU temperature, last hour [°C] (hottest, mean)`, ["hottest", "mean"], [col("t"), col("temp_max_c"), col("temp_mean_c")]);
     timeChart($("#rack-hist-p"), `${name} GPU power, last hour [kW]`, ["power"], [col("t"), col("power_kw")]);
@@ -122,6 +127,7 @@ async function showGpu(k) {
     WHERE rack = '${name}' AND gpu = ${gpu} AND ts > now() - INTERVAL 1 HOUR ORDER BY ts`;
   try {
     const res = await sql(q);
+    if (!res.rows.length) { $("#gpu-hist").textContent = "no stored samples in the last hour yet"; return; }
     const col = (c) => res.rows.map((r) => r[c]);
     timeChart($("#gpu-hist"), `${name} G${String(gpu).padStart(2, "0")} die and memory [°C], last hour`, ["die", "memory"], [col("t"), col("temp_gpu_c"), col("temp_mem_c")], 620, 180);
   } catch (err) {

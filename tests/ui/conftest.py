@@ -25,9 +25,13 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).with_name("artifacts")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """A headless chromium for the whole session."""
+    """A headless chromium for one test module.
+
+    Not for the session: Playwright's sync API keeps its event loop running in the main
+    thread while it is open, and pytest-asyncio's tests after it could not run theirs.
+    """
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

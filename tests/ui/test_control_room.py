@@ -155,7 +155,12 @@ def test_floor_map_hover_and_click_opens_a_rack_with_72_gpus(page: Any, demo: De
     page.locator("#rack-table tr[data-gpu='5']").click()
     page.wait_for_selector("#gpu-diag:not([hidden])")
     assert "margin to slowdown" in page.inner_text("#gpu-diag")
-    page.wait_for_selector("#rack-hist-t canvas", timeout=15_000)
+    # the history: a chart, or (the sink has not written a minute yet) a note saying so
+    page.wait_for_function(
+        "document.querySelector('#rack-hist-t canvas') || "
+        "document.querySelector('#rack-hist-t').textContent.includes('no stored history')",
+        timeout=15_000,
+    )
     time.sleep(2)
     shot(page, "rack")
     assert page.console.errors == []
@@ -245,6 +250,14 @@ def test_sql_console_rows_chart_csv_and_refusal(page: Any, demo: Demo) -> None:
     page.click("#sql-run")
     page.wait_for_selector("#sql-chart canvas", timeout=30_000)
     shot(page, "sql")
+    # ... and the rack view's last hour, read through the same endpoint
+    page.goto(demo.url + "/#rack/R0002")
+    page.wait_for_selector("#rack-hist-t canvas", timeout=15_000)
+    page.locator("#rack-table tr[data-gpu='3']").click()
+    page.wait_for_selector("#gpu-hist canvas", timeout=15_000)
+    time.sleep(1)
+    shot(page, "rack-history")
+    page.goto(demo.url + "/#sql")
     # a refusal is shown as the server words it
     page.fill("#sql-text", "DELETE FROM gpu")
     page.click("#sql-run")
