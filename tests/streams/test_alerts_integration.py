@@ -10,9 +10,6 @@ the Faust table), then cools the GPU and sees the alert resolved in Alertmanager
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -33,98 +30,16 @@ from streams.codec import encode_frame, gpu_batch
 from streams.producer import FramePublisher
 from streams.settings import Topics
 from streams.topics_admin import ensure_topics
-from tests.conftest import in_ci
+from tests.streams.alertmanager_util import Alertmanager, request, require_alertmanager
 from tests.streams.frames import gpu_columns
 from tests.streams.workerproc import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 TOKEN = "alert-test-token-0123456789"
 RACK = "R0003"
 HOT_GPU = 5
 SLOWDOWN_C = 89.0  # the shipped site's GPU slowdown temperature
-
-
-def request(
-    url: str, body: Any = None, token: str | None = None, timeout_s: float = 5.0
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return int(resp.status), _json(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), _json(exc.read())
-    except (urllib.error.URLError, OSError):
-        return 0, None
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return raw.decode(errors="replace")
-
-
-class Alertmanager:
-    """prometheus-alertmanager on a free loopback port, storage in a temp dir."""
-
-    def __init__(self, tmp: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        cfg = tmp / "alertmanager.yml"
-        cfg.write_text(
-            "route:\n  receiver: twin\n  group_wait: 1s\n  group_interval: 1s\n"
-            "receivers:\n  - name: twin\n"
-        )
-        (tmp / "am-data").mkdir()
-        self.log = (tmp / "alertmanager.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                ALERTMANAGER,
-                f"--config.file={cfg}",
-                f"--storage.path={tmp / 'am-data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        try:
-            deadline = time.monotonic() + 30
-            while request(self.url + "/-/ready")[0] != 200:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = (tmp / "alertmanager.log").read_text(errors="replace")[-2000:]
-                    raise AssertionError(f"alertmanager did not start:\n{log}")
-                time.sleep(0.2)
-        except BaseException:
-            self.stop()  # never leave it running behind a failed start
-            raise
-
-    def alerts(self) -> list[dict[str, Any]]:
-        status, body = request(self.url + "/api/v2/alerts")
-        assert status == 200, status
-        return list(body)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.log.close()
-
-
-def require_alertmanager() -> None:
-    if shutil.which(ALERTMANAGER) is None:
-        msg = f"{ALERTMANAGER} missing: run scripts/alertmanager.sh (apt prometheus-alertmanager)"
-        if in_ci():
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
 
 
 @pytest.fixture
