@@ -16,6 +16,10 @@ over the owned GPUs (``index=``), never a Python loop over GPUs:
   manifold against the sum of its GPUs' power [W];
 - per plant-unit point with a facility-model expectation: ``unit_z`` (robust z-score) and
   ``unit_drift`` (CUSUM) of the residual measured - expected.
+- per GPU from the frame's own fields: XID class, abnormal clock events (not power
+  capping), the HBM decay chain (corrected-ECC rate, remapped rows, uncorrectable errors)
+  and a fail-slow straggler (``power_own``: power against its history less the rack's
+  common move); per owned CDU its leak rope and reservoir level, passed on.
 
 Scores are held between samples (a series without a new sample keeps its last score), fed
 to the alert engine as score signals (``*_score``, rules in models/rules/default.toml) and
