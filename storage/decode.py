@@ -88,6 +88,10 @@ def _ts_ms(value: Any, fallback_ms: int) -> int:
         except (OverflowError, ValueError) as exc:
             raise refuse(CODE_TS_FUTURE, f"ts {value!r:.60} out of range") from exc
     else:
+        # An int may be too large for a float (math.isfinite would overflow): range first.
+        if isinstance(value, int) and abs(value) > 10**16:
+            code = CODE_TS_FUTURE if value > 0 else CODE_TS_TOO_OLD
+            raise refuse(code, f"ts {str(value)[:40]} out of range")
         if not math.isfinite(value):
             raise refuse(CODE_BAD_FIELD, f"ts {value!r:.40} is not finite")
         if abs(value) > 1e16:
@@ -137,10 +141,16 @@ def _decode_arrow(tdef: TableDef, value: bytes, limits: Limits) -> pa.Table:
             b.validate(full=True)
             batches.append(b)
     except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as exc:
+        # (UnicodeDecodeError is a ValueError: a field name that is not UTF-8)
         raise refuse(CODE_CORRUPT, f"{tdef.topic}: not a valid Arrow IPC stream: {exc}") from exc
     if not batches:
         return tdef.schema.empty_table()
-    return _check_rows(tdef, _conform(tdef, pa.Table.from_batches(batches)))
+    try:
+        table = pa.Table.from_batches(batches)
+        table.column_names  # noqa: B018 -- decodes every field name: refuse non-UTF-8 here
+    except (UnicodeDecodeError, pa.ArrowException) as exc:
+        raise refuse(CODE_SCHEMA, f"{tdef.topic}: unreadable field names: {exc}") from exc
+    return _check_rows(tdef, _conform(tdef, table))
 
 
 def _conform(tdef: TableDef, table: pa.Table) -> pa.Table:
