@@ -35,7 +35,7 @@ import pyarrow.csv as pacsv
 from storage.layout import date_dir, day_of_ms, default_tables
 from storage.site_tables import write_site_tables
 from storage.writer import write_file
-from streams.schema import GPU_SCHEMA, POINTS_SCHEMA, RESIDUAL_SCHEMA
+from streams.schema import GPU_SCHEMA, GPU_V2_COLUMNS, POINTS_SCHEMA, RESIDUAL_SCHEMA
 from twin.sim import Simulator
 from twin.site import load_site
 from twin.tracker import FacilityTracker
@@ -375,6 +375,11 @@ def generate(
                 "gpu": sorted_cols[k][1],
                 **{m: pa.array(per_series[m].ravel()) for m in METRICS},
             }
+            # The v2 health counters are not part of this comparison: NULL, "not measured",
+            # as the store holds them for v1 frames.
+            n_rows = len(cols["ts"])
+            for name in GPU_V2_COLUMNS:
+                cols[name] = pa.nulls(n_rows, GPU_SCHEMA.field(name).type)
             table = pa.table(cols, schema=GPU_SCHEMA)
             tm.add("arrow", t0)
             t0 = time.perf_counter()
