@@ -215,7 +215,8 @@ def facility_summary(
     """Facility totals from rack summaries and plant points.
 
     IT power is the sum of rack GPU power unless the site meter reports it; PUE is the
-    metered facility power over IT power (The Green Grid, FACTS.md section 5).
+    metered facility power, plus what UPS batteries supply while on battery, over IT power
+    (The Green Grid's total facility energy).
     """
     gpu_power_w = float(sum(r.get("power_w", 0.0) for r in racks))
     site = units.get("SITE", {})
@@ -235,8 +236,17 @@ def facility_summary(
     margins = [r["thermal_margin_min_k"] for r in racks if "thermal_margin_min_k" in r]
     out["thermal_margin_min_k"] = min(margins) if margins else None
     if facility_power_w is not None and it_power_w > 0:
+        # On battery the grid meter misses what the batteries supply: PUE counts it.
+        battery_w = sum(
+            max(0.0, u["output_power_w"] + u.get("loss_w", 0.0) - u["input_power_w"])
+            for u in units.values()
+            if u.get("on_battery_bool", 0.0) > 0.5
+            and "output_power_w" in u
+            and "input_power_w" in u
+        )
         out["facility_power_w"] = float(facility_power_w)
-        out["pue"] = float(facility_power_w) / it_power_w
+        out["battery_discharge_w"] = float(battery_w)
+        out["pue"] = (float(facility_power_w) + battery_w) / it_power_w
     for key in ("pue", "ere", "cue_kg_kwh", "heat_to_dh_w", "free_cooling_share", "cooling_cop"):
         if key in site and key not in out:
             out[key] = float(site[key])

@@ -75,6 +75,17 @@ def pue(facility_w: Any, it_w: Any) -> FloatArray:
     return np.asarray(facility_w, dtype=np.float64) / np.maximum(np.asarray(it_w), 1e-9)
 
 
+def battery_discharge_w(ups_in_w: Any, ups_out_w: Any, ups_loss_w: Any) -> float:
+    """Power the UPS batteries supply [W]: output + losses - input, summed over modules.
+
+    PUE and ERE count the total energy the facility uses (The Green Grid, PUE: a
+    comprehensive examination of the metric, white paper 49); on battery part of it comes
+    from the batteries, not the grid meter, and leaving it out would show a PUE below 1.
+    """
+    out = np.asarray(ups_out_w, dtype=np.float64) + np.asarray(ups_loss_w, dtype=np.float64)
+    return float(np.maximum(out - np.asarray(ups_in_w, dtype=np.float64), 0.0).sum())
+
+
 def ere(facility_w: Any, reused_w: Any, it_w: Any) -> FloatArray:
     """Energy reuse effectiveness [1] = (total - reused outside the boundary) / IT."""
     return (np.asarray(facility_w, dtype=np.float64) - np.asarray(reused_w)) / np.maximum(

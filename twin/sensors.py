@@ -109,14 +109,17 @@ def state_kpis(site: Site, st: FacilityState, carbon_g_per_kwh: float | None) ->
     free = float(st.dc_heat_w.sum()) + st.hp_source_w
     cooling_w = float(st.cdu_pump_power_w.sum()) + st.fws_pump_power_w
     cooling_w += float(st.dc_fan_power_w.sum()) + st.chiller_power_w
+    battery_w = kpi_m.battery_discharge_w(st.ups_in_w, st.ups_out_w, st.ups_loss_w)
+    total_w = st.facility_power_w + battery_w  # grid meter + batteries (on battery)
     out = {
-        "pue": float(kpi_m.pue(st.facility_power_w, st.it_power_w)),
-        "ere": float(kpi_m.ere(st.facility_power_w, reused, st.it_power_w)),
+        "pue": float(kpi_m.pue(total_w, st.it_power_w)),
+        "ere": float(kpi_m.ere(total_w, reused, st.it_power_w)),
         "heat_to_dh_w": st.hp_heat_w,
         "free_cooling_share": float(kpi_m.free_cooling_share(free, st.chiller_cooling_w)),
         "cooling_cop": float(kpi_m.cooling_cop(float(st.cdu_heat_w.sum()), cooling_w)),
         "it_power_w": st.it_power_w,
         "facility_power_w": st.facility_power_w,
+        "battery_discharge_w": battery_w,
         "reused_w": reused,
         "min_headroom_k": float(kpi_m.thermal_headroom_k(st.gpu_temp_c, site.gpu.slowdown_c).min()),
     }

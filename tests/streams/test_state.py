@@ -106,6 +106,19 @@ def test_unit_state_and_facility_pue() -> None:
     assert fac["pue"] == 1.08
 
 
+def test_pue_on_battery_counts_what_the_batteries_supply() -> None:
+    # A UPS on battery: the grid meter reads only the mechanical plant (80 kW), the
+    # batteries carry the IT load and the UPS losses; PUE must not fall below 1.
+    site = {"it_power_w": 1e6, "facility_power_w": 8e4}
+    ups = {"input_power_w": 0.0, "output_power_w": 1.005e6, "loss_w": 3e4, "on_battery_bool": 1.0}
+    fac = facility_summary([{"power_w": 5.0, "gpus": 1}], {"SITE": site, "UPS01": ups})
+    assert fac["battery_discharge_w"] == 1.035e6
+    assert fac["pue"] == (8e4 + 1.035e6) / 1e6
+    ups_mains = {**ups, "input_power_w": 1.035e6, "on_battery_bool": 0.0}
+    fac = facility_summary([{"power_w": 5.0, "gpus": 1}], {"SITE": site, "UPS01": ups_mains})
+    assert fac["battery_discharge_w"] == 0.0
+
+
 def test_runtime_checkpoints_and_publications_are_bounded() -> None:
     rt = TwinRuntime(partitions=8, clock_ms=lambda: NOW)
     for i in range(10):  # ten frames of one rack -> one checkpoint and one publication

@@ -56,3 +56,10 @@ def test_unknown_carbon_model_lists_the_valid_ones() -> None:
 
     with pytest.raises(ConfigError, match=r"\['contract', 'swedish_grid'\]"):
         carbon_intensity_g_per_kwh(1.0, 1.0, CarbonParams(model="coal"))
+
+
+def test_model_pue_on_battery_counts_the_batteries() -> None:
+    from twin.kpi import battery_discharge_w
+
+    # two modules: one on battery (input 0), one on mains
+    assert battery_discharge_w([0.0, 5e5], [4e5, 4.9e5], [1e4, 1e4]) == 4.1e5

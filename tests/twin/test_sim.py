@@ -146,3 +146,14 @@ def test_csv_model_needs_a_path(tmp_path: Path) -> None:
     (tmp_path / "site.toml").write_text('[weather]\nmodel = "csv"\n')
     with pytest.raises(SiteError, match=r"\[weather\] csv_path: expected a CSV file path"):
         load_site(tmp_path / "site.toml")
+
+
+def test_pue_on_battery_stays_above_one() -> None:
+    # On battery the grid meter reads only what the UPS does not carry; PUE counts the
+    # batteries' share of the facility's energy too.
+    sim = Simulator(load_site(racks=8), start_ms=T0, faults=[parse_fault("ups_on_battery:UPS01@1")])
+    for _ in range(5):
+        sim.step(1.0)
+    k = sim.kpis()
+    assert k["battery_discharge_w"] > 0.5 * k["it_power_w"]
+    assert 1.0 < k["pue"] < 1.2
