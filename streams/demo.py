@@ -291,6 +291,7 @@ class Demo:
             f"[bold]dc-twin demo[/]: {sim.site.n_racks} racks x {sim.site.n_gpus} GPUs, "
             f"sample every {a.dt:g} s",
             f"  broker     kafka://{st.bootstrap} ({kind})",
+            f"  control    {self.api}/  (the control room, in a browser)",
             f"  state      {self.api}/api/state",
             f"  one rack   {self.api}/api/racks/{sim.site.rack_ids[0]}",
             f"  metrics    {self.api}/metrics",
