@@ -48,6 +48,7 @@ from streams.schema import DLQ_REASONS, TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL, D
 from streams.settings import Settings
 from streams.stateview import follow_state
 from streams.web import register_views
+from twin.errors import TwinError
 from twin.site import Site
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,15 @@ class TwinWorker:
     app: faust.App
     runtime: TwinRuntime
     settings: Settings
+
+
+#: Largest table value written to a changelog [bytes]: Kafka's default max.message.bytes
+#: (1,048,588) and the producer's max_request_size (1 MiB), less room for key and headers.
+MAX_CHANGELOG_VALUE_BYTES = 1_000_000
+
+
+class CheckpointTooLarge(TwinError):
+    """A table value too large for a Kafka message was not written (the last one stays)."""
 
 
 def _headers(message: Any) -> dict[str, bytes]:
@@ -430,11 +440,27 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         tp = TP(names.gpu, partition_for(key, settings.partitions))
         return tp in app.consumer.assignment()
 
+    oversized: dict[str, int] = {}
+
     def put(table: Any, key: str, value: bytes) -> None:
+        # A value over Kafka's default message size (1 MB, also the producer's request
+        # limit) would make Faust's producer buffer raise and stop the whole worker: keep
+        # the last checkpoint instead, and say so through the timer's health (check_sizes).
+        if len(value) > MAX_CHANGELOG_VALUE_BYTES:
+            oversized[f"{getattr(table, 'name', 'table')}/{key}"] = len(value)
+            return
         # A timer has no current event, so give the partition explicitly: the same one
         # the key's telemetry arrives on (co-partitioned), as Faust would have chosen.
         table.data[key] = value
         table.send_changelog(partition_for(key, settings.partitions), key, value)
+
+    def check_sizes() -> None:
+        if oversized:
+            what = ", ".join(f"{k} ({n} bytes)" for k, n in sorted(oversized.items())[:5])
+            oversized.clear()
+            raise CheckpointTooLarge(
+                f"checkpoint not written, over {MAX_CHANGELOG_VALUE_BYTES} bytes: {what}"
+            )
 
     @app.timer(interval=settings.checkpoint_interval_s)
     @guarded("checkpoint", background, settings.checkpoint_interval_s)
@@ -447,6 +473,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
             put(rack_table, rack, data)
         for unit, data in units.items():
             put(unit_table, unit, data)
+        check_sizes()
 
     # --checkpoint-interval bounds the model checkpoints too (both 10 s by default): what a
     # restart loses of a fit is what was learned since its last checkpoint.
@@ -460,6 +487,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         sync_tables_now()  # a model is written only once its checkpoint is merged in
         for rack, data in rt.take_model_checkpoints(owned).items():
             put(model_table, rack, data)
+        check_sizes()
 
     residual_topic = app.topic(names.residuals, partitions=settings.partitions, **raw)
     kpi_topic = app.topic(names.kpi, **raw)
@@ -607,6 +635,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         racks = [r for r in detect.scored if owned(r)]
         for key, data in detect.checkpoints(racks, facility=owned("facility")).items():
             put(detect_table, key, data)
+        check_sizes()
 
     # keyed by alert id, written to the changelog partition of the alert's owner (its rack or
     # unit), so the worker owning that partition restores it after a restart or rebalance
