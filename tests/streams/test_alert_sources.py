@@ -105,6 +105,29 @@ def test_cdu_flow_loss_and_supply_band() -> None:
     assert "standby pump" in flow.action
 
 
+def test_a_cdu_pump_trip_suppresses_its_racks_coolant_and_balance_alerts() -> None:
+    """The rack-level consequences of a CDU fault (the whole rack moved, its heat balance
+    off) are explained by the CDU's root cause inside its blast radius, not elsewhere."""
+    site = load_site(racks=16)
+    sm = site_map(site)
+    design = sm.cdu_design_flow_kg_s["CDU01"]
+    rt = runtime_with({}, {"CDU01": {"supply_temp_c": 45.0, "flow_kg_s": 0.1 * design}})
+    eng = AlertEngine(load_rules(), clock=lambda: 0.0)
+    for step in range(200):
+        now = float(step)
+        evaluate_sources(eng, rt, sm, lambda _k: True, now)
+        for rack in ("R0001", "R0009"):  # R0001 on CDU01, R0009 on CDU02
+            w = sm.rack_where[rack]
+            eng.observe("rack_coolant_common_score", [rack], [0.99], owner=rack, where=w, now_s=now)
+            eng.observe("rack_balance_score", [rack], [0.99], owner=rack, where=w, now_s=now)
+    root = eng.alerts[alert_id("CDU01", "cdu_flow_low", "CDU01")]
+    for rule in ("rack_coolant_common", "rack_heat_balance"):
+        inside = eng.alerts[alert_id("R0001", rule, "R0001")]
+        outside = eng.alerts[alert_id("R0009", rule, "R0009")]
+        assert (inside.state, inside.suppressed_by) == ("DSUPR", root.id), rule
+        assert outside.state == "UNACK", rule
+
+
 def test_facility_residuals_are_owned_by_the_facility_key() -> None:
     sm = site_map(load_site(racks=8))
     view = {"units": {"FWS": {"supply_temp_c": {"measured": 30.0, "expected": 25.0},
