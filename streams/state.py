@@ -134,12 +134,17 @@ class RackState:
         v = self.values
         reasons = v["clock_event_reasons"][p]
         remap = v["row_remap_flags"][p]
+        temps = v["temp_gpu_c"][p]
+        hot = int(np.argmax(temps))
+        hot_gpu = hot if isinstance(p, slice) else int(np.flatnonzero(self.present)[hot])
         return {
             "rack": self.rack,
             "ts_ms": self.last_ts_ms,
             "gpus": int(self.present.sum()),
             "power_w": float(v["power_w"][p].sum(dtype=np.float64)),
-            "temp_gpu_max_c": float(v["temp_gpu_c"][p].max()),
+            "temp_gpu_max_c": float(temps[hot]),
+            # the GPU's id as the residuals and faults name it (NVML index from 0)
+            "hottest_gpu": f"{self.rack}/G{hot_gpu:02d}",
             "temp_gpu_mean_c": float(v["temp_gpu_c"][p].mean(dtype=np.float64)),
             "temp_mem_max_c": float(v["temp_mem_c"][p].max()),
             "util_mean_pct": float(v["util_pct"][p].mean(dtype=np.float64)),
@@ -206,7 +211,13 @@ class UnitState:
     def summary(self) -> dict[str, Any]:
         """JSON-ready view: newest ts and the values."""
         ts = max((t for t, _ in self.points.values()), default=0)
-        return {"unit": self.unit, "ts_ms": ts, "points": self.values()}
+        return {
+            "unit": self.unit,
+            "ts_ms": ts,
+            "points": self.values(),
+            # per point: a stale reading shows on any worker's /api/units/{unit}
+            "points_ts_ms": {k: t for k, (t, _) in self.points.items()},
+        }
 
 
 def facility_summary(
@@ -222,13 +233,18 @@ def facility_summary(
     site = units.get("SITE", {})
     it_power_w = float(site.get("it_power_w", gpu_power_w))
     facility_power_w = site.get("facility_power_w")
-    temps = [r["temp_gpu_max_c"] for r in racks if "temp_gpu_max_c" in r]
+    hot = max(
+        (r for r in racks if "temp_gpu_max_c" in r),
+        key=lambda r: r["temp_gpu_max_c"],
+        default=None,
+    )
     out: dict[str, Any] = {
         "racks": len(racks),
         "gpus": int(sum(r.get("gpus", 0) for r in racks)),
         "gpu_power_w": gpu_power_w,
         "it_power_w": it_power_w,
-        "temp_gpu_max_c": max(temps) if temps else None,
+        "temp_gpu_max_c": hot["temp_gpu_max_c"] if hot else None,
+        "hottest_gpu": hot.get("hottest_gpu") if hot else None,
         "units": len(units),
     }
     for key in GPU_COUNT_KEYS:

@@ -13,7 +13,7 @@ from streams.codec import (
 from streams.runtime import TwinRuntime, partition_for
 from streams.schema import DEFAULT_SLOWDOWN_C, GPU_SCHEMA, GPU_SCHEMA_V1
 from streams.state import RackState, UnitState, facility_summary
-from tests.streams.frames import gpu_columns, known_gpu_batch
+from tests.streams.frames import gpu_columns, known_gpu_batch, with_column
 
 NOW = 1_795_000_000_000
 
@@ -63,6 +63,22 @@ def test_summary_hand_computed() -> None:
     assert s["throttled_gpus"] == throttled
     assert s["power_capped_gpus"] == int(((cols["clock_event_reasons"] & 0x4) != 0).sum())
     assert s["xid_gpus"] == int((cols["xid"] != 0).sum())
+    assert s["hottest_gpu"] == f"R1/G{int(cols['temp_gpu_c'].argmax()):02d}"
+
+
+def test_hottest_gpu_is_named_by_its_index_when_gpus_are_missing() -> None:
+    # GPUs 1 and 3 of 4 report: the hottest is named by its NVML index, not its position
+    temps = np.array([90.0, 50.0, 80.0, 60.0], dtype=np.float32)
+    batch = with_column(known_gpu_batch("R7", NOW, n=4), "temp_gpu_c", temps)
+    batch = batch.filter(np.array([False, True, False, True]))
+    rs = RackState("R7")
+    rs.apply(decode_gpu_frame(encode_frame(batch), key=None, now_ms=NOW))
+    s = rs.summary()
+    assert (s["hottest_gpu"], s["temp_gpu_max_c"]) == ("R7/G03", 60.0)
+    cool = {"rack": "R8", "temp_gpu_max_c": 40.0, "hottest_gpu": "R8/G00"}
+    fac = facility_summary([cool, s], {})
+    assert (fac["hottest_gpu"], fac["temp_gpu_max_c"]) == ("R7/G03", 60.0)
+    assert facility_summary([], {})["hottest_gpu"] is None
 
 
 def test_throttle_reasons_are_counted_apart() -> None:
@@ -102,6 +118,8 @@ def test_unit_state_and_facility_pue() -> None:
     )
     us.apply(f)
     assert UnitState.from_bytes(us.to_bytes()).points == us.points
+    # each point's own time travels in twin.state: a stale one can be seen elsewhere
+    assert us.summary()["points_ts_ms"] == {"it_power_w": NOW, "facility_power_w": NOW}
     fac = facility_summary([{"power_w": 5.0, "gpus": 1}], {"SITE": us.values()})
     assert fac["pue"] == 1.08
 
