@@ -22,7 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.layout import TEMP_PREFIX, date_dir, list_parts
-from storage.rollup_schema import GPU_METRICS, RACK_METRICS, RESOLUTIONS, rollup_tables
+from storage.rollup_schema import (
+    GPU_HEALTH,
+    GPU_METRICS,
+    RACK_METRICS,
+    RESOLUTIONS,
+    rollup_tables,
+)
 from storage.writer import fsync_dir, write_file
 
 log = logging.getLogger("storage.rollup")
@@ -40,12 +46,17 @@ def _stats(expr: str, name: str) -> str:
     )
 
 
-def _gpu_sql(src: str, width_s: int) -> str:
+def _gpu_sql(src: str, width_s: int, columns: frozenset[str] = frozenset(GPU_HEALTH)) -> str:
     stats = ", ".join(_stats(m, m) for m in GPU_METRICS)
+    # v2 health fields: NULL where no file of the hour has the column (all written by v1)
+    health = ", ".join(
+        f"{agg}({col}) AS {col}_{suffix}" if col in columns else f"NULL AS {col}_{suffix}"
+        for col, (agg, suffix) in GPU_HEALTH.items()
+    )
     return (
         f"SELECT time_bucket(INTERVAL '{width_s} seconds', ts) AS ts, rack, gpu, "
         f"count(*) AS n, {stats}, arg_min(energy_mj, ts) AS energy_mj_first, "
-        f"arg_max(energy_mj, ts) AS energy_mj_last FROM {src} GROUP BY ALL"
+        f"arg_max(energy_mj, ts) AS energy_mj_last, {health} FROM {src} GROUP BY ALL"
     )
 
 
@@ -127,7 +138,8 @@ def _recompute_hour(
     lo, hi = hour, hour + dt.timedelta(hours=1)
     file_list = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
     src = (
-        f"(SELECT * FROM read_parquet({file_list}) "
+        # union_by_name: files from before a column was added (telemetry.gpu/v1) read NULL
+        f"(SELECT * FROM read_parquet({file_list}, union_by_name = true) "
         f"WHERE ts >= TIMESTAMPTZ '{lo.isoformat()}' AND ts < TIMESTAMPTZ '{hi.isoformat()}')"
     )
     defs = rollup_tables()
@@ -135,7 +147,8 @@ def _recompute_hour(
     for res, width in RESOLUTIONS.items():
         for family in SOURCES[source]:
             if family == "gpu":
-                sql = _gpu_sql(src, width)
+                have = frozenset(str(r[0]) for r in con.sql(f"DESCRIBE {src}").fetchall())
+                sql = _gpu_sql(src, width, have)
             elif family == "rack":
                 sql = _rack_sql(src, width)
             else:

@@ -7,12 +7,26 @@ from typing import Final
 import pyarrow as pa
 
 from storage.layout import TableDef
-from streams.schema import TS_TYPE
+from streams.schema import GPU_SCHEMA, TS_TYPE
 
 STATS: Final = ("min", "mean", "max", "last")
 
 #: GPU metrics rolled up per GPU [unit in the name].
 GPU_METRICS: Final = ("power_w", "temp_gpu_c", "temp_mem_c", "util_pct", "sm_clock_mhz")
+
+#: GPU health counters and margin of frames v2 (streams/schema.py GPU_V2_COLUMNS), one
+#: aggregate each per bucket: the largest count (counters only grow, so max = the bucket's
+#: last count), every remap flag seen (pending 0x1, failure 0x2: OR), and the smallest
+#: thermal margin [K]. Column ``{name}_{suffix}``; NULL where no sample carried the field
+#: (v1 frames). name -> (SQL aggregate, column suffix).
+GPU_HEALTH: Final = {
+    "ecc_corrected": ("max", "max"),
+    "ecc_uncorrected": ("max", "max"),
+    "remapped_rows": ("max", "max"),
+    "row_remap_flags": ("bit_or", "or"),
+    "nvlink_errors": ("max", "max"),
+    "thermal_margin_k": ("min", "min"),
+}
 
 #: Rack metrics: per instant over the rack's GPUs first, then per bucket.
 #: name -> SQL aggregate over the GPUs of one rack at one instant.
@@ -44,6 +58,8 @@ def gpu_rollup_schema() -> pa.Schema:
         pa.field("energy_mj_first", pa.uint64()),  # counter at the first sample [mJ]
         pa.field("energy_mj_last", pa.uint64()),  # counter at the last sample [mJ]
     ]
+    for col, (_agg, suffix) in GPU_HEALTH.items():
+        fields.append(pa.field(f"{col}_{suffix}", GPU_SCHEMA.field(col).type))
     return pa.schema(fields)
 
 
