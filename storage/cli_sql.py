@@ -10,7 +10,16 @@ from typing import Any
 import pyarrow as pa
 
 from storage.cliutil import DEFAULT_DATA_DIR, data_dir_arg, env
-from storage.sql import SqlService, cell_text, to_csv, to_json, to_parquet_bytes, to_text
+from storage.sql import (
+    NoStoreError,
+    SqlService,
+    cell_text,
+    require_store,
+    to_csv,
+    to_json,
+    to_parquet_bytes,
+    to_text,
+)
 from twin.errors import TwinError
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -75,6 +84,11 @@ def _error(message: object) -> None:
 
 def run_sql(args: argparse.Namespace) -> int:
     """Run the query; 0 on success, 2 on a refused or failed query, 1 if --out fails."""
+    try:
+        require_store(args.data_dir)
+    except NoStoreError as exc:
+        _error(exc)
+        return 1
     try:
         svc = SqlService(args.data_dir, timeout_s=args.timeout, max_rows=args.max_rows)
         try:

@@ -32,6 +32,7 @@ from storage.cliutil import (
 )
 from storage.decode import Incoming, decode_many, is_gpu_table, reason_code
 from storage.layout import TableDef, default_tables, list_parts
+from storage.sql import NoStoreError, require_store
 from storage.synth import frames
 from streams.codec import fill_v2_nulls
 from streams.kafka_security import (
@@ -44,6 +45,7 @@ from streams.kafka_security import (
 from streams.schema import TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from streams.settings import parse_broker_url
 from twin.errors import ConfigError, DecodeError, TwinError
+from twin.timeparse import TimeError, iso_ns, to_datetime
 
 #: Replayed tables: name -> (key column, topic).
 REPLAYED = {
@@ -59,11 +61,11 @@ REPLAY_HEADER = ("twin-replay", b"store")
 
 
 def _parse_time(s: str) -> dt.datetime:
+    # ISO 8601, no zone = UTC (twin/timeparse.py: the one rule of the code base)
     try:
-        t = dt.datetime.fromisoformat(s)
-    except ValueError as exc:
-        raise ConfigError(f"not an ISO-8601 time: {s!r}") from exc
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+        return to_datetime(iso_ns(s, naive_utc=True))
+    except TimeError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def read_range(
@@ -242,6 +244,7 @@ def run_replay(args: argparse.Namespace) -> int:
             raise ConfigError(f"--speed must be >= 0, got {args.speed}")
         bootstrap = parse_broker_url(args.broker)
         security = kafka_security_from_args(args)
+        require_store(args.data_dir)  # a wrong --data-dir is an error, not "nothing stored"
         refused: Counter[str] = Counter()
         messages = list(replay_messages(args.data_dir, t0, t1, refused=refused))
         if refused:
@@ -264,6 +267,9 @@ def run_replay(args: argparse.Namespace) -> int:
                 security=security,
             )
         )
+    except NoStoreError as exc:
+        print(f"twin replay: {exc}", file=sys.stderr)
+        return 1
     except TwinError as exc:
         print(f"twin replay: {exc}", file=sys.stderr)
         return 2

@@ -39,11 +39,43 @@ from storage.layout import TableDef
 from storage.sql_check import SqlRefused, SqlTimeout, StatementCheck, check_statement, check_text
 from storage.sql_engine import SqlEngine, store_tables
 from storage.sql_pool import SqlPool
+from twin.errors import TwinError
 
-__all__ = ["SqlRefused", "SqlService", "SqlTimeout", "check_statement", "to_csv", "to_json"]
+__all__ = [
+    "NoStoreError",
+    "SqlRefused",
+    "SqlService",
+    "SqlTimeout",
+    "check_statement",
+    "require_store",
+    "to_csv",
+    "to_json",
+]
 
 #: Worker processes the web server's SQL pool runs (plus one express process).
 POOL_WORKERS: Final = 2
+
+
+class NoStoreError(TwinError):
+    """The data directory a command reads is not a twin store (missing, or no table in it)."""
+
+
+def require_store(data_dir: Path) -> Path:
+    """``data_dir`` resolved, if it holds at least one of the store's table directories.
+
+    The commands that only read the store (``twin sql``, ``twin replay``) call this first:
+    without it a mistyped ``--data-dir``, or a relative one run from another directory,
+    reads as an empty store and answers 0 rows. The worker's SQL endpoint does not: its
+    sink may not have written the first file yet.
+    """
+    path = Path(data_dir).expanduser().resolve()
+    hint = "give --data-dir (env TWIN_DATA_DIR) the directory twin sink writes to"
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise NoStoreError(f"no twin store at {path}: it {what}; {hint}")
+    if not any((path / name).is_dir() for name in store_tables()):
+        raise NoStoreError(f"no twin store at {path}: it holds no table directory; {hint}")
+    return path
 
 
 class SqlService:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,55 @@ def test_replay_to_an_unreachable_broker_fails_cleanly(store: tuple[Path, pa.Tab
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert r.stderr.splitlines()[-1].startswith("twin replay: broker kafka://127.0.0.1:1: ")
+
+
+@pytest.mark.parametrize("where", ["missing", "empty", "file"])
+def test_sql_on_a_missing_store_names_the_path_and_exits_1(tmp_path: Path, where: str) -> None:
+    path = tmp_path / where
+    if where == "empty":
+        path.mkdir()
+        (path / "notes").mkdir()  # a directory, but none of the store's tables
+    elif where == "file":
+        path.write_text("not a store")
+    r = _twin_sql("--data-dir", str(path), "SELECT count(*) FROM gpu")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout == ""
+    line = _one_line_error(r)
+    assert line.startswith(f"twin sql: no twin store at {path}"), line
+    assert "--data-dir" in line
+
+
+def test_sql_with_a_relative_data_dir_from_another_directory(
+    store: tuple[Path, pa.Table], tmp_path: Path
+) -> None:
+    # "data" relative to a directory that has none: an error, not "0 rows"
+    r = subprocess.run(
+        [sys.executable, "-m", "streams", "sql", "--data-dir", "data", "SELECT count(*) FROM gpu"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert _one_line_error(r).startswith(f"twin sql: no twin store at {tmp_path / 'data'}")
+    # ... while the same relative path from where the store is answers
+    r = subprocess.run(
+        [sys.executable, "-m", "streams", "sql", "--data-dir", store[0].name,
+         "--format", "csv", "SELECT count(*) AS n FROM gpu"],
+        cwd=store[0].parent, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ['"n"', str(store[1].num_rows)]
+
+
+def test_replay_of_a_missing_store_names_the_path_and_exits_1(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    r = _twin_replay(
+        "--data-dir", str(missing), "--from", "2026-09-21", "--to", "2026-09-22",
+        "--broker", "kafka://127.0.0.1:1",
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"twin replay: no twin store at {missing}")
