@@ -9,7 +9,8 @@ Per owned rack, one numpy pass over its GPUs:
 
 Per owned plant unit: ``ups_on_battery_bool``; ``cdu_supply_temp_c`` [C]; ``cdu_flow_frac``
 [1], the CDU's flow over the design flow of the racks it serves. On the worker running the
-facility model: ``unit_residual_k`` [K], the largest temperature residual of each unit.
+facility model: ``unit_residual_k`` [K], the largest temperature residual of each unit, and
+``dc_fans_stopped_bool``: a dry cooler whose fans stand still while another unit's turn.
 
 Each unit alert carries its blast radius (the racks it feeds, from the site layout), so a
 root-cause rule suppresses the GPU alerts it explains.
@@ -38,6 +39,7 @@ class SiteMap:
     unit_where: dict[str, dict[str, str]]  # unit -> grouping keys
     blast: dict[str, tuple[str, ...]]  # unit -> racks it feeds
     cdu_design_flow_kg_s: dict[str, float]  # CDU -> design flow of the racks it serves
+    dry_coolers: tuple[str, ...] = ()  # dry-cooler unit ids (fans share one speed)
     _names: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
     def gpu_names(self, rack: str, n: int) -> np.ndarray:
@@ -89,6 +91,7 @@ def site_map(site: Site) -> SiteMap:
         unit_where=unit_where,
         blast=blast_radius(site),
         cdu_design_flow_kg_s=design,
+        dry_coolers=tuple(site.dc_ids),
     )
 
 
@@ -187,3 +190,44 @@ def evaluate_sources(
         ]
         if ids:
             engine.observe("unit_residual_k", ids, worst, owner="facility", where={}, now_s=now_s)
+        _dry_cooler_fans(engine, sm, units, now_s)
+
+
+def dc_fans_stopped(speed_frac: np.ndarray) -> np.ndarray:
+    """1.0 where a dry cooler's fans stand still while another unit's turn, else 0.0 (NaN
+    where the speed is not known).
+
+    The plant runs its working dry coolers in parallel at one shared speed (twin/plant.py
+    ``dry_coolers``), so a unit at speed 0 while a sibling turns has lost its fans (drive
+    trip, undervoltage) and the BMS isolated it: the others carry its heat at a higher
+    speed, and in cold weather the supply temperature does not move at all (nothing for a
+    residual to see), yet the plant has lost a unit of its N+1 margin.
+    """
+    v = np.asarray(speed_frac, dtype=np.float64)
+    turning = np.isfinite(v) & (v > 0.0)
+    others = turning.sum() - turning  # units turning besides this one
+    out = ((v <= 0.0) & (others > 0)).astype(np.float64)
+    out[~np.isfinite(v)] = np.nan
+    return out
+
+
+def _dry_cooler_fans(
+    engine: AlertEngine, sm: SiteMap, units: Mapping[str, Any], now_s: float
+) -> None:
+    ids = [u for u in sm.dry_coolers if "fan_speed_frac" in (units.get(u) or {})]
+    if len(ids) < 2:
+        return  # one unit cannot be compared with a sibling
+    speed = np.array(
+        [float(units[u]["fan_speed_frac"].get("measured", np.nan)) for u in ids], dtype=np.float64
+    )
+    stopped = dc_fans_stopped(speed)
+    for u, x in zip(ids, stopped.tolist(), strict=True):
+        engine.observe(
+            "dc_fans_stopped_bool",
+            [u],
+            [x],
+            owner="facility",
+            where={},
+            blast=sm.blast.get(u, ()),
+            now_s=now_s,
+        )

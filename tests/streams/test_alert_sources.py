@@ -13,7 +13,7 @@ from models.alerting import AlertEngine, alert_id
 from models.rules import load_rules
 from streams.alert_flags import add_alert_flags, alert_settings_from_args
 from streams.alert_sinks import WebhookSink
-from streams.alert_sources import blast_radius, evaluate_sources, site_map
+from streams.alert_sources import blast_radius, dc_fans_stopped, evaluate_sources, site_map
 from streams.alert_views import AlertCollector, CommandError, parse_command
 from streams.codec import (
     decode_gpu_frame,
@@ -126,6 +126,31 @@ def test_a_cdu_pump_trip_suppresses_its_racks_coolant_and_balance_alerts() -> No
         outside = eng.alerts[alert_id("R0009", rule, "R0009")]
         assert (inside.state, inside.suppressed_by) == ("DSUPR", root.id), rule
         assert outside.state == "UNACK", rule
+
+
+def test_a_dry_cooler_whose_fans_stop_while_the_others_turn_raises() -> None:
+    assert dc_fans_stopped(np.array([0.0, 0.3, 0.3])).tolist() == [1.0, 0.0, 0.0]
+    assert dc_fans_stopped(np.array([0.0, 0.0])).tolist() == [0.0, 0.0]  # all idle: no load
+    assert np.isnan(dc_fans_stopped(np.array([np.nan, 0.3]))[0])
+    site = load_site(racks=4)
+    sm = site_map(site)
+    dc1, dc2 = site.dc_ids[:2]
+
+    def view(s1: float, s2: float) -> dict[str, object]:
+        pt = "fan_speed_frac"
+        return {"units": {dc1: {pt: {"measured": s1, "expected": 0.1}},
+                          dc2: {pt: {"measured": s2, "expected": 0.1}}}}  # fmt: skip
+
+    eng = AlertEngine(load_rules(), clock=lambda: 0.0)
+    rt = runtime_with({}, {})
+    for step in range(0, 60, 10):
+        evaluate_sources(eng, rt, sm, lambda _k: True, float(step), facility_view=view(0.0, 0.0))
+    assert not eng.alerts
+    for step in range(60, 120, 10):
+        evaluate_sources(eng, rt, sm, lambda _k: True, float(step), facility_view=view(0.0, 0.2))
+    a = eng.alerts[alert_id("facility", "dc_fans_stopped", dc1)]
+    assert a.state == "UNACK" and a.severity == "major"
+    assert alert_id("facility", "dc_fans_stopped", dc2) not in eng.alerts
 
 
 def test_facility_residuals_are_owned_by_the_facility_key() -> None:
