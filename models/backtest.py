@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 
 from models.base import Detector
 from models.registry import DETECTORS, make_detector
 from twin.errors import TwinError
+from twin.timeparse import TimeError, text_ns
 
 #: Column names taken as the timestamp (case-insensitive), in this order of preference.
 TS_NAMES = ("ts", "timestamp", "time", "datetime", "date", "ts_s", "t")
@@ -46,23 +46,15 @@ def usable_detectors() -> list[str]:
 
 
 def parse_ts(text: str, line: int) -> float:
-    """Seconds since the epoch [s] of a timestamp cell (a number or ISO 8601)."""
-    t = text.strip()
+    """Seconds since the epoch [s] of a timestamp cell: a number of seconds or ISO 8601
+    (no offset = UTC), read by twin/timeparse.py, the one time parser of the code base."""
     try:
-        v = float(t)
-    except ValueError:
-        try:
-            d = datetime.fromisoformat(t)
-        except ValueError:
-            raise DetectInputError(
-                f"row {line}: cannot parse timestamp {text!r} (seconds since the epoch or ISO 8601)"
-            ) from None
-        if d.tzinfo is None:
-            d = d.replace(tzinfo=UTC)
-        return d.timestamp()
-    if not math.isfinite(v):
-        raise DetectInputError(f"row {line}: timestamp {text!r} is not a finite number")
-    return v
+        return text_ns(text, unit="s", naive_utc=True) / 1e9
+    except TimeError as exc:
+        raise DetectInputError(
+            f"row {line}: cannot parse timestamp {text.strip()[:40]!r} (seconds since the epoch "
+            f"or ISO 8601): {exc}"
+        ) from None
 
 
 def parse_value(text: str, line: int, column: str) -> float:

@@ -22,7 +22,6 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final, NoReturn
 
 import numpy as np
@@ -39,6 +38,7 @@ from streams.codec import (
 )
 from streams.schema import DEFAULT_SLOWDOWN_C, TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from twin.errors import DecodeError
+from twin.timeparse import TimeError, parse_ms
 
 _GPU_FLOATS: Final = ("power_w", "temp_gpu_c", "temp_mem_c", "util_pct")
 #: Integer fields of a GPU reading -> (default or None if required, largest value): the
@@ -59,10 +59,6 @@ _FLOAT32_MAX: Final = float(np.finfo(np.float32).max)
 _POINT_TOPICS: Final = {"thermal": TOPIC_THERMAL, "power": TOPIC_POWER}
 #: Readings in one message: a few racks of GPUs; more is a flood, not a gateway.
 MAX_READINGS: Final = 4096
-#: Time of a reading [ms since epoch]: 1970-01-01 .. 9999-12-31 (what datetime and the
-#: store's date partitions represent); the live window is the codec's.
-TS_MIN_MS: Final = 0
-TS_MAX_MS: Final = 253_402_300_799_999
 
 
 @dataclass(frozen=True)
@@ -79,32 +75,24 @@ def _refuse_constant(name: str) -> NoReturn:
     raise DecodeError(f"{name} is not a JSON number", "not_finite")
 
 
-def parse_ts_ms(value: Any) -> int:
-    """Timestamp of a reading: integer ms since epoch, or an ISO 8601 string with a zone."""
-    if isinstance(value, bool):
-        raise DecodeError(f"ts must be ms since epoch or ISO 8601, got {value!r}", "bad_field")
-    if isinstance(value, int | float):
-        # an int beyond float64 (10**400) cannot go through isfinite: it is past 9999 anyway
-        if isinstance(value, float) and not math.isfinite(value):
-            raise DecodeError(f"ts {value!r} is not finite", "not_finite")
-        if value < TS_MIN_MS:
-            raise DecodeError(f"ts {value!r} is before 1970", "ts_too_old")
-        if value > TS_MAX_MS:
-            raise DecodeError(f"ts {value!r} is after 9999", "ts_future")
-        return int(value)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise DecodeError(f"ts {value[:40]!r} is not ISO 8601", "bad_field") from None
-        if parsed.tzinfo is None:
-            raise DecodeError(f"ts {value!r} has no time zone; add Z or +00:00", "bad_field")
-        try:
-            ms = int(parsed.timestamp() * 1000)
-        except (OverflowError, ValueError):
-            raise DecodeError(f"ts {value!r} is out of range", "ts_too_old") from None
-        return parse_ts_ms(ms)
-    raise DecodeError(f"ts must be ms since epoch or ISO 8601, got {_short(value)}", "bad_field")
+def parse_ts_ms(value: Any, unit: str = "ms") -> int:
+    """Timestamp of a reading [ms since epoch]: a number counted in ``unit`` (the twin's
+    JSON: ms), or ISO 8601 text with a zone (twin/timeparse.py, one rule everywhere)."""
+    try:
+        return parse_ms(value, unit=unit)
+    except TimeError as exc:
+        raise time_refusal("ts", exc) from None
+
+
+def time_refusal(what: str, exc: TimeError) -> DecodeError:
+    """The DecodeError (reason code by kind) of a time that twin/timeparse.py refused."""
+    if exc.problem == "too_old":
+        return DecodeError(f"{what}: {exc}", "ts_too_old")
+    if exc.problem == "future":
+        return DecodeError(f"{what}: {exc}", "ts_future")
+    if exc.problem == "not_finite":
+        return DecodeError(f"{what}: {exc}", "not_finite")
+    return DecodeError(f"{what}: {exc}", "bad_field")
 
 
 def _short(value: Any) -> str:

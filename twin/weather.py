@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from numpy.typing import NDArray
 
 from twin.errors import ConfigError
 from twin.gpu import _m
+from twin.timeparse import TimeError, parse_ms
 
 FloatArray = NDArray[np.float64]
 MS_PER_DAY = 86_400_000
@@ -103,15 +103,14 @@ def load_hourly_csv(path: str | Path, column: str) -> HourlySeries:
                 raise ConfigError(f"{p}: expected columns 'timestamp' and {column!r}")
             for i, row in enumerate(reader, start=2):
                 try:
-                    t = datetime.fromisoformat(row["timestamp"])
+                    # twin/timeparse.py: the one time parser; no zone = UTC
+                    t_ms = parse_ms(row["timestamp"], unit=None, naive_utc=True)
                     v = float(row[column])
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, TimeError):
                     raise ConfigError(
                         f"{p} line {i}: expected an ISO 8601 timestamp and a number"
                     ) from None
-                if t.tzinfo is None:
-                    t = t.replace(tzinfo=UTC)
-                ts.append(int(t.timestamp() * 1000))
+                ts.append(t_ms)
                 vals.append(v)
     except FileNotFoundError:
         raise ConfigError(f"{p}: file not found") from None

@@ -10,23 +10,21 @@ from __future__ import annotations
 import argparse
 from typing import Any, Literal
 
+from twin.extras import import_extra
 from twin.site import Site
 from twin.state import FacilityState
 from twin.whatif import WhatIfError, parse_horizon, parse_scenario, run_whatif, scenario_forms
 
 
 def _parse_time_ms(text: str) -> int:
-    from datetime import UTC, datetime
+    from twin.timeparse import TimeError, parse_ms
 
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return parse_ms(text, unit=None, naive_utc=True)  # ISO 8601, no zone = UTC
+    except TimeError as exc:
         raise WhatIfError(
-            f"--start {text!r}: expected an ISO time like 2026-07-15T14:00Z"
+            f"--start {text!r}: expected an ISO time like 2026-07-15T14:00Z ({exc})"
         ) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return round(t.timestamp() * 1000)
 
 
 def _fetch_snapshot(url: str, timeout_s: float = 30.0) -> bytes:
@@ -154,6 +152,8 @@ def run_whatif_cli(args: argparse.Namespace) -> int:
     site, state, start_ms, workload, source = starting_point(args)
     for text in args.scenario:  # fail fast, before any warm-up
         parse_scenario(text, site)
+    if args.out:  # the plot's library, before the run rather than after it
+        import_extra("matplotlib", "plots", "twin whatif --out")
     result = run_whatif(
         site,
         state,

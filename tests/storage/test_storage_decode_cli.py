@@ -41,13 +41,14 @@ def test_json_rows() -> None:
     msg = json.dumps(
         [
             {"ts": "2026-09-21T10:00:00+00:00", "scope": "site", "name": "pue_frac", "value": 1.1},
-            {"ts": 1_790_000_000, "scope": "site", "name": "pue_frac", "value": 1.2},
+            # a number is ms, whatever its size (twin/timeparse.py)
+            {"ts": 1_790_000_000_000, "scope": "site", "name": "pue_frac", "value": 1.2},
         ]
     ).encode()
     got = decode_message(TABLES["kpi"], None, msg, 0)
     assert got["value"].to_pylist() == [1.1, 1.2]
     assert got["ts"].cast(pa.int64()).to_pylist() == [
-        1_790_000_000_000 - 15_200_000,  # 1_790_000_000 s is 14:13:20Z; 10:00Z is 4:13:20 before
+        1_790_000_000_000 - 15_200_000,  # 1_790_000_000_000 ms is 14:13:20Z; 10:00Z 4:13:20 before
         1_790_000_000_000,
     ]
 

@@ -72,9 +72,9 @@ def test_points_frames_use_the_worker_rules() -> None:
         ({"ts": "1950-01-01T00:00:00+00:00", "scope": "s", "name": "x", "value": 1}, "ts_too_old"),
         ({"ts": 2**70, "scope": "s", "name": "x", "value": 1}, "ts_future"),
         ({"ts": None, "scope": "s", "name": "x", "value": None}, "bad_field"),
-        ({"ts": 1_790_000_000, "scope": "s", "name": "x", "value": float("nan")}, "not_finite"),
-        ({"ts": 1_790_000_000, "scope": "s", "name": "x", "value": float("inf")}, "not_finite"),
-        ({"ts": 1_790_000_000, "scope": "s", "name": "x", "value": 2**70}, "bad_field"),
+        ({"ts": 1_790_000_000_000, "scope": "s", "name": "x", "value": float("nan")}, "not_finite"),
+        ({"ts": 1_790_000_000_000, "scope": "s", "name": "x", "value": float("inf")}, "not_finite"),
+        ({"ts": 1_790_000_000_000, "scope": "s", "name": "x", "value": 2**70}, "bad_field"),
     ],
 )
 def test_bad_json_rows(doc: dict[str, object], code: str) -> None:
