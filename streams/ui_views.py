@@ -384,6 +384,23 @@ def ui_web_app(src: UiSource) -> web.Application:
     return app
 
 
+def faust_page(app: faust.App, path: str, get: Any = None, post: Any = None) -> None:
+    """Hang plain aiohttp handlers (``get``, ``post``) on a Faust app's web server at ``path``."""
+
+    async def get_method(self: View, request: Request, **kw: Any) -> Response:
+        return await get(request)
+
+    async def post_method(self: View, request: Request, **kw: Any) -> Response:
+        return await post(request)
+
+    body: dict[str, Any] = {}
+    if get is not None:
+        body["get"] = get_method
+    if post is not None:
+        body["post"] = post_method
+    app.page(path)(type(f"Ui{abs(hash(path))}", (View,), body))
+
+
 def register_ui_views(
     app: faust.App,
     rt: TwinRuntime,
@@ -401,18 +418,7 @@ def register_ui_views(
     )
 
     def page(path: str, get: Any = None, post: Any = None) -> None:
-        async def get_method(self: View, request: Request, **kw: Any) -> Response:
-            return await get(request)
-
-        async def post_method(self: View, request: Request, **kw: Any) -> Response:
-            return await post(request)
-
-        body: dict[str, Any] = {}
-        if get is not None:
-            body["get"] = get_method
-        if post is not None:
-            body["post"] = post_method
-        app.page(path)(type(f"Ui{abs(hash(path))}", (View,), body))
+        faust_page(app, path, get=get, post=post)
 
     # Faust's aiohttp driver runs the Application's on_shutdown before it waits for handlers
     app.web.web_app.on_shutdown.append(src.on_shutdown)  # type: ignore[attr-defined]

@@ -1,8 +1,8 @@
 """HTTP API served by every worker (Faust's aiohttp web server).
 
 GET / (the control room, streams/ui_views.py), GET /healthz, GET /api/state,
-GET /api/racks/{rack}, GET /api/units/{unit}, GET /metrics;
-other modules add their own routes through ``extra_views``.
+GET /api/racks, GET /api/racks/{rack}, GET /api/units, GET /api/units/{unit}
+(streams/api_views.py), GET /api/snapshot, POST /api/sql, GET /metrics; docs/api.md.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from aiohttp import web
 from faust.web import Request, Response, View
 from prometheus_client.registry import Collector
 
+from streams.api_views import register_api_views
 from streams.auth import sql_auth
 from streams.metrics import CONTENT_TYPE, render_metrics
 from streams.runtime import TwinRuntime
@@ -108,33 +109,8 @@ def register_views(
             }
             return self.json(body, status=200 if ready and not stalled else 503)
 
-    @app.page("/api/state")
-    class State(View):
-        async def get(self, request: Request) -> Response:
-            return self.json(rt.facility())
-
-    @app.page("/api/racks/{rack}")
-    class Rack(View):
-        async def get(self, request: Request, rack: str) -> Response:
-            detail = rt.rack_detail(rack)
-            if detail is None:
-                return self.json({"error": f"unknown rack {rack!r}"}, status=404)
-            summary = rt.rack_summary(rack) or {}
-            unit = rt.unit_points(rack) or {}
-            model = rt.rack_model(rack)
-            return self.json(
-                {"rack": rack, "summary": summary, "coolant": unit, "gpus": detail, "model": model}
-            )
-
-    @app.page("/api/units/{unit}")
-    class Unit(View):
-        async def get(self, request: Request, unit: str) -> Response:
-            values = rt.unit_points(unit)
-            if values is None:
-                return self.json({"error": f"unknown unit {unit!r}"}, status=404)
-            view = rt.model_view or {}
-            expected = view.get("units", {}).get(unit)
-            return self.json({"unit": unit, "points": values, "model": expected})
+    # /api/state, /api/racks[/{rack}], /api/units[/{unit}]: streams/api_views.py
+    register_api_views(app, rt)
 
     @app.page("/metrics")
     class Metrics(View):
