@@ -149,12 +149,51 @@ def apply_command(engine: AlertEngine, cmd: dict[str, Any]) -> dict[str, Any]:
     return a.to_dict()
 
 
-class AlertCollector(Collector):
-    """/metrics: alerts by state and severity, flood, raises, events, sink queues."""
+def site_raised_in_window(
+    engine: AlertEngine, others: dict[str, dict[str, Any]], now_s: float
+) -> int:
+    """Alerts raised (visible to an operator) in the flood window across the site: this
+    worker's own raises plus the alerts other workers hold (twin.state documents) whose
+    latest raise falls in the window and was shown (not suppressed, shelved or out of
+    service when raised).
 
-    def __init__(self, engine: AlertEngine, sinks: list[AlertSink]) -> None:
+    Each worker's engine counts only the alerts its partitions own, so one worker's count
+    is not what an operator sees: a flood of 4 alerts on each of 3 workers is 12 alerts
+    on the page. A document holds only an alert's latest raise, so an alert raised twice in
+    the window on another worker counts once (a lower bound; this worker's are exact).
+    """
+    start = now_s - engine.rules.budget.flood_window_s
+    n = len(engine.raises)
+    for aid, d in others.items():
+        if aid in engine.alerts or not d.get("shown"):
+            continue
+        t = d.get("raised_s")
+        if isinstance(t, int | float) and not isinstance(t, bool) and start < t <= now_s:
+            n += 1
+    return n
+
+
+def site_flood(
+    engine: AlertEngine, others: dict[str, dict[str, Any]], now_s: float
+) -> tuple[bool, int]:
+    """(flood, raised in the window) of the whole site (EEMUA 191 budget of the rules)."""
+    n = site_raised_in_window(engine, others, now_s)
+    return n > engine.rules.budget.flood_count, n
+
+
+class AlertCollector(Collector):
+    """/metrics: alerts by state and severity, flood (this worker's and the site's),
+    raises, events, sink queues. ``others``: the alert documents other workers hold."""
+
+    def __init__(
+        self,
+        engine: AlertEngine,
+        sinks: list[AlertSink],
+        others: Callable[[], dict[str, dict[str, Any]]] = dict,
+    ) -> None:
         self.engine = engine
         self.sinks = sinks
+        self.others = others
 
     def collect(self) -> Iterator[Metric]:
         e = self.engine
@@ -182,6 +221,18 @@ class AlertCollector(Collector):
             "twin_alerts_raised", "Alerts raised (visible to an operator).", value=e.raised_total
         )
         yield CounterMetricFamily("twin_alert_floods", "Alert floods begun.", value=e.floods_total)
+        flood, n_site = site_flood(e, self.others(), e.clock())
+        yield GaugeMetricFamily(
+            "twin_alert_site_flood",
+            "1 while the site (alerts of every worker) raised more alerts in the flood window "
+            "than the budget (EEMUA 191).",
+            value=1.0 if flood else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "twin_alerts_site_raised_window",
+            "Alerts raised (visible) in the flood window across the site (every worker).",
+            value=n_site,
+        )
         depth = GaugeMetricFamily(
             "twin_alert_sink_queue", "Alert changes waiting for a sink.", labels=["sink"]
         )
@@ -260,10 +311,18 @@ def register_alert_views(
                 for aid, d in others().items()
                 if aid not in engine.alerts and _matches(d, state, severity, entity)
             ]
+            # the page shows the site's flood (every worker's alerts), not one worker's
+            flood, n_site = site_flood(engine, others(), engine.clock())
             body: dict[str, Any] = {
                 "alerts": sorted(own + remote, key=_urgency),
-                "flood": engine.flood,
-                "raised_in_window": len(engine.raises),
+                "flood": flood,
+                "raised_in_window": n_site,
+                "worker": {
+                    "flood": engine.flood,
+                    "raised_in_window": len(engine.raises),
+                    "raised_total": engine.raised_total,
+                    "floods_total": engine.floods_total,
+                },
                 "raised_total": engine.raised_total,
                 "floods_total": engine.floods_total,
                 "out_of_service": service_list(),

@@ -825,7 +825,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         base = fm.snapshot() if fm is not None else None
         return snapshot_bytes(runtime_snapshot(rt, base))
 
-    metrics = [AlertCollector(engine, sinks), DetectCollector(detect, rt)]
+    metrics = [AlertCollector(engine, sinks, other_alerts), DetectCollector(detect, rt)]
     register_views(app, rt, settings, consumer_lag, snapshot, extra_metrics=metrics)
     return TwinWorker(app=app, runtime=rt, settings=settings)
 

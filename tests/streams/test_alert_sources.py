@@ -229,6 +229,32 @@ def test_metrics_of_the_alerts_have_bounded_labels() -> None:
     assert len(series) == 7 * 4  # states x severities, whatever the alerts
 
 
+def test_the_flood_is_the_sites_alerts_of_every_worker() -> None:
+    """Two workers raising 6 alerts each: neither is in a flood by its own count, the site
+    is (12 > 10 in 10 minutes), in /metrics and in what the page reads."""
+    from streams.alert_views import site_flood
+
+    now = {"t": 1000.0}
+    engines = [AlertEngine(load_rules(), clock=lambda: now["t"]) for _ in range(2)]
+    for w, eng in enumerate(engines):
+        racks = [f"R{w * 6 + i + 1:04d}" for i in range(6)]
+        for rack in racks:
+            eng.observe("ups_on_battery_bool", [f"UPS{rack[1:]}"], [1.0], owner=rack)
+        assert eng.raised_total == 6 and not eng.flood
+    docs = {aid: a.to_dict() for aid, a in engines[1].alerts.items()}
+    assert site_flood(engines[0], docs, now["t"]) == (True, 12)
+    text = render_metrics(
+        TwinRuntime(partitions=8), {}, [AlertCollector(engines[0], [], lambda: docs)]
+    ).decode()
+    assert "twin_alert_flood 0.0" in text and "twin_alert_site_flood 1.0" in text
+    assert "twin_alerts_site_raised_window 12.0" in text
+    # suppressed (not shown) and old raises do not count; this worker's own are not twice
+    docs2 = {k: v | {"shown": False} for k, v in list(docs.items())[:3]}
+    docs2 |= {k: v | {"raised_s": now["t"] - 601} for k, v in list(docs.items())[3:]}
+    own = {aid: a.to_dict() for aid, a in engines[0].alerts.items()}
+    assert site_flood(engines[0], docs2 | own, now["t"]) == (False, 6)
+
+
 def test_external_roots_are_checked_like_any_input() -> None:
     from streams.alert_views import external_roots
 
