@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +101,9 @@ def run_sim(args: argparse.Namespace) -> int:
     topics = Topics(args.topic_prefix)
     security = kafka_security_from_args(args)
 
-    from rich.progress import Progress
+    from streams.sim_progress import sim_progress
 
-    total = int(args.duration / args.dt) if args.duration else None
-    progress = Progress(disable=not sys.stderr.isatty() or total is None, transient=True)
-    task = progress.add_task("simulating", total=total)
-
-    def tick(stats: Any) -> None:
-        progress.update(task, completed=stats.ticks)
-
-    async def go() -> Any:
+    async def go(tick: Any) -> Any:
         stop = asyncio.Event()
         _stop_on_signals(stop)
         await ensure_topics(
@@ -134,8 +126,8 @@ def run_sim(args: argparse.Namespace) -> int:
             plant_dt_s=args.plant_dt,
         )
 
-    with progress:
-        stats = asyncio.run(go())
+    with sim_progress(args.duration, args.dt) as tick:
+        stats = asyncio.run(go(tick))
     print(
         f"sim: {stats.ticks} steps, {stats.gpu_frames} GPU frames, "
         f"{stats.point_frames} plant frames, {stats.faults} faults injected"
@@ -296,7 +288,12 @@ def register(sub: Any) -> None:
     )
     add_broker_flag(p)
     add_sim_flags(p)
-    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="simulated seconds per wall second (default 1: real time; 0: as fast as possible)",
+    )
     p.add_argument("--duration", type=float, default=None, help="simulated seconds to run")
     add_topic_flags(p)
     add_kafka_security_flags(p)

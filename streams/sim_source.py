@@ -17,6 +17,7 @@ from streams.codec import encode_frame, gpu_batch, points_batch
 from streams.kafka_security import KafkaSecurity
 from streams.producer import FramePublisher
 from streams.settings import Topics
+from twin.errors import ConfigError
 
 REPLAY_HEADER = ("twin-replay", b"sim")
 
@@ -92,6 +93,8 @@ async def publish_simulation(
 ) -> SimStats:
     """Step ``sim`` and publish its readings until ``duration_s`` simulated or ``stop``.
 
+    ``speed`` is simulated seconds per wall second; 0 publishes as fast as possible.
+
     GPU frames go out every step; plant frames every ``plant_dt_s`` [s] of simulated time.
 
     ``on_tick`` is called after each step (progress display).
@@ -128,7 +131,9 @@ async def publish_simulation(
                     if fault_file is not None:
                         fault_file.write(doc.decode() + "\n")
                         fault_file.flush()
-                if speed == 1.0 and not replay:
+                if speed <= 0:
+                    delay = 0.0  # as fast as possible
+                elif speed == 1.0 and not replay:
                     # Real time: the next sample is due at its own timestamp. After a pause
                     # (a broker recycle) the simulator catches up at full speed, as a
                     # collector with a buffer would, so the history has no gap.
@@ -138,6 +143,8 @@ async def publish_simulation(
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=delay)
+                else:
+                    await asyncio.sleep(0)  # flat out: still let signals and the sender run
             await pub.flush()
     finally:
         if fault_file is not None:
@@ -164,11 +171,14 @@ async def run_simulation(
 ) -> SimStats:
     """``twin sim``: build the simulator and publish until done.
 
-    At ``speed`` 1 the samples carry wall-clock time. Faster runs start in the past (so no
-    sample is ever from the future) and mark frames as replayed history.
+    At ``speed`` 1 the samples carry wall-clock time. Faster runs (``speed`` > 1, or 0: as
+    fast as possible) start in the past (so no sample is ever from the future) and mark
+    frames as replayed history.
     """
+    if not speed >= 0:
+        raise ConfigError(f"--speed must be >= 0 (0: as fast as possible), got {speed}")
     now_ms = time.time_ns() // 1_000_000
-    fast = speed > 1.0
+    fast = speed == 0 or speed > 1.0
     span_s = duration_s if duration_s is not None else 86_400.0
     start_ms = now_ms - int(span_s * 1000) if fast else now_ms
     sim = make_simulator(

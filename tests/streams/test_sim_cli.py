@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -68,3 +70,88 @@ def test_sim_publishes_contract_frames_and_fault_ground_truth(
     assert len(truth) == 1 and truth[0]["kind"] == "pump_trip" and truth[0]["target"] == "CDU01"
     recorded = asyncio.run(_drain(broker.bootstrap, topics.faults))
     assert [json.loads(m.value)["kind"] for m in recorded] == ["pump_trip"]
+
+
+def test_sim_speed_0_runs_as_fast_as_possible(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    from streams.sim_source import run_simulation
+    from streams.topics_admin import ensure_topics
+
+    topics = Topics(topic_prefix)
+
+    async def go() -> tuple[object, float]:
+        await ensure_topics(broker.bootstrap, topics, 2)
+        t0 = time.monotonic()
+        stats = await run_simulation(
+            bootstrap=broker.bootstrap, topics=topics, racks=1, site_path=None, seed=0,
+            dt_s=1.0, speed=0.0, duration_s=600.0, faults=[], faults_log=None,
+            stop=asyncio.Event(),
+        )  # fmt: skip
+        return stats, time.monotonic() - t0
+
+    stats, wall_s = asyncio.run(go())
+    assert stats.ticks == 600  # type: ignore[attr-defined]
+    assert wall_s < 60.0, wall_s  # 10 simulated minutes, far faster than real time
+    gpu = asyncio.run(_drain(broker.bootstrap, topics.gpu))
+    assert len(gpu) == 600
+    assert all(dict(m.headers).get("twin-replay") == b"sim" for m in gpu)  # history
+    frames = [decode_gpu_frame(m.value, key=m.key, now_ms=None) for m in gpu]
+    newest_ms = max(f.batch.column("ts").cast(pa.int64())[0].as_py() for f in frames)
+    assert newest_ms <= time.time() * 1000  # started in the past: no sample from the future
+
+
+def test_sim_speed_help_and_negative_speed() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "streams", "sim", "--help"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "0: as fast as possible" in " ".join(r.stdout.split())
+    from streams.sim_source import run_simulation
+    from twin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--speed must be >= 0"):
+        asyncio.run(
+            run_simulation(
+                bootstrap="127.0.0.1:1",
+                topics=Topics(""),
+                racks=1,
+                site_path=None,
+                seed=0,
+                dt_s=1.0,
+                speed=-1.0,
+                duration_s=1.0,
+                faults=[],
+                faults_log=None,
+                stop=asyncio.Event(),
+            )
+        )
+
+
+class _Tty(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("duration", [60.0, None])
+def test_sim_progress_on_a_terminal_only(duration: float | None) -> None:
+    from streams.sim_progress import sim_progress
+    from streams.sim_source import SimStats
+
+    for tty in (True, False):
+        out = _Tty(tty)
+        with sim_progress(duration, 1.0, out) as tick:
+            for i in range(1, 31):
+                tick(SimStats(ticks=i, gpu_samples=72 * i))
+                time.sleep(0.01)
+        text = out.getvalue()
+        if tty:
+            assert "simulating" in text and "GPU samples" in text, text
+            assert ("/60" in text) == (duration is not None), text
+        else:
+            assert text == ""
