@@ -1,13 +1,16 @@
 """End-to-end pipeline benchmark: GPU samples/s through one worker, and telemetry-to-API latency.
 
     .venv/bin/python bench/bench_pipeline.py [--racks 64,1250] [--frames 40000]
-        [--latency-seconds 60] [--broker tansu|kafka]
+        [--latency-seconds 60] [--broker tansu|kafka] [--gpus-per-frame 72|4]
 
 For each site size, in one run on one machine (broker, worker and this script share it):
 
-1. Throughput. ``--frames`` telemetry.gpu frames (one rack, one instant, 72 GPUs a
-   message) are produced first, with everything else the simulator publishes beside
-   them (rack-manifold, CDU, plant and power frames, every 5 s as a BMS polls).
+1. Throughput. ``--frames`` rack-seconds of telemetry.gpu frames are produced first: one
+   message per rack and instant with all 72 GPUs (``--gpus-per-frame 72``, a rack-level
+   collector), or one per compute tray of 4 GPUs (``--gpus-per-frame 4``: 18 messages per
+   rack and instant, as NVML or dcgm-exporter on each host of an NVL144 rack send them),
+   with everything else the simulator publishes beside them (rack-manifold, CDU, plant
+   and power frames, every 5 s as a BMS polls).
    A plain aiokafka consumer reads the GPU frames (the raw consume rate: no decode, no
    state); then a real ``twin worker`` subprocess consumes all of it (decode, validate,
    state, thermal fits, facility model, checkpoints, twin.state) and its counter of GPU
@@ -60,6 +63,34 @@ def rack_ids(n: int) -> list[str]:
     return [f"R{i:04d}" for i in range(1, n + 1)]
 
 
+def host_frames(ts_ms: int, rack: str, cols: dict[str, np.ndarray], per_frame: int) -> list[bytes]:
+    """One rack's GPU columns as encoded telemetry.gpu frames of ``per_frame`` GPUs each,
+    every one carrying its GPUs' rack-wide indices (a host collector's --gpu-offset)."""
+    batch = gpu_batch(ts_ms, rack, cols)  # gpu = 0..n-1, sliced per host below
+    return [encode_frame(batch.slice(lo, per_frame)) for lo in range(0, batch.num_rows, per_frame)]
+
+
+#: An int64 that no real column holds: frames are encoded once with it as their timestamp,
+#: and each second's copies get the real one patched in (encoding 22,500 frames a second
+#: would take the load generator more than the 2-core machine has).
+_TS_SENTINEL = 0x5EA1_0F_7E57_1A57
+
+
+class FrameTemplate:
+    """Encoded frames of one rack whose timestamp is replaced byte for byte."""
+
+    def __init__(self, rack: str, cols: dict[str, np.ndarray], per_frame: int) -> None:
+        self.frames = host_frames(_TS_SENTINEL, rack, cols, per_frame)
+        self._pattern = _TS_SENTINEL.to_bytes(8, "little")
+        if any(f.count(self._pattern) != min(per_frame, GPUS) for f in self.frames):
+            raise RuntimeError("timestamp sentinel not found once per row")
+
+    def at(self, ts_ms: int) -> list[bytes]:
+        """The frames stamped ``ts_ms`` [ms since epoch]."""
+        stamp = ts_ms.to_bytes(8, "little")
+        return [f.replace(self._pattern, stamp) for f in self.frames]
+
+
 def columns(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     """Plausible NVML-resolution readings of one rack."""
     return {
@@ -75,10 +106,12 @@ def columns(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     }
 
 
-async def produce_backlog(bootstrap: str, topics: Topics, racks: list[str], seconds: int) -> int:
+async def produce_backlog(
+    bootstrap: str, topics: Topics, racks: list[str], seconds: int, per_frame: int
+) -> int:
     """``seconds`` of the simulator's telemetry (GPU frames and every plant and rack-manifold
-    frame, as ``twin sim`` publishes them), stamped over the last ``seconds``; returns the
-    number of GPU frames."""
+    frame, as ``twin sim`` publishes them), stamped over the last ``seconds``, with
+    ``per_frame`` GPUs a GPU message; returns the number of GPU messages."""
     from streams.sim_source import DEFAULT_PLANT_DT_S, frames_of, make_simulator
 
     sim = make_simulator(
@@ -89,9 +122,18 @@ async def produce_backlog(bootstrap: str, topics: Topics, racks: list[str], seco
     async with FramePublisher(bootstrap, linger_ms=20) as pub:
         for s in range(seconds):
             plant = s % round(DEFAULT_PLANT_DT_S) == 0
-            for kind, key, value in frames_of(sim.step(1.0), plant=plant):
+            frame = sim.step(1.0)
+            for kind, key, value in frames_of(frame, plant=plant):
+                if kind == "gpu" and per_frame < GPUS:
+                    continue  # sent per host below
                 await pub.send(topic_of[kind], key, value)
                 n += kind == "gpu"
+            if per_frame < GPUS:
+                for i, rack in enumerate(frame.rack_ids):
+                    cols = {name: arr[i] for name, arr in frame.gpu.items()}
+                    for value in host_frames(frame.ts_ms, rack, cols, per_frame):
+                        await pub.send(topics.gpu, rack, value)
+                        n += 1
         await pub.flush()
     return n
 
@@ -184,19 +226,24 @@ def wait_healthy(api: str, timeout_s: float = 180) -> None:
     raise SystemExit("worker did not become healthy")
 
 
-async def live_load(bootstrap: str, topics: Topics, racks: list[str], seconds: int) -> float:
+async def live_load(
+    bootstrap: str, topics: Topics, racks: list[str], seconds: int, per_frame: int
+) -> float:
     """Publish every rack's frame each second for ``seconds``; return how far behind its
     schedule the load generator itself fell at worst [s] (its lag is in the latencies)."""
     rng = np.random.default_rng(1)
     worst_lag = 0.0
-    templates = [columns(rng, GPUS) for _ in range(8)]
+    cols = [columns(rng, GPUS) for _ in range(8)]
+    templates = {
+        (k, rack): FrameTemplate(rack, cols[k], per_frame) for k in range(8) for rack in racks
+    }
     async with FramePublisher(bootstrap, linger_ms=2) as pub:
         t_next = time.monotonic()
         for s in range(seconds):
             ts = now_ms()
             for i, rack in enumerate(racks):
-                cols = templates[(i + s) % len(templates)]
-                await pub.send(topics.gpu, rack, encode_frame(gpu_batch(ts, rack, cols)))
+                for value in templates[((i + s) % 8, rack)].at(ts):
+                    await pub.send(topics.gpu, rack, value)
             t_next += 1.0
             worst_lag = max(worst_lag, time.monotonic() - t_next)
             await asyncio.sleep(max(0.0, t_next - time.monotonic()))
@@ -216,7 +263,9 @@ def poll_latency(api: str, racks: list[str], stop: threading.Event, out: list[fl
         except OSError:
             time.sleep(0.05)
             continue
-        ts = max(doc["gpus"]["ts_ms"])
+        gpus = doc["gpus"]
+        # a list of per-GPU objects, or (older workers) parallel arrays
+        ts = max(g["ts_ms"] for g in gpus) if isinstance(gpus, list) else max(gpus["ts_ms"])
         if rack in seen and ts != seen[rack]:
             out.append(now_ms() - ts)
         seen[rack] = ts
@@ -224,7 +273,7 @@ def poll_latency(api: str, racks: list[str], stop: threading.Event, out: list[fl
 
 
 def run_size(
-    broker: object, n_racks: int, seconds: int, latency_s: int, partitions: int
+    broker: object, n_racks: int, seconds: int, latency_s: int, partitions: int, per_frame: int
 ) -> dict[str, float]:
     bootstrap: str = broker.bootstrap  # type: ignore[attr-defined]
     url: str = broker.url  # type: ignore[attr-defined]
@@ -233,9 +282,9 @@ def run_size(
     racks = rack_ids(n_racks)
     asyncio.run(ensure_topics(bootstrap, topics, partitions))
     t0 = time.perf_counter()
-    frames = asyncio.run(produce_backlog(bootstrap, topics, racks, seconds))
+    frames = asyncio.run(produce_backlog(bootstrap, topics, racks, seconds, per_frame))
     produce_s = time.perf_counter() - t0
-    samples = frames * GPUS
+    samples = seconds * n_racks * GPUS
     raw_s = asyncio.run(raw_consume(bootstrap, topics.gpu, frames, partitions))
     state = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     port = free_port()
@@ -271,7 +320,7 @@ def run_size(
         poller = threading.Thread(target=poll_latency, args=(api, racks[:4], stop, lat))
         poller.start()
         cpu0, t0 = cpu_s(pid), time.perf_counter()
-        load_lag_s = asyncio.run(live_load(bootstrap, topics, racks, latency_s))
+        load_lag_s = asyncio.run(live_load(bootstrap, topics, racks, latency_s, per_frame))
         # Share of one core the worker used while the site streamed live at 1 Hz (the
         # poller's API reads included): 1 / this is the headroom on a core of its own.
         live_cpu = (cpu_s(pid) - cpu0) / (time.perf_counter() - t0)
@@ -291,6 +340,7 @@ def run_size(
             "live_cpu_share": live_cpu,
             "load_lag_s": load_lag_s,
             "live_samples_s": n_racks * GPUS,
+            "live_messages_s": n_racks * -(-GPUS // per_frame),
             "lat_n": float(len(lat)),
             "lat_p50_ms": float(np.percentile(lat_arr, 50)),
             "lat_p99_ms": float(np.percentile(lat_arr, 99)),
@@ -315,30 +365,43 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=int, default=60)
     ap.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument(
+        "--gpus-per-frame",
+        type=int,
+        choices=[4, 72],
+        default=72,
+        help="GPUs per telemetry.gpu message: 72 (one per rack) or 4 (one per compute tray)",
+    )
     args = ap.parse_args()
     broker = start_broker(args.broker)
     try:
         rows = [
             run_size(
-                broker, int(r), -(-args.frames // int(r)), args.latency_seconds, args.partitions
+                broker,
+                int(r),
+                -(-args.frames // int(r)),
+                args.latency_seconds,
+                args.partitions,
+                args.gpus_per_frame,
             )
             for r in args.racks.split(",")
         ]
     finally:
         broker.stop()
     print(
-        f"\npipeline on {args.broker}, one worker, 2-core machine shared by broker, worker "
-        "and load generator"
+        f"\npipeline on {args.broker}, {args.gpus_per_frame} GPUs a message, one worker, 2-core "
+        "machine shared by broker, worker and load generator"
     )
     print(
         f"{'racks':>6} {'samples':>10} {'raw consume/s':>14} {'pipeline/s':>12} {'ratio':>6} "
-        f"{'live need/s':>12} {'headroom':>9} {'per cpu-s':>10} {'cpu head':>8} "
+        f"{'live need/s':>12} {'msgs/s':>7} {'headroom':>9} {'per cpu-s':>10} {'cpu head':>8} "
         f"{'live cpu':>8} {'p50 ms':>7} {'p99 ms':>7} {'n':>5} {'load lag s':>10}"
     )
     for r in rows:
         print(
             f"{r['racks']:>6} {r['samples']:>10} {r['raw_samples_s']:>14,.0f} "
             f"{r['pipeline_samples_s']:>12,.0f} {r['ratio']:>6.2f} {r['live_samples_s']:>12,} "
+            f"{r['live_messages_s']:>7,} "
             f"{r['pipeline_samples_s'] / r['live_samples_s']:>8.1f}x "
             f"{r['cpu_samples_s']:>10,.0f} {r['cpu_samples_s'] / r['live_samples_s']:>7.1f}x "
             f"{100 * r['live_cpu_share']:>7.0f}% "
