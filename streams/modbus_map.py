@@ -47,6 +47,8 @@ UNIT_KINDS: Final[tuple[UnitKind, ...]] = (
     UnitKind("CDU", r"CDU\d{2,}", "thermal", (
         "supply_temp_c", "return_temp_c", "facility_supply_temp_c", "facility_return_temp_c",
         "flow_kg_s", "pump_speed_frac", "pump_power_w",
+        # sensor-only points (twin/fleet_faults.py): reservoir, loop pressure, leak rope
+        "reservoir_level_frac", "loop_pressure_pa", "leak_detected_bool",
     )),
     UnitKind("dry cooler", r"DC\d{2,}", "thermal", (
         "fan_speed_frac", "fan_power_w", "heat_rejected_w",
@@ -60,6 +62,7 @@ UNIT_KINDS: Final[tuple[UnitKind, ...]] = (
     UnitKind("transformer", r"TX\d{2,}", "power", ("input_power_w", "loss_w")),
     UnitKind("UPS", r"UPS\d{2,}", "power", (
         "input_power_w", "output_power_w", "loss_w", "on_battery_bool", "battery_soc_frac",
+        "input_voltage_v",
     )),
     UnitKind("PDU", r"PDU\d{2,}", "power", ("power_w", "loss_w")),
     UnitKind("site meter", r"SITE", "power", ("it_power_w", "facility_power_w", "mech_power_w")),
@@ -82,6 +85,7 @@ class UnitConv(NamedTuple):
 _GAL_US_M3: Final = 3.785411784e-3  # NIST SP 811 (2008) B.8: gallon (US) = 3.785 411 784 L
 _BTU_H_W: Final = 0.29307107  # NIST SP 811 B.8: Btu_IT per hour = 0.293 071 07 W
 _TON_REFRIG_W: Final = 3516.853  # NIST SP 811 B.8: ton of refrigeration (12 000 Btu_IT/h)
+_PSI_PA: Final = 6894.757  # NIST SP 811 B.8: pound-force per square inch = 6.894 757 kPa
 
 #: Units a map may read a point in, with the conversion to the twin's SI unit. The SI unit
 #: itself is the default where a point names none.
@@ -107,10 +111,17 @@ UNITS: Final[dict[str, UnitConv]] = {
     "1": UnitConv("_frac", 1.0, 0.0),
     "%": UnitConv("_frac", 0.01, 0.0),
     "0/1": UnitConv("_bool", 1.0, 0.0),
+    "Pa": UnitConv("_pa", 1.0, 0.0),
+    "kPa": UnitConv("_pa", 1e3, 0.0),
+    "bar": UnitConv("_pa", 1e5, 0.0),
+    "psi": UnitConv("_pa", _PSI_PA, 0.0),
+    "V": UnitConv("_v", 1.0, 0.0),
+    "kV": UnitConv("_v", 1e3, 0.0),
 }
 
 #: The SI unit of each point suffix (the default unit of a point); "" = dimensionless (cop).
-SI_UNIT: Final = {"_c": "C", "_w": "W", "_kg_s": "kg/s", "_frac": "1", "_bool": "0/1", "": "1"}
+SI_UNIT: Final = {"_c": "C", "_w": "W", "_kg_s": "kg/s", "_frac": "1", "_bool": "0/1",
+                  "_pa": "Pa", "_v": "V", "": "1"}  # fmt: skip
 
 #: Temperature [C] at which a volume flow's density is taken unless the point says: the
 #: middle of the 30-50 C range of liquid-cooling loops (FACTS.md section 4 rows); water's
