@@ -45,6 +45,7 @@ from typing import Any, Final
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 
 from storage.compact import remove_replaced
 from storage.decode import (
@@ -80,7 +81,7 @@ from streams.codec import DEFAULT_LIMITS, Limits
 from streams.inflight import InflightGuard
 from streams.kafka_security import KafkaSecurity, check_access, kafka_client_kwargs
 from streams.schema import TOPIC_DLQ
-from twin.errors import ConfigError, DecodeError
+from twin.errors import BrokerError, ConfigError, DecodeError
 
 log = logging.getLogger("storage.sink")
 
@@ -348,7 +349,15 @@ class ParquetSink:
         )
         self._consumer = consumer
         consumer.subscribe(list(self.by_topic), listener=_Rebalance(self))
-        await consumer.start()
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            # reachable over TCP but no Kafka answering there: one line, not a traceback
+            await consumer.stop()
+            self._consumer = None
+            raise BrokerError(
+                f"cannot start consuming from Kafka at {self.bootstrap}: {exc}"
+            ) from None
         log.info("sink started topics=%s data_dir=%s", ",".join(self.by_topic), self.data_dir)
         if self.maintenance_s:
             self._maint_task = asyncio.create_task(self._maintain(stop, self.maintenance_s))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from streams.kafka_reach import quiet_client_logs
 from streams.settings import env_default
 from twin.errors import TwinError
 
@@ -217,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     level = getattr(args, "log_level", "warning").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    quiet_client_logs(level)  # aiokafka: once a minute
     try:
         return handler(args)
     except TwinError as exc:

@@ -250,8 +250,12 @@ async def check_access(bootstrap: str, security: KafkaSecurity | None) -> None:
     aiokafka turns such a refusal into "Unable to bootstrap" after logging the cause, and
     callers would retry it like an unreachable broker. This opens one connection to each
     bootstrap server in turn: a TLS verification or SASL authentication failure raises
-    BrokerError at once; an unreachable server is left to the caller's retry loop.
+    BrokerError at once. First, no server accepting a TCP connection within a few seconds
+    is a one-line BrokerError too (streams/kafka_reach.py).
     """
+    from streams.kafka_reach import require_reachable
+
+    await require_reachable(bootstrap)
     if security is None or security.protocol == "PLAINTEXT":
         return
     from aiokafka.conn import create_conn

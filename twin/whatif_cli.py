@@ -38,7 +38,12 @@ def _fetch_snapshot(url: str, timeout_s: float = 30.0) -> bytes:
         with urllib.request.urlopen(full, timeout=timeout_s) as resp:
             return bytes(resp.read())
     except (urllib.error.URLError, OSError) as exc:
-        raise WhatIfError(f"--from-url {url!r}: cannot fetch {full} ({exc})") from None
+        cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        cause = getattr(cause, "strerror", None) or cause
+        raise WhatIfError(
+            f"--from-url {url!r}: cannot fetch {full} ({cause}): is a worker serving there? "
+            "(twin worker or twin demo, at its --web-port)"
+        ) from None
 
 
 def starting_point(
