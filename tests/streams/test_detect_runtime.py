@@ -163,3 +163,47 @@ def test_units_scored_from_the_facility_view(n: int) -> None:
     other = DetectRuntime(["R0001"], 4)
     assert other.restore(blob) == 1
     assert other.unit_scores() == det.unit_scores()
+
+
+def test_the_campus_unit_checkpoint_fits_a_kafka_message_and_restores_bit_for_bit() -> None:
+    """~7,200 plant points at the campus (1,250 racks x 5 manifold points, 157 CDUs x 6):
+    the facility checkpoint must stay under Kafka's 1 MB message size; a format-1 pack (every
+    field in full, keys as UTF-32) still restores."""
+    from streams.arraypack import pack_arrays, unpack_arrays
+    from streams.detect_runtime import FACILITY_KEY
+
+    rack_pts = ("inlet_temp_c", "outlet_temp_c", "flow_kg_s", "heat_to_liquid_w", "heat_to_air_w")
+    cdu_pts = ("supply_temp_c", "return_temp_c", "flow_kg_s", "facility_supply_temp_c",
+               "facility_return_temp_c", "pump_power_w")  # fmt: skip
+    keys = [(f"R{i:04d}", p) for i in range(1, 1251) for p in rack_pts]
+    keys += [(f"CDU{c:03d}", p) for c in range(1, 158) for p in cdu_pts]
+    rng = np.random.default_rng(0)
+
+    def view(t: int) -> dict[str, object]:
+        units: dict[str, dict[str, object]] = {}
+        noise = rng.normal(0.0, 0.1, len(keys))
+        for (u, p), r in zip(keys, noise, strict=True):
+            units.setdefault(u, {})[p] = {"measured": 40.0 + r, "expected": 40.0}
+        return {"ts_ms": START_MS + t * 10_000, "units": units}
+
+    det = DetectRuntime([], 72)
+    for t in range(40):
+        det._score_units(view(t))
+    blob = det.checkpoints([], facility=True)[FACILITY_KEY]
+    assert len(blob) < 1_000_000, len(blob)
+    # format 1, as written before: every field in full, keys as a UTF-32 array
+    old = {"keys": np.array(sorted(det.unit_no, key=det.unit_no.__getitem__), dtype=np.str_)}
+    for name, d in det.unit.items():
+        old |= {f"unit.{name}.{k}": v for k, v in d._state.items()}
+    old["score.unit"] = det.unit_score
+    for pack in (blob, pack_arrays(old)):
+        other = DetectRuntime([], 72)
+        assert other.restore({FACILITY_KEY: pack}) == 1
+        for name, d in det.unit.items():
+            for k, v in d.snapshot().items():
+                np.testing.assert_array_equal(v, other.unit[name].snapshot()[k], err_msg=k)
+    nxt = view(40)  # the last restored (format 1) and the original score the same
+    other._score_units(nxt)
+    det._score_units(nxt)
+    np.testing.assert_array_equal(det.unit_score, other.unit_score)
+    assert "keys" not in unpack_arrays(blob)
