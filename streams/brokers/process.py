@@ -33,11 +33,18 @@ T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """preexec hook: ask the kernel to SIGKILL this child when its parent thread exits."""
+def _child_setup(parent_pid: int, *, die_with_parent: bool) -> Callable[[], None]:
+    """preexec hook: unblock every signal; with ``die_with_parent``, ask the kernel to
+    SIGKILL this child when its parent thread exits.
+
+    The signal mask survives fork and exec: ``twin broker`` blocks SIGINT and SIGTERM to
+    sigwait for them, and a broker started under that mask ignored our SIGTERM until the
+    SIGKILL 15 s later.
+    """
 
     def hook() -> None:
-        if sys.platform.startswith("linux"):
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        if die_with_parent and sys.platform.startswith("linux"):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             # The parent may have died between fork and prctl; then nobody would kill us.
@@ -77,7 +84,7 @@ class ChildProcess:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=None if detached else _die_with_parent(os.getpid()),
+                    preexec_fn=_child_setup(os.getpid(), die_with_parent=not detached),
                 )
             except OSError as exc:
                 raise BrokerError(f"cannot start {self.argv[0]}: {exc}") from exc
