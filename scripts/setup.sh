@@ -1,6 +1,7 @@
-# Sourced by demo.sh and test.sh: create .venv (once) and install the project into it.
-# Usage: SETUP_EXTRAS=dev . scripts/setup.sh   (a sourced script sees its caller's "$@",
-# so the extras come in a variable)
+# Sourced by demo.sh and test.sh: create .venv (once) and install the project into it, with
+# the dependency versions of requirements.lock (the tested ones, as in the container image).
+# Usage: SETUP_EXTRAS=broker,plots . scripts/setup.sh   (a sourced script sees its caller's
+# "$@", so the extras come in a variable; pyproject.toml lists them)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -16,7 +17,7 @@ target="."
 # Keep the install quiet; show its log only when it fails.
 log="$(mktemp)"
 if ! { .venv/bin/python -m pip install --upgrade pip \
-       && .venv/bin/python -m pip install -e "$target"; } >"$log" 2>&1; then
+       && .venv/bin/python -m pip install -c requirements.lock -e "$target"; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "installing dc-twin into .venv failed (log above)" >&2
     exit 1

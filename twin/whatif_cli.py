@@ -153,12 +153,12 @@ def add_whatif_parser(subparsers: Any) -> None:
 
 def run_whatif_cli(args: argparse.Namespace) -> int:
     """``twin whatif``: print the summary (and write the plot); 0 on success."""
+    if args.out:  # the plot's library, before the warm-up and the run rather than after them
+        import_extra("matplotlib", "plots", "twin whatif --out")
     horizon_s = parse_horizon(str(args.horizon))
     site, state, start_ms, workload, source = starting_point(args)
     for text in args.scenario:  # fail fast, before any warm-up
         parse_scenario(text, site)
-    if args.out:  # the plot's library, before the run rather than after it
-        import_extra("matplotlib", "plots", "twin whatif --out")
     result = run_whatif(
         site,
         state,
