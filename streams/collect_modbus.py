@@ -138,8 +138,11 @@ class ModbusDevicePoller:
             raise PollError("timeout", f"no answer within {d.timeout_s:g} s") from None
         except ModbusIOException as exc:
             await self.close()
-            cause = "timeout" if "timeout" in str(exc).lower() else "connection"
-            raise PollError(cause, str(exc).strip() or type(exc).__name__) from None
+            text = str(exc).strip() or type(exc).__name__
+            # pymodbus says "No response received ..." when a request times out
+            if "no response" in text.lower() or "timeout" in text.lower():
+                raise PollError("timeout", f"no answer within {d.timeout_s:g} s") from None
+            raise PollError("connection", text) from None
         except (ConnectionException, OSError) as exc:
             await self.close()
             raise PollError("connection", str(exc).strip() or type(exc).__name__) from None
@@ -279,20 +282,27 @@ class DeviceLoop:
                     self.max_backoff_s,
                 )
             st.up = False
-            await self._send({}, dict.fromkeys(self.device.points, exc.cause), log_points=False)
+            failed = dict.fromkeys(self.device.points, exc.cause)
+            await self._send({}, failed, log_points=False, fresh=False)
             return
         self._failures = 0
         if was_up is False:
             log.warning("%s answers again", self._name())
         st.up = True
         st.last_ok_s = self.clock()
-        await self._send(values, failed, log_points=was_up is True)
+        # after the first poll or an outage every point is new: log the ones not read
+        await self._send(values, failed, log_points=True, fresh=was_up is not True)
 
     async def _send(
-        self, values: dict[MapPoint, float], failed: dict[MapPoint, str], *, log_points: bool
+        self,
+        values: dict[MapPoint, float],
+        failed: dict[MapPoint, str],
+        *,
+        log_points: bool,
+        fresh: bool,
     ) -> None:
         st = self.status
-        before = st.stale
+        before: set[str] = set() if fresh else st.stale
         ts_ms = round(self.clock() * 1000)
         # set before the frames are built, so that stale_bool counts this poll's failures
         st.stale = {p.key for p in failed}
