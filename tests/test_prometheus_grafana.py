@@ -19,11 +19,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -33,6 +32,7 @@ from streams.httpclient import http_get
 from streams.settings import Topics
 from streams.topics_admin import ensure_topics
 from tests.conftest import broker_legs, in_ci
+from tests.streams.test_alerts_sim_integration import stop, wait_for
 from tests.streams.test_spine_integration import publish
 from tests.streams.workerproc import WorkerProcess
 
@@ -53,7 +53,6 @@ GRAFANA_VARS = {"$__rate_interval": "1m", "$__range": "1h", "$rack": ".*"}
 _KEYWORDS = frozenset(
     {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "inf", "nan"}
 )
-T = TypeVar("T")
 
 
 def metric_names(expr: str) -> set[str]:
@@ -186,19 +185,6 @@ def require_prometheus() -> str:
     return path
 
 
-def wait_for(
-    done: Callable[[], T | None], what: str, timeout_s: float, why: Callable[[], str]
-) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = done()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{why()}")
-        time.sleep(0.5)
-
-
 def scrape(url: str) -> set[str]:
     """Names of the series on a /metrics page (samples only: a family without any is absent)."""
     status, body = http_get(url, timeout_s=5)
@@ -264,12 +250,7 @@ class Prometheus:
         return self.log_path.read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop(self.proc)
         self._log.close()
 
 
@@ -283,15 +264,6 @@ def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env=env,
         )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 @pytest.mark.integration
