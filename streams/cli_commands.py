@@ -361,6 +361,10 @@ def register(sub: Any) -> None:
     add_kafka_security_flags(d)
     d.set_defaults(handler=run_collect_dcgm)
 
+    from streams.collect_modbus_cli import add_modbus_parser
+
+    add_modbus_parser(csub)
+
     _register_others(sub)
 
 
