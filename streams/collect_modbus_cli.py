@@ -12,6 +12,7 @@ from streams.cli import _bounded_int, _positive_float, add_broker_flag, add_topi
 from streams.kafka_security import add_kafka_security_flags, kafka_security_from_args
 from streams.settings import Topics, parse_broker_url
 from twin.errors import ConfigError
+from twin.extras import import_extra
 
 _port_or_off = _bounded_int("a TCP port (0 = off)", 0, 65535)
 
@@ -94,13 +95,7 @@ def run_collect_modbus(args: argparse.Namespace) -> int:
         return 0
     if not args.broker:
         raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
-    try:
-        import pymodbus  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "twin collect modbus needs the 'modbus' extra (module pymodbus is not "
-            "installed): pip install 'dc-twin[modbus]'"
-        ) from None
+    import_extra("pymodbus", "modbus", "twin collect modbus")
     # pymodbus logs every failed connection attempt; the collector logs once per change
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     bootstrap = parse_broker_url(args.broker)
