@@ -43,6 +43,8 @@ from streams.facility import FacilityModel
 from streams.faust_app import TwinFaustApp
 from streams.inflight import InflightGuard, MessageKey
 from streams.ingest_json import convert_json
+from streams.ingest_map import IngestMapper, load_map
+from streams.lineproto_views import IngestCollector, register_write_views
 from streams.runtime import TwinRuntime, merge_by_partition, partition_for
 from streams.schema import DLQ_REASONS, TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL, DlqReason
 from streams.settings import Settings
@@ -394,6 +396,9 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
 
     # contract name (what convert_json returns) -> this twin's (maybe prefixed) topic
     telemetry = {TOPIC_GPU: gpu_topic, TOPIC_THERMAL: thermal_topic, TOPIC_POWER: power_topic}
+    # Telegraf metrics (JSON here, line protocol on POST /api/v2/write) -> readings
+    ingest_mapper = IngestMapper(load_map(settings.ingest_map_path))
+    write_stats = register_write_views(app, rt, settings, ingest_mapper, telemetry, dlq_topic)
 
     @app.agent(ingest_topic, name="json-ingest")
     async def json_ingest(stream: Any) -> None:
@@ -413,6 +418,7 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
                     now_ms=rt.clock_ms(),
                     limits=limits,
                     replay=REPLAY_HEADER in _headers(msg),
+                    mapper=ingest_mapper,
                 )
             except DecodeError as exc:
                 guard.done()
@@ -825,7 +831,11 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
         base = fm.snapshot() if fm is not None else None
         return snapshot_bytes(runtime_snapshot(rt, base))
 
-    metrics = [AlertCollector(engine, sinks, other_alerts), DetectCollector(detect, rt)]
+    metrics = [
+        AlertCollector(engine, sinks, other_alerts),
+        DetectCollector(detect, rt),
+        IngestCollector(ingest_mapper, write_stats),
+    ]
     register_views(app, rt, settings, consumer_lag, snapshot, extra_metrics=metrics)
     return TwinWorker(app=app, runtime=rt, settings=settings)
 

@@ -151,6 +151,14 @@ def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
         default=int(env_default("max_message_bytes", str(1 << 20))),
         help="larger telemetry messages go to the DLQ (env TWIN_MAX_MESSAGE_BYTES)",
     )
+    p.add_argument(
+        "--ingest-map",
+        type=Path,
+        default=env_default("ingest_map", "") or None,
+        metavar="TOML",
+        help="site mapping of Telegraf/line-protocol metrics to the twin's readings, over "
+        "the shipped one (env TWIN_INGEST_MAP; docs/collectors.md)",
+    )
 
 
 def add_site_flags(p: argparse.ArgumentParser) -> None:

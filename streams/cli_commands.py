@@ -47,6 +47,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         batch_max=args.batch_max,
         log_level=args.log_level,
         limits=Limits(max_message_bytes=args.max_message_bytes),
+        ingest_map_path=getattr(args, "ingest_map", None),
         replication=args.replication,
         kafka_security=kafka_security_from_args(args),
         **api_auth_from_args(args),

@@ -128,6 +128,8 @@ class Demo:
             worker += ["--restore", str(restore)]
         if getattr(a, "api_token_file", None) is not None:
             worker += ["--api-token-file", str(a.api_token_file)]
+        if getattr(a, "ingest_map", None) is not None:
+            worker += ["--ingest-map", str(a.ingest_map)]
         sink = [
             "sink", "--broker", url, "--data-dir", str(a.data_dir),
             "--topic-prefix", topics.prefix, "--flush-seconds", "30",

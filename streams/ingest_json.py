@@ -18,6 +18,7 @@ uint64, a time outside 1970..9999) is refused before any cast could wrap it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -36,9 +37,10 @@ from streams.codec import (
     gpu_batch,
     points_batch,
 )
+from streams.ingest_map import IngestMapper, Metric, load_map
 from streams.schema import DEFAULT_SLOWDOWN_C, TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from twin.errors import DecodeError
-from twin.timeparse import TimeError, parse_ms
+from twin.timeparse import TimeError, epoch_ns, parse_ms
 
 _GPU_FLOATS: Final = ("power_w", "temp_gpu_c", "temp_mem_c", "util_pct")
 #: Integer fields of a GPU reading -> (default or None if required, largest value): the
@@ -69,6 +71,12 @@ class ConvertedFrame:
     key: str
     batch: pa.RecordBatch
     value: bytes = b""  # the batch as an Arrow IPC stream, as validated
+
+
+@functools.cache
+def default_mapper() -> IngestMapper:
+    """The mapper of the shipped mapping (streams/ingest_map.toml), loaded once."""
+    return IngestMapper(load_map())
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -150,6 +158,8 @@ def _parse(data: bytes, limits: Limits) -> list[Any]:
         raise DecodeError(f"not JSON: {exc}", "not_json") from None
     except ValueError as exc:  # JSONDecodeError, an integer of more than 4,300 digits
         raise DecodeError(f"not JSON: {str(exc)[:200]}", "not_json") from None
+    if isinstance(doc, dict) and "kind" not in doc and isinstance(doc.get("metrics"), list):
+        doc = doc["metrics"]  # Telegraf's JSON batch form {"metrics": [...]}
     readings = doc if isinstance(doc, list) else [doc]
     if not readings:
         raise DecodeError("empty list of readings", "empty")
@@ -166,14 +176,60 @@ def convert_json(
     now_ms: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     replay: bool = False,
+    mapper: IngestMapper | None = None,
 ) -> list[ConvertedFrame]:
     """Parse one telemetry.ingest message and group its readings into validated frames.
 
     Each frame is checked as the Arrow decoders check a frame from the wire, with ``now_ms``
     [ms since epoch] bounding the timestamps as for live telemetry (None: only 1970..9999).
+    Telegraf JSON metrics (``name``, ``tags``, ``fields``, ``timestamp``) become readings
+    through ``mapper`` (None: the shipped mapping); unmapped ones are counted there.
     Any refused reading refuses the whole message (DecodeError with a reason code).
     """
-    readings = _parse(data, limits)
+    items = _parse(data, limits)
+    readings: list[Any] = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and "kind" not in item and "fields" in item:
+            mapper = mapper if mapper is not None else default_mapper()
+            metric = telegraf_metric(item, i, mapper.mapping.json_timestamp_unit)
+            readings.extend(mapper.readings(metric, now_ms if now_ms is not None else 0))
+        else:
+            readings.append(item)
+    return convert_readings(readings, now_ms=now_ms, limits=limits, replay=replay)
+
+
+def telegraf_metric(obj: dict[str, Any], i: int, unit: str) -> Metric:
+    """A Metric of one object of Telegraf's JSON serializer; ``timestamp`` counts ``unit``."""
+    name, tags, fields = obj.get("name"), obj.get("tags", {}), obj.get("fields")
+    if not isinstance(name, str) or not name:
+        raise DecodeError(f"metric {i}: name must be a non-empty string", "bad_field")
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise DecodeError(f"metric {i} ({name[:40]}): tags must map to strings", "bad_field")
+    if not isinstance(fields, dict) or not all(
+        isinstance(v, int | float | str) for v in fields.values()
+    ):
+        raise DecodeError(
+            f"metric {i} ({name[:40]}): fields must map to numbers, booleans or strings",
+            "bad_field",
+        )
+    if "timestamp" not in obj:
+        raise DecodeError(f"metric {i} ({name[:40]}): no timestamp", "bad_field")
+    try:
+        ts_ns = epoch_ns(obj["timestamp"], unit)
+    except TimeError as exc:
+        raise time_refusal(f"metric {i} ({name[:40]}) timestamp", exc) from None
+    return Metric(name, dict(tags), dict(fields), ts_ns)
+
+
+def convert_readings(
+    readings: list[Any],
+    *,
+    now_ms: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    replay: bool = False,
+) -> list[ConvertedFrame]:
+    """Group readings (twin JSON objects, already parsed) into validated frames, one per
+    rack (or unit) and instant; DecodeError with a code for the first refused reading."""
     gpus: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     points: dict[tuple[str, str, int], dict[str, float]] = defaultdict(dict)
     for i, r in enumerate(readings):

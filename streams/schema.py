@@ -50,6 +50,7 @@ class DlqReason(StrEnum):
     TOO_DEEP = "too_deep"  # telemetry.ingest: JSON nested deeper than a reading can be
     BAD_FIELD = "bad_field"  # a reading's field missing or of the wrong type, a bad name
     UNKNOWN_KIND = "unknown_kind"  # telemetry.ingest: kind is not gpu, thermal or power
+    BAD_LINE = "bad_line"  # POST /api/v2/write: a line that is not line protocol
     INVALID = "invalid"  # refused by a check that gives no finer code (legacy callers)
     INTERNAL_ERROR = "internal_error"  # processing raised an unexpected exception
     CRASHED = "crashed"  # the process died while processing this message alone
@@ -65,7 +66,7 @@ DEFAULT_PARTITIONS: Final = 8
 TS_TYPE: Final = pa.timestamp("ms", tz="UTC")
 
 #: telemetry.gpu/v1 columns: one message = one rack's GPUs at one instant, one row per GPU.
-#: Fields mirror NVML / DCGM (FACTS.md section 7). Key: rack id (utf-8).
+#: Fields mirror NVML / DCGM (docs/sources.md S7). Key: rack id (utf-8).
 _GPU_V1_FIELDS: Final = [
     pa.field("ts", TS_TYPE, nullable=False),  # sample instant [ms since epoch, UTC]
     pa.field("rack", pa.string(), nullable=False),  # rack id, same as the message key
@@ -106,7 +107,7 @@ GPU_SCHEMA: Final = pa.schema(
 GPU_V2_COLUMNS: Final = tuple(f.name for f in _GPU_V2_FIELDS)
 
 #: Slowdown temperature [C] assumed where a frame carries no thermal margin (a v1 frame, a
-#: JSON reading without it): the reference GPU's 89 C (FACTS.md section 2).
+#: JSON reading without it): the reference GPU's 89 C (docs/sources.md S2).
 DEFAULT_SLOWDOWN_C: Final = 89.0
 
 #: Row-remap flag bits (nvmlDeviceGetRemappedRows: isPending, failureOccurred).
@@ -173,7 +174,7 @@ ALERT_SCHEMA: Final = pa.schema(
     ]
 )
 
-#: Clock-event (throttle) reason bits of NVML (FACTS.md section 7).
+#: Clock-event (throttle) reason bits of NVML (docs/sources.md S7).
 CLOCK_EVENT_GPU_IDLE: Final = 0x1
 CLOCK_EVENT_SW_POWER_CAP: Final = 0x4
 CLOCK_EVENT_HW_SLOWDOWN: Final = 0x8

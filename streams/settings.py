@@ -167,6 +167,9 @@ class Settings:
     #: This worker's URL as others reach it, for the generatorURL of alerts (None: from
     #: web_host and web_port).
     public_url: str | None = None
+    #: Site mapping of Telegraf/line-protocol metrics, over the shipped one
+    #: (streams/ingest_map.py); None: the shipped mapping alone.
+    ingest_map_path: Path | None = None
 
     @property
     def bootstrap(self) -> str:

@@ -92,7 +92,7 @@ async def test_sink_refuses_dedupes_and_dead_letters(broker: Broker, tmp_path: P
     await produce(bootstrap, gpu_topic, good_frames[:30] + bad + repeated + good_frames[30:])
     now_s = time.time()
     kpis = [
-        {"ts": now_s, "scope": "site", "name": "pue_frac", "value": 1.2},
+        {"ts": round(now_s * 1000), "scope": "site", "name": "pue_frac", "value": 1.2},  # ms
         {"ts": -1e15, "scope": "site", "name": "pue_frac", "value": 1.2},
         {"ts": 1e300, "scope": "site", "name": "pue_frac", "value": 1.2},
         {"ts": "10000-01-01T00:00:00+00:00", "scope": "site", "name": "pue_frac", "value": 1},
