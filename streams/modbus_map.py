@@ -124,7 +124,7 @@ SI_UNIT: Final = {"_c": "C", "_w": "W", "_kg_s": "kg/s", "_frac": "1", "_bool": 
                   "_pa": "Pa", "_v": "V", "": "1"}  # fmt: skip
 
 #: Temperature [C] at which a volume flow's density is taken unless the point says: the
-#: middle of the 30-50 C range of liquid-cooling loops (FACTS.md section 4 rows); water's
+#: middle of the 30-50 C range of liquid-cooling loops (docs/sources.md S4 rows); water's
 #: density moves 0.8 % over that range (twin/fluids.py, CoolProp).
 DEFAULT_FLUID_TEMP_C: Final = 40.0
 
@@ -516,3 +516,26 @@ def si_value(p: MapPoint, raw: float) -> float:
     if p.source_unit == "0/1":
         return 1.0 if device_value != 0.0 else 0.0  # any non-zero status word means "on"
     return device_value * p.si_factor + p.si_offset
+
+
+def units_markdown() -> str:
+    """docs/collectors.md's table of :data:`UNITS` (one source; a test compares)."""
+    quantity = {
+        "_c": "temperature `_c` [C]",
+        "_w": "power, heat `_w` [W]",
+        "_kg_s": "mass flow `_kg_s` [kg/s]",
+        "_frac": "fraction `_frac` [1]",
+        "_bool": "status `_bool` [0/1]",
+        "_pa": "pressure `_pa` [Pa]",
+        "_v": "voltage `_v` [V]",
+    }
+    lines = ["| unit | feeds | SI value |", "|---|---|---|"]
+    for name, c in UNITS.items():
+        if name == "0/1":
+            rule = "1 where the value is not 0, else 0"
+        else:
+            rule = f"x {c.factor:.6g}" + (f" {c.offset:+.6g}" if c.offset else "")
+            if c.volumetric:
+                rule = f"x {c.factor:.6g} [m3/s] x the density [kg/m3] of `fluid`"
+        lines.append(f"| `{name}` | {quantity[c.suffix]} | {rule} |")
+    return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ units to SI, the map's validation errors, read planning, and the twin points it 
 from __future__ import annotations
 
 import copy
+import re
 import struct
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from streams.modbus_map import (
     read_blocks,
     si_value,
     unit_kind,
+    units_markdown,
 )
 from twin.errors import ConfigError
 
@@ -328,3 +330,12 @@ def test_frames_hold_stale_bool_and_leave_out_values_the_worker_would_refuse() -
     frames, _ = checked_frames({}, {ups: "timeout"}, now_ms, lambda unit: True)
     only = decode_points_frame(frames[0][2], key=b"UPS01", now_ms=now_ms)
     assert only.points == [STALE_POINT] and only.values.tolist() == [1.0]
+
+
+def test_docs_show_the_units_the_code_converts() -> None:
+    doc = (ROOT / "docs" / "collectors.md").read_text()
+    m = re.search(r"<!-- modbus-units:[^>]*-->\n(.*?)<!-- /modbus-units -->", doc, re.S)
+    assert m is not None, "docs/collectors.md lacks the modbus-units markers"
+    assert m.group(1) == units_markdown(), (
+        "docs/collectors.md differs from UNITS: paste units_markdown() between the markers"
+    )
