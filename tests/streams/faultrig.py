@@ -193,7 +193,7 @@ class Twin:
     def worker_latest_ms(self, rack: str) -> int:
         """Newest sample of ``rack`` the worker holds [ms since epoch], 0 if none."""
         doc = self.worker_rack(rack)
-        return max(doc["gpus"]["ts_ms"]) if doc else 0
+        return max((g["ts_ms"] for g in doc["gpus"]), default=0) if doc else 0
 
     def model_updates(self, rack: str) -> int:
         """Sum over the rack's GPUs of the fitted model's update counts."""

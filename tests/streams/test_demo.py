@@ -47,9 +47,10 @@ def test_demo_recycles_its_broker_and_loses_nothing(tmp_path: Path) -> None:
                 checked["headroom"] = doc["model"]["headroom"]["R0001"]["headroom_k"]
         if "pue" in checked and "whatif" not in checked:
             status, body = http_get(api + "/api/racks/R0003", timeout_s=2)
-            model = json.loads(body).get("model") if status == 200 else None
-            if model and model["r_k_w"][0] is not None:
-                checked["r_k_w"] = model["r_k_w"][0]
+            gpus = json.loads(body)["gpus"] if status == 200 else []
+            model = gpus[0]["model"] if gpus else None  # the fit of R0003/G00
+            if model and model["r_k_w"] is not None:
+                checked["r_k_w"] = model["r_k_w"]
                 png = tmp_path / "whatif.png"
                 wi = subprocess.run(
                     [sys.executable, "-m", "streams", "whatif", "--from-url", api,

@@ -23,6 +23,7 @@ from streams.producer import FramePublisher
 from streams.settings import Topics
 from streams.state import RackState
 from streams.topics_admin import ensure_topics
+from tests.streams.apishape import gpu_columns_of
 from tests.streams.test_collect_dcgm import Exporter
 from tests.streams.workerproc import WorkerProcess
 
@@ -159,15 +160,15 @@ async def test_worker_shows_72_gpus_from_17_nvml_hosts_and_a_dcgm_host(
             await pub.flush()
 
         def rack_complete() -> dict[str, Any] | None:
-            status, got = worker.get_json("/api/racks/R0001")
-            return got if status == 200 and len(got["gpus"]["gpu"]) == GPUS else None
+            status, got = worker.get_json("/api/racks/R0001?precision=full")
+            return got if status == 200 and len(got["gpus"]) == GPUS else None
 
         await asyncio.to_thread(
             worker.wait_for, lambda _doc: rack_complete(), 60.0, "72 GPUs in R0001"
         )
         got = rack_complete()
         assert got is not None
-        gpus = got["gpus"]
+        gpus = gpu_columns_of(got["gpus"])
         assert gpus["gpu"] == list(range(GPUS))
         g = np.arange(68)
         np.testing.assert_allclose(gpus["power_w"][:68], 300.0 + g, rtol=1e-6)

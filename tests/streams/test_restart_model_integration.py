@@ -34,6 +34,7 @@ from streams.schema import DEFAULT_PARTITIONS
 from streams.settings import Topics
 from streams.sim_source import publish_simulation
 from streams.topics_admin import ensure_topics
+from tests.streams.apishape import model_columns_of
 from tests.streams.workerproc import WorkerProcess
 from twin.sim import Simulator
 from twin.site import Site, load_site
@@ -160,9 +161,10 @@ def _own_fits(worker: WorkerProcess, racks: list[str], timeout_s: float = 60.0) 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _racks_owned(worker) >= len(racks):
-            docs = [worker.get_json(f"/api/racks/{r}") for r in racks]
-            if all(s == 200 and d.get("model") for s, d in docs):
-                return {r: Fit.of_view(d["model"]) for r, (_, d) in zip(racks, docs, strict=True)}
+            docs = [worker.get_json(f"/api/racks/{r}?precision=full") for r in racks]
+            fits = [model_columns_of(d["gpus"]) if s == 200 else None for s, d in docs]
+            if all(fits):
+                return {r: Fit.of_view(f) for r, f in zip(racks, fits, strict=True) if f}
         time.sleep(0.1)
     raise AssertionError(f"racks not owned with a model in {timeout_s}s\n{worker.log_tail()}")
 

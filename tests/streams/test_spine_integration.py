@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ from streams.httpclient import http_get, http_post
 from streams.producer import FramePublisher
 from streams.settings import Topics
 from streams.topics_admin import ensure_topics
+from tests.streams.apishape import gpu_columns_of
 from tests.streams.frames import gpu_columns, known_gpu_batch, with_column
 from tests.streams.workerproc import WorkerProcess
 from twin.snapshot import load_snapshot_bytes
@@ -74,6 +76,13 @@ def spine(
     topics = Topics(topic_prefix)
     asyncio.run(ensure_topics(broker.bootstrap, topics, 8))
     yield broker, topics, tmp_path
+
+
+def _gpus(worker: WorkerProcess, rack: str) -> dict[str, list[Any]]:
+    """A rack's GPUs from the API as columns, at full precision."""
+    status, got = worker.get_json(f"/api/racks/{rack}?precision=full")
+    assert status == 200, (rack, status)
+    return gpu_columns_of(got["gpus"])
 
 
 def _expected_rack(rack: str, ts: int, seed: int) -> dict:
@@ -147,14 +156,15 @@ def test_state_equals_frames_dlq_and_survives_sigkill(spine: tuple[Broker, Topic
         assert sorted(doc["racks"]) == sorted([*RACKS, "R0050"])
         assert doc["facility"]["pue"] == pytest.approx(1.07)
         for i, rack in enumerate(RACKS):
-            status, got = worker.get_json(f"/api/racks/{rack}")
+            status, got = worker.get_json(f"/api/racks/{rack}?precision=full")
             assert status == 200
             expected = _expected_rack(rack, t, i)
+            cols = gpu_columns_of(got["gpus"])
             for name, values in expected.items():
-                assert got["gpus"][name] == pytest.approx(values, rel=0, abs=0), name
-            assert got["gpus"]["ts_ms"] == [t] * 72
+                assert cols[name] == pytest.approx(values, rel=0, abs=0), name
+            assert cols["ts_ms"] == [t] * 72
         status, got = worker.get_json("/api/racks/R0050")
-        assert got["gpus"]["gpu"] == [7] and got["gpus"]["power_w"] == [321.5]
+        assert [(g["gpu"], g["power_w"]) for g in got["gpus"]] == [(7, 321.5)]
         assert worker.get_json("/api/racks/R0097")[0] == 404
 
         dlq = asyncio.run(_read_dlq(broker.bootstrap, topics.dlq, 6))
@@ -194,15 +204,14 @@ def test_state_equals_frames_dlq_and_survives_sigkill(spine: tuple[Broker, Topic
         snap = load_snapshot_bytes(body)
         assert status == 200 and snap.meta["worker.racks"] == str(len(RACKS) + 1)
 
-        before = {r: worker.get_json(f"/api/racks/{r}")[1]["gpus"] for r in RACKS}
+        before = {r: _gpus(worker, r) for r in RACKS}
         time.sleep(1.5)  # > checkpoint interval: every rack is in its table's changelog
         worker.kill()
         worker = WorkerProcess(broker.url, topics.prefix, tmp)
         worker.wait_healthy()
         worker.wait_for(lambda d: len(d["racks"]) >= len(RACKS), what="state after SIGKILL")
         for rack in RACKS:
-            status, got = worker.get_json(f"/api/racks/{rack}")
-            assert status == 200 and got["gpus"] == before[rack], rack
+            assert _gpus(worker, rack) == before[rack], rack
     finally:
         worker.stop()
 
@@ -235,7 +244,7 @@ def test_two_workers_share_partitions_and_both_show_every_rack(
         owned = [w.get_json("/healthz")[1]["racks_owned"] for w in (a, b)]
         assert sum(owned) == len(racks) and min(owned) > 0, owned
         status, got = a.get_json(f"/api/racks/{racks[0]}")
-        assert status == 200 and len(got["gpus"]["gpu"]) == 8
+        assert status == 200 and len(got["gpus"]) == 8
     finally:
         a.stop()
         b.stop()
