@@ -5,7 +5,7 @@ residuals, fitted R, NVML-like integer die temperatures with power as companion)
 ``--steps`` steps and prints the CPU time (``time.process_time``: the machine is shared, so
 wall time would count other processes) per 1 s step and the share of one core. The
 "worker set" is what a worker would run on every GPU each second, plus the rack balance
-(1,250 series). Asserts nothing (STYLE.md: speed goes in bench/, not in tests).
+(1,250 series). Asserts nothing (speed is measured in bench/, never asserted in tests).
 
 Usage: python bench/bench_detectors.py [--steps 60] [--racks 1250]
 """

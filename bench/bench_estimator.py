@@ -1,6 +1,6 @@
 """Time one ThermalEstimator.update for the full campus and for 10,000 racks.
 
-Prints figures; asserts nothing about speed (STYLE.md: speed goes in bench/, not in tests).
+Prints figures; asserts nothing about speed (measured in bench/, never asserted in tests).
 Usage: python bench/bench_estimator.py [--repeat N] [--series N ...]
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from twin.estimator import ThermalEstimator
 
-#: 1,250 racks x 72 GPUs (full Borlänge campus) and 10,000 racks x 72 GPUs (DESIGN.md budgets).
+#: 1,250 racks x 72 GPUs (full Borlänge campus) and 10,000 racks x 72 GPUs (headroom).
 DEFAULT_SIZES = (90_000, 720_000)
 
 

@@ -1,6 +1,6 @@
 """Time the FacilityTracker of the full campus: feeding a frame, advancing 5 s, expectations.
 
-Prints figures; asserts nothing about speed (STYLE.md: speed goes in bench/, not in tests).
+Prints figures; asserts nothing about speed (measured in bench/, never asserted in tests).
 Usage: python bench/bench_tracker.py [--racks N] [--repeat N]
 """
 

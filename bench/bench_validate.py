@@ -2,7 +2,7 @@
 
 Prints microseconds a frame for: the IPC read alone, ``RecordBatch.validate(full=True)``
 alone, the whole single-frame decoder and the batch decoder (4,096 frames a batch, every
-frame's batch validated). Asserts nothing about speed (STYLE.md).
+frame's batch validated). Asserts nothing about speed (measured here, not in tests).
 Usage: python bench/bench_validate.py [--frames N] [--repeat N]
 """
 

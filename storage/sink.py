@@ -1,7 +1,7 @@
 """The Parquet sink: Kafka topics -> durable Parquet files, exactly once.
 
 A plain aiokafka consumer, not a Faust agent: Faust's ``take()`` acknowledges a batch even
-when its handler raises (ENGINEERING.md section 1), and here a failed write must never move
+when its handler raises (docs/sources.md E1), and here a failed write must never move
 the committed offset. The rules:
 
 - every record is decoded and validated as the worker does (storage/decode.py), so the

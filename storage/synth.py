@@ -3,7 +3,7 @@
 Not the twin's physics: a statistical stand-in with the value resolution and noise of real
 sensors, so compression and query figures are honest. NVML reports temperatures as integer
 C, power as integer mW and energy as a monotone mJ counter; SM clocks move in 15 MHz steps
-(FACTS.md section 7).
+(docs/sources.md S7).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :class:`BufferedWriter` gathers record batches per (table, date) until a buffer reaches the
 row-group target or its maximum age, because every Parquet write closes a row group and
-DuckDB scans best with 100k-1M rows per group (ENGINEERING.md section 4).
+DuckDB scans best with 100k-1M rows per group (docs/sources.md E4).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class StoreUnavailable(StorageError):
 class WriterOptions:
     """Parquet settings; the defaults come from bench/bench_storage.py measurements."""
 
-    row_group_rows: int = 500_000  # DuckDB: 100k-1M rows per row group (ENGINEERING.md 4)
+    row_group_rows: int = 500_000  # DuckDB: 100k-1M rows per row group (docs/sources.md E4)
     max_age_s: float = 60.0
     compression_level: int = 3  # zstd; level 3 vs 1 saves ~5 % at NVML resolution
     write_page_index: bool = True

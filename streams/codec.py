@@ -38,7 +38,7 @@ class Limits:
     #: Even replays are refused before 2000-01-01T00:00Z [ms since epoch]: no telemetry of
     #: this twin predates it, and the store partitions by date.
     min_ts_ms: int = 946_684_800_000
-    power_w: tuple[float, float] = (0.0, 5_000.0)  # Rubin Ultra is 3.6 kW a package (FACTS.md 2)
+    power_w: tuple[float, float] = (0.0, 5_000.0)  # Rubin Ultra is 3.6 kW a package (sources.md S2)
     temp_c: tuple[float, float] = (-40.0, 150.0)  # beyond NVML shutdown (92 C) with margin
     util_pct: tuple[float, float] = (0.0, 100.0)
     #: slowdown minus die temperature [K]: a die at 150 C under a 60 C limit, or at -40 C
@@ -49,7 +49,7 @@ class Limits:
     #: error counters (ECC, NVLink) [count]: beyond 2^48 is a driver's "not available"
     #: sentinel, not a count
     max_error_count: int = 1 << 48
-    point_temp_c: tuple[float, float] = (-60.0, 200.0)  # outdoor -46 C record (FACTS.md 6)
+    point_temp_c: tuple[float, float] = (-60.0, 200.0)  # outdoor -46 C record (docs/sources.md S6)
     point_power_w: tuple[float, float] = (0.0, 1e10)  # 10 GW: beyond any site's plant
     point_flow_kg_s: tuple[float, float] = (0.0, 1e5)
     point_flow_m3_s: tuple[float, float] = (0.0, 100.0)

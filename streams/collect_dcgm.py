@@ -7,7 +7,7 @@ format: one sample per GPU and field, labelled ``gpu`` (the device index on that
 below reads it, and docs/collectors.md shows it (a test renders it with
 :func:`mapping_markdown` and compares, so the two cannot drift).
 
-Units are DCGM's (FACTS.md section 7): power and power limits in W (NVML's mW already
+Units are DCGM's (docs/sources.md S7): power and power limits in W (NVML's mW already
 divided), energy in mJ since the driver loaded, temperatures in C, clocks in MHz,
 utilisation in %, the thermal margin ``DCGM_FI_DEV_GPU_TEMP_LIMIT`` in K to the nearest
 slowdown threshold.

@@ -1,6 +1,6 @@
 """Read the local NVIDIA GPUs through NVML (nvidia-ml-py) and build telemetry.gpu frames.
 
-Units follow NVML (FACTS.md section 7): power and power limit in mW (converted to W in the
+Units follow NVML (docs/sources.md S7): power and power limit in mW (converted to W in the
 frame), energy in mJ since the driver loaded, temperatures in integer C, clocks in MHz,
 utilisation in %. Where a GPU does not report a field, the collector substitutes the best
 value it has instead of NaN (a NaN frame would be dead-lettered downstream):

@@ -26,7 +26,7 @@ from streams.state import RackState, UnitState, facility_summary
 log = logging.getLogger(__name__)
 
 #: Design coolant flow of a Vera Rubin rack [kg/s]: 1.5 L/min/kW x 200 kW of PG25 at
-#: 1004 kg/m3 (FACTS.md section 8); workers pass the site's own value.
+#: 1004 kg/m3 (docs/sources.md S8); workers pass the site's own value.
 DEFAULT_RACK_DESIGN_FLOW_KG_S = 5.02
 
 

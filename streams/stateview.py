@@ -3,7 +3,7 @@
 Each worker owns some partitions of the telemetry and publishes the state of what it owns to
 the compacted twin.state topic. A plain consumer without a group (all partitions assigned,
 offsets never committed) gives every worker the whole picture; Faust GlobalTables are not
-used because not all workers receive all updates with them (ENGINEERING.md section 1).
+used because not all workers receive all updates with them (docs/sources.md E1).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from twin.errors import BrokerError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# tansu holds JoinGroup for about half the rebalance timeout (ENGINEERING.md section 1);
+# tansu holds JoinGroup for about half the rebalance timeout (docs/sources.md E1);
 # aiokafka sends max_poll_interval_ms as that timeout, so keep it short.
 GROUP_SETTINGS = {
     "session_timeout_ms": 6000,

@@ -19,23 +19,23 @@ FloatArray = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class TcsParams:
-    """Rack-side (technology) loop. Defaults: FACTS.md section 8 ``tcs``."""
+    """Rack-side (technology) loop. Defaults: docs/sources.md S8 ``tcs``."""
 
-    fluid: str = "PG25"  # FACTS s.8: 25 % propylene glycol
-    supply_temp_c: float = field(default=45.0, metadata=_m(-5.0, 80.0))  # FACTS s.8 supply_C
-    design_dt_k: float = field(default=10.0, metadata=_m(0.5, 40.0))  # FACTS s.8 design_dT_K
-    flow_l_min_per_kw: float = field(default=1.5, metadata=_m(0.1, 10.0))  # FACTS s.2/s.8
+    fluid: str = "PG25"  # docs/sources.md S8: 25 % propylene glycol
+    supply_temp_c: float = field(default=45.0, metadata=_m(-5.0, 80.0))  # sources.md S8 supply_C
+    design_dt_k: float = field(default=10.0, metadata=_m(0.5, 40.0))  # sources.md S8 design_dT_K
+    flow_l_min_per_kw: float = field(default=1.5, metadata=_m(0.1, 10.0))  # docs/sources.md S2, S8
 
 
 @dataclass(frozen=True)
 class CduParams:
-    """One CDU. Defaults: FACTS.md section 8 ``cdu``."""
+    """One CDU. Defaults: docs/sources.md S8 ``cdu``."""
 
-    rating_w: float = field(default=2.0e6, metadata=_m(1.0))  # FACTS s.8 rating_MW 2.0
-    approach_k: float = field(default=3.0, metadata=_m(0.0, 30.0))  # FACTS s.2/s.8, at rating
-    pump_dp_pa: float = field(default=250e3, metadata=_m(1.0))  # FACTS s.8 pump_dp_kPa
-    pump_eff: float = field(default=0.70, metadata=_m(0.05, 1.0))  # FACTS s.8 pump_eff
-    thermal_mass_j_k: float = field(default=2.5e6, metadata=_m(1.0))  # FACTS s.8 2500 kJ/K
+    rating_w: float = field(default=2.0e6, metadata=_m(1.0))  # docs/sources.md S8 rating_MW 2.0
+    approach_k: float = field(default=3.0, metadata=_m(0.0, 30.0))  # sources.md S2, S8, at rating
+    pump_dp_pa: float = field(default=250e3, metadata=_m(1.0))  # docs/sources.md S8 pump_dp_kPa
+    pump_eff: float = field(default=0.70, metadata=_m(0.05, 1.0))  # docs/sources.md S8 pump_eff
+    thermal_mass_j_k: float = field(default=2.5e6, metadata=_m(1.0))  # docs/sources.md S8 2500 kJ/K
     # pump sized for 125 % of design flow, so it runs at 80 % speed at design (est.)
     flow_max_frac: float = field(default=1.25, metadata=_m(1.0, 5.0))
     min_speed_frac: float = field(default=0.2, metadata=_m(0.0, 1.0))  # est. VFD floor

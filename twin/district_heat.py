@@ -24,7 +24,7 @@ class DistrictHeatParams:
     x 4.8 MWh); balance temperature 17 C (Gadd & Werner 2013); the campus may deliver 40 % of
     the demand, the share of Borlänge Energi's heat the Kvarnsveden paper mill used to supply
     (borlange-energi.se); supply temperature from 65 C (summer) to 75 C (January mean and
-    colder), return 45 C (FACTS-derived site defaults, heat_pump section).
+    colder), return 45 C (est., docs/sources.md S4, heat pump and district heating).
     """
 
     base_w: float = field(default=17.0e6, metadata=_m(0.0))  # est.: ~30 % of annual heat

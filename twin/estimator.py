@@ -8,7 +8,7 @@ the step::
 
 Which samples of ``P`` and ``Tc`` are "held over the step" is a setting (``power_timing``,
 ``coolant_timing``); the defaults match sources that report the power averaged over the
-interval just ended (NVML on Ampere and newer, FACTS.md section 7; the simulator, whose
+interval just ended (NVML on Ampere and newer, docs/sources.md S7; the simulator, whose
 state carries the power of the step just simulated) and a coolant that changes slowly
 (the simulator holds the coolant of the step's start). ``power_timing="start"`` with
 ``coolant_timing="sample"`` gives the textbook form ``y[k+1] = a*y[k] + b*P[k]`` with
@@ -39,12 +39,12 @@ from twin.rls import FloatArray, Rls2State, rls2_update
 Timing = Literal["start", "end"]
 CoolantTiming = Literal["start", "sample"]
 
-#: Prior die-to-coolant resistance [K/W] (FACTS.md section 8: R_j_coolant_K_per_W 0.018).
+#: Prior die-to-coolant resistance [K/W] (docs/sources.md S8: R_j_coolant_K_per_W 0.018).
 PRIOR_R_K_W = 0.018
-#: Prior die thermal capacitance [J/K] (FACTS.md section 8: C_th_J_per_K 400; section 2: 300-600).
+#: Prior die thermal capacitance [J/K] (docs/sources.md S8: C_th_J_per_K 400; section 2: 300-600).
 PRIOR_C_J_K = 400.0
 #: Prior standard deviation of both normalised parameters; a = exp(-1/7.2) = 0.87 at 1 s, so
-#: 0.1 spans tau of about 4-20 s (FACTS.md section 2: tau 5-20 s estimated).
+#: 0.1 spans tau of about 4-20 s (docs/sources.md S2: tau 5-20 s estimated).
 PRIOR_STD = 0.1
 #: Cap on each covariance trace (100x the prior's) against wind-up at constant power.
 MAX_COV_TRACE = 2.0
@@ -94,7 +94,7 @@ class ThermalEstimator:
     prior_c_j_k : prior capacitance [J/K].
     power_timing : which power sample drives a step. ``"end"`` (default): the power reported
         with the new sample, for sources whose power is an average over the interval just
-        ended (NVML on Ampere and newer, 1 s average, FACTS.md section 7; the simulator).
+        ended (NVML on Ampere and newer, 1 s average, docs/sources.md S7; the simulator).
         ``"start"``: the power reported with the previous sample is held over the step.
     coolant_timing : ``"start"`` (default): the coolant of the previous sample is held over
         the step (the simulator's convention; on hardware within half a step's coolant change

@@ -2,7 +2,7 @@
 
 Tables are CoolProp 8.0.0 values at 3 bar (PyPI ``coolprop``; PG25 = ``INCOMP::MPG[0.25]``,
 PG35 = ``INCOMP::MPG[0.35]``, mass fractions); the PG25 rows from 30 to 55 C match
-FACTS.md section 4. Between rows properties are interpolated linearly; outside the table
+docs/sources.md S4. Between rows properties are interpolated linearly; outside the table
 they are held at the end rows.
 """
 
@@ -37,9 +37,9 @@ class FluidTable:
 
 _T = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0)
 
-#: Registry of fluids by name (STYLE.md: choose models through a registry).
+#: Registry of fluids by name (models are chosen by name, not by code edits).
 FLUIDS: dict[str, FluidTable] = {
-    # CoolProp 8.0.0 INCOMP::MPG[0.25]; 30-50 C rows = FACTS.md section 4; freezes -9.8 C
+    # CoolProp 8.0.0 INCOMP::MPG[0.25]; 30-50 C rows = docs/sources.md S4; freezes -9.8 C
     "PG25": FluidTable(
         "PG25",
         _T,
@@ -48,7 +48,7 @@ FLUIDS: dict[str, FluidTable] = {
         (5.52e-3, 3.56e-3, 2.45e-3, 1.78e-3, 1.35e-3, 1.07e-3, 0.88e-3, 0.74e-3),
         -9.8,
     ),
-    # CoolProp 8.0.0 INCOMP::MPG[0.35]; FACTS.md section 8 fws.fluid; freezes -16.3 C
+    # CoolProp 8.0.0 INCOMP::MPG[0.35]; docs/sources.md S8 fws.fluid; freezes -16.3 C
     "PG35": FluidTable(
         "PG35",
         _T,
@@ -57,7 +57,7 @@ FLUIDS: dict[str, FluidTable] = {
         (9.21e-3, 5.55e-3, 3.61e-3, 2.50e-3, 1.83e-3, 1.41e-3, 1.13e-3, 0.93e-3),
         -16.3,
     ),
-    # CoolProp 8.0.0 Water; 30-50 C rows = FACTS.md section 4
+    # CoolProp 8.0.0 Water; 30-50 C rows = docs/sources.md S4
     "water": FluidTable(
         "water",
         _T,

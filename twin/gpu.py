@@ -5,7 +5,7 @@ clock lowered to honour the power limit (SwPowerCap) and the slowdown temperatur
 (SwThermalSlowdown). Thermal: one die node of capacitance C [J/K] behind a die-to-coolant
 resistance R [K/W] whose convective part scales with coolant flow^-0.8; HBM as a lag.
 
-Thermal protection (NVML thresholds, FACTS.md section 2): at slowdown_c the clock falls so
+Thermal protection (NVML thresholds, docs/sources.md S2): at slowdown_c the clock falls so
 the die holds there; where even the lowest clock cannot hold it (no coolant flow, coolant
 near the limit) the die climbs to shutdown_c, where the GPU trips: within the step it draws
 at most the power that brings the die exactly to shutdown_c (the trip ends its power part
@@ -26,7 +26,7 @@ from twin.state import exp_relax
 
 FloatArray = NDArray[np.float64]
 
-# NVML clock-event reason bits (FACTS.md section 7; streams/schema.py holds the same values)
+# NVML clock-event reason bits (docs/sources.md S7; streams/schema.py holds the same values)
 REASON_GPU_IDLE = np.uint64(0x1)
 REASON_SW_POWER_CAP = np.uint64(0x4)
 REASON_HW_SLOWDOWN = np.uint64(0x8)
@@ -43,31 +43,31 @@ def _m(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class GpuParams:
-    """One GPU package. Defaults: Vera Rubin package, FACTS.md section 8 ``it.gpu``."""
+    """One GPU package. Defaults: Vera Rubin package, docs/sources.md S8 ``it.gpu``."""
 
-    tdp_w: float = field(default=1800.0, metadata=_m(1.0))  # FACTS s.8 tdp_W
-    idle_w: float = field(default=200.0, metadata=_m(0.0))  # FACTS s.8 idle_W
-    # lowest settable power limit: Hopper's 200/700 W ratio applied to 1.8 kW (FACTS s.2, est.)
+    tdp_w: float = field(default=1800.0, metadata=_m(1.0))  # docs/sources.md S8 tdp_W
+    idle_w: float = field(default=200.0, metadata=_m(0.0))  # docs/sources.md S8 idle_W
+    # lowest settable power limit: Hopper's 200/700 W ratio applied to 1.8 kW (sources.md S2, est.)
     power_limit_min_w: float = field(default=514.0, metadata=_m(0.0))
-    slowdown_c: float = field(default=89.0, metadata=_m(0.0, 150.0))  # FACTS s.8 slowdown_C
-    shutdown_c: float = field(default=92.0, metadata=_m(0.0, 150.0))  # FACTS s.8 shutdown_C
-    max_operating_c: float = field(default=87.0, metadata=_m(0.0, 150.0))  # FACTS s.8
-    mem_max_c: float = field(default=95.0, metadata=_m(0.0, 150.0))  # FACTS s.8 mem_max_C
-    r_die_coolant_k_w: float = field(default=0.018, metadata=_m(1e-5))  # FACTS s.8 at design flow
+    slowdown_c: float = field(default=89.0, metadata=_m(0.0, 150.0))  # sources.md S8 slowdown_C
+    shutdown_c: float = field(default=92.0, metadata=_m(0.0, 150.0))  # sources.md S8 shutdown_C
+    max_operating_c: float = field(default=87.0, metadata=_m(0.0, 150.0))  # docs/sources.md S8
+    mem_max_c: float = field(default=95.0, metadata=_m(0.0, 150.0))  # docs/sources.md S8 mem_max_C
+    r_die_coolant_k_w: float = field(default=0.018, metadata=_m(1e-5))  # sources.md S8 at design flow
     # share of R that is the convective film (est.; the rest is die/TIM/plate conduction)
     r_convective_share: float = field(default=0.5, metadata=_m(0.0, 1.0))
     # film coefficient ~ Re^0.8 (Dittus-Boelter, turbulent channel flow)
     flow_exponent: float = field(default=0.8, metadata=_m(0.0, 2.0))
-    c_th_j_k: float = field(default=400.0, metadata=_m(1e-3))  # FACTS s.8 C_th, tau ~ 7 s
+    c_th_j_k: float = field(default=400.0, metadata=_m(1e-3))  # docs/sources.md S8 C_th, tau ~ 7 s
     # HBM above coolant per package watt (est.: HBM ~20 K below die at TDP)
     r_mem_coolant_k_w: float = field(default=0.014, metadata=_m(0.0))
     tau_mem_s: float = field(default=20.0, metadata=_m(1e-3))  # est.
-    max_clock_mhz: float = field(default=1980.0, metadata=_m(1.0))  # FACTS s.2 (Hopper proxy)
-    idle_clock_mhz: float = field(default=345.0, metadata=_m(1.0))  # FACTS s.2 (Hopper proxy)
+    max_clock_mhz: float = field(default=1980.0, metadata=_m(1.0))  # sources.md S2 (Hopper proxy)
+    idle_clock_mhz: float = field(default=345.0, metadata=_m(1.0))  # sources.md S2 (Hopper proxy)
     min_clock_frac: float = field(default=0.2, metadata=_m(0.01, 1.0))  # est. DVFS floor
     # dynamic power ~ f * V^2 with V roughly following f in the DVFS range (est.)
     clock_power_exponent: float = field(default=2.5, metadata=_m(1.0, 4.0))
-    # a stuck HW slowdown halves the clock (FACTS s.7: "clocks cut by half or more")
+    # a stuck HW slowdown halves the clock (docs/sources.md S7: "clocks cut by half or more")
     stuck_clock_frac: float = field(default=0.5, metadata=_m(0.01, 1.0))
 
 

@@ -1,4 +1,4 @@
-"""Key performance indicators (The Green Grid definitions, FACTS.md section 5) and thermal
+"""Key performance indicators (The Green Grid definitions, docs/sources.md S5) and thermal
 headroom. Instantaneous forms: power ratios stand in for energy ratios over one instant.
 """
 
@@ -21,10 +21,10 @@ FloatArray = NDArray[np.float64]
 class CarbonParams:
     """Carbon intensity of the supply.
 
-    contract: the site's renewable contract, 75 % hydro + 25 % wind (FACTS s.1) at lifecycle
+    contract: the site's renewable contract, 75 % hydro + 25 % wind (sources.md S1) at lifecycle
     medians of IPCC AR5 WG3 Annex III (hydro 24, onshore wind 11 gCO2e/kWh) = 20.75, flat.
     swedish_grid: Swedish consumption mix, est. 25 g/kWh in summer to 45 g/kWh in winter
-    with a +10 % evening peak at 18:00 (est., not in FACTS). csv: hourly file with columns
+    with a +10 % evening peak at 18:00 (est., no source found). csv: hourly file with columns
     timestamp, gco2_per_kwh.
     """
 

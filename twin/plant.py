@@ -21,13 +21,13 @@ KELVIN = 273.15
 
 @dataclass(frozen=True)
 class FwsParams:
-    """Facility water loop. Defaults: FACTS.md section 8 ``fws``."""
+    """Facility water loop. Defaults: docs/sources.md S8 ``fws``."""
 
-    fluid: str = "PG35"  # FACTS s.8: freeze margin for Borlänge
-    supply_setpoint_c: float = field(default=40.0, metadata=_m(-5.0, 80.0))  # FACTS s.8 (W40)
-    design_dt_k: float = field(default=10.0, metadata=_m(0.5, 40.0))  # FACTS s.8
-    pump_dp_pa: float = field(default=300e3, metadata=_m(1.0))  # FACTS s.8 pump_dp_kPa
-    pump_eff: float = field(default=0.75, metadata=_m(0.05, 1.0))  # FACTS s.8
+    fluid: str = "PG35"  # docs/sources.md S8: freeze margin for Borlänge
+    supply_setpoint_c: float = field(default=40.0, metadata=_m(-5.0, 80.0))  # sources.md S8 (W40)
+    design_dt_k: float = field(default=10.0, metadata=_m(0.5, 40.0))  # docs/sources.md S8
+    pump_dp_pa: float = field(default=300e3, metadata=_m(1.0))  # docs/sources.md S8 pump_dp_kPa
+    pump_eff: float = field(default=0.75, metadata=_m(0.05, 1.0))  # docs/sources.md S8
     # loop water volume per MW of design IT (est.): ~2 min transport lag at design flow
     volume_m3_per_mw: float = field(default=3.0, metadata=_m(1e-3))
     min_flow_frac: float = field(default=0.2, metadata=_m(0.0, 1.0))  # est. pump floor
@@ -60,33 +60,33 @@ class DryCoolerParams:
 
 @dataclass(frozen=True)
 class ChillerParams:
-    """Trim chiller. Defaults: FACTS.md sections 4 and 8 ``trim_chiller``."""
+    """Trim chiller. Defaults: docs/sources.md S4 and S8 ``trim_chiller``."""
 
-    capacity_frac_it: float = field(default=0.2, metadata=_m(0.0, 2.0))  # FACTS s.8
-    eta_carnot: float = field(default=0.5, metadata=_m(0.01, 1.0))  # FACTS s.4: 35-70 %
-    t_evap_offset_k: float = field(default=-2.0, metadata=_m(-30.0, 30.0))  # FACTS s.8
-    t_cond_offset_k: float = field(default=8.0, metadata=_m(-30.0, 30.0))  # FACTS s.8
-    cop_max: float = field(default=10.0, metadata=_m(0.1, 100.0))  # FACTS s.8
+    capacity_frac_it: float = field(default=0.2, metadata=_m(0.0, 2.0))  # docs/sources.md S8
+    eta_carnot: float = field(default=0.5, metadata=_m(0.01, 1.0))  # docs/sources.md S4: 35-70 %
+    t_evap_offset_k: float = field(default=-2.0, metadata=_m(-30.0, 30.0))  # docs/sources.md S8
+    t_cond_offset_k: float = field(default=8.0, metadata=_m(-30.0, 30.0))  # docs/sources.md S8
+    cop_max: float = field(default=10.0, metadata=_m(0.1, 100.0))  # docs/sources.md S8
 
 
 @dataclass(frozen=True)
 class HeatPumpParams:
-    """Heat-reuse heat pump to district heating. Defaults: FACTS.md sections 4 and 8."""
+    """Heat-reuse heat pump to district heating. Defaults: docs/sources.md S4 and S8."""
 
-    eta_carnot: float = field(default=0.45, metadata=_m(0.01, 1.0))  # FACTS s.8
-    source_out_c: float = field(default=40.0, metadata=_m(-20.0, 80.0))  # FACTS s.8
-    dh_supply_winter_c: float = field(default=75.0, metadata=_m(0.0, 150.0))  # FACTS s.8
-    dh_supply_summer_c: float = field(default=65.0, metadata=_m(0.0, 150.0))  # FACTS s.8
-    dh_return_c: float = field(default=45.0, metadata=_m(0.0, 150.0))  # FACTS s.8
+    eta_carnot: float = field(default=0.45, metadata=_m(0.01, 1.0))  # docs/sources.md S8
+    source_out_c: float = field(default=40.0, metadata=_m(-20.0, 80.0))  # docs/sources.md S8
+    dh_supply_winter_c: float = field(default=75.0, metadata=_m(0.0, 150.0))  # docs/sources.md S8
+    dh_supply_summer_c: float = field(default=65.0, metadata=_m(0.0, 150.0))  # docs/sources.md S8
+    dh_return_c: float = field(default=45.0, metadata=_m(0.0, 150.0))  # docs/sources.md S8
     # heating capacity of the heat-pump plant for the site file's hall (8 MW for 64 racks,
     # the suggested winter offtake); equipment, so it scales with the racks. What the
     # network takes is its demand (twin.district_heat), up to this capacity.
     capacity_w: float = field(default=8.0e6, metadata=_m(0.0))
     # refrigerant vs water temperature differences in evaporator/condenser (est.); they put
-    # the COP at 3.9 (winter) to 5.0 (summer), near FACTS s.8's 3.5-4.4
+    # the COP at 3.9 (winter) to 5.0 (summer), near docs/sources.md S8's 3.5-4.4
     hx_pinch_k: float = field(default=3.0, metadata=_m(0.0, 20.0))
     cop_max: float = field(default=8.0, metadata=_m(1.0, 50.0))  # est.
-    # FACTS s.8 boundary: utility_owned puts the heat pump's power outside the PUE
+    # docs/sources.md S8 boundary: utility_owned puts the heat pump's power outside the PUE
     boundary: str = field(default="utility_owned", metadata={"choices": {"utility_owned", "site"}})
 
 

@@ -17,33 +17,33 @@ FloatArray = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class PowerParams:
-    """Electrical chain. Defaults: FACTS.md sections 5 and 8 ``electrical``."""
+    """Electrical chain. Defaults: docs/sources.md S5 and S8 ``electrical``."""
 
     tx_rated_w: float = field(default=8.0e6, metadata=_m(1.0))  # est.: 2 per 64-rack hall
     tx_design_loading: float = field(default=0.85, metadata=_m(0.05, 1.0))  # est.
-    tx_noload_frac: float = field(default=0.001, metadata=_m(0.0, 0.1))  # FACTS s.8
-    tx_load_frac_at_rated: float = field(default=0.009, metadata=_m(0.0, 0.1))  # FACTS s.8
+    tx_noload_frac: float = field(default=0.001, metadata=_m(0.0, 0.1))  # docs/sources.md S8
+    tx_load_frac_at_rated: float = field(default=0.009, metadata=_m(0.0, 0.1))  # docs/sources.md S8
     ups_mode: str = field(
         default="double_conversion", metadata={"choices": {"double_conversion", "eco"}}
-    )  # FACTS s.8
-    ups_rated_w: float = field(default=3.5e6, metadata=_m(1.0))  # FACTS s.8 rated_MW
-    ups_redundancy: int = field(default=1, metadata=_m(0))  # FACTS s.8 "N+1"
+    )  # docs/sources.md S8
+    ups_rated_w: float = field(default=3.5e6, metadata=_m(1.0))  # docs/sources.md S8 rated_MW
+    ups_redundancy: int = field(default=1, metadata=_m(0))  # docs/sources.md S8 "N+1"
     ups_loss_coeff: tuple[float, ...] = field(
         default=(0.010, 0.015, 0.010), metadata={"len": 3, "min": 0.0}
-    )  # FACTS s.8
+    )  # docs/sources.md S8
     ups_eco_loss_coeff: tuple[float, ...] = field(
         default=(0.003, 0.002, 0.002), metadata={"len": 3, "min": 0.0}
-    )  # FACTS s.8
+    )  # docs/sources.md S8
     battery_autonomy_s: float = field(default=300.0, metadata=_m(1.0))  # est. Li-ion, 5 min
     recharge_frac: float = field(default=0.05, metadata=_m(0.0, 1.0))  # est. of rating
-    distribution_loss_frac: float = field(default=0.005, metadata=_m(0.0, 0.2))  # FACTS s.8
+    distribution_loss_frac: float = field(default=0.005, metadata=_m(0.0, 0.2))  # sources.md S8
 
 
 @dataclass(frozen=True)
 class AuxParams:
-    """Auxiliary loads. Defaults: FACTS.md section 8 ``aux``."""
+    """Auxiliary loads. Defaults: docs/sources.md S8 ``aux``."""
 
-    lighting_bms_frac_it: float = field(default=0.005, metadata=_m(0.0, 0.5))  # FACTS s.8
+    lighting_bms_frac_it: float = field(default=0.005, metadata=_m(0.0, 0.5))  # docs/sources.md S8
     # CRAH fan power at the design air heat (twin.room_air), est.
     residual_air_fan_frac_it: float = field(default=0.002, metadata=_m(0.0, 0.5))
 
@@ -54,7 +54,7 @@ def pdu_loss_w(power_w: Any, p: PowerParams) -> FloatArray:
 
 
 def ups_loss_w(out_w: Any, rated_w: float, coeff: tuple[float, ...]) -> FloatArray:
-    """UPS module loss [W] = rated * (a0 + a1 x + a2 x^2), x = out/rated (FACTS s.5)."""
+    """UPS module loss [W] = rated * (a0 + a1 x + a2 x^2), x = out/rated (docs/sources.md S5)."""
     x = np.asarray(out_w, dtype=np.float64) / rated_w
     return rated_w * (coeff[0] + coeff[1] * x + coeff[2] * x * x)
 
@@ -107,6 +107,6 @@ def ups_modules(
 
 
 def transformer_loss_w(load_w: Any, p: PowerParams) -> FloatArray:
-    """Transformer loss [W] = rated * (noload + load_frac * x^2), x = load/rated (FACTS s.8)."""
+    """Transformer loss [W] = rated * (noload + load_frac * x^2), x = load/rated (sources.md S8)."""
     x = np.asarray(load_w, dtype=np.float64) / p.tx_rated_w
     return p.tx_rated_w * (p.tx_noload_frac + p.tx_load_frac_at_rated * x * x)

@@ -20,15 +20,15 @@ FloatArray = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class RackParams:
-    """One rack type. Defaults: Vera Rubin NVL144 (= VR NVL72), FACTS.md sections 2 and 8.
+    """One rack type. Defaults: Vera Rubin NVL144 (= VR NVL72), docs/sources.md S2 and S8.
 
     Non-GPU component powers are estimates chosen so that an idle rack draws ~30 kW and a rack
-    at full load ~213 kW, inside FACTS s.8 rack_power_kW (idle 30, Max-Q 190, Max-P 227).
+    at full load ~213 kW, inside docs/sources.md S8 rack_power_kW (idle 30, Max-Q 190, Max-P 227).
     """
 
     type: str = "vera_rubin_nvl144"
-    gpus: int = field(default=72, metadata=_m(1, 1024))  # FACTS s.2: 72 packages
-    cpus: int = field(default=36, metadata=_m(0))  # FACTS s.2: 36 Vera CPUs
+    gpus: int = field(default=72, metadata=_m(1, 1024))  # docs/sources.md S2: 72 packages
+    cpus: int = field(default=36, metadata=_m(0))  # docs/sources.md S2: 36 Vera CPUs
     cpu_idle_w: float = field(default=100.0, metadata=_m(0.0))  # est.
     cpu_max_w: float = field(default=600.0, metadata=_m(0.0))  # est.
     switch_trays: int = field(default=9, metadata=_m(0))  # NVLink switch trays (est.)
@@ -36,14 +36,14 @@ class RackParams:
     switch_max_w: float = field(default=3500.0, metadata=_m(0.0))  # est.
     misc_idle_w: float = field(default=5000.0, metadata=_m(0.0))  # NICs, DPUs, LPDDR (est.)
     misc_max_w: float = field(default=25000.0, metadata=_m(0.0))  # est.
-    psu_eff: float = field(default=0.975, metadata=_m(0.5, 1.0))  # FACTS s.8 rack_psu_eff
+    psu_eff: float = field(default=0.975, metadata=_m(0.5, 1.0))  # docs/sources.md S8 rack_psu_eff
     # share of non-GPU heat to room air; with GPUs fully on cold plates the rack sends ~2 % to
-    # air (FACTS s.8 liquid_capture_fraction 0.98)
+    # air (docs/sources.md S8 liquid_capture_fraction 0.98)
     non_gpu_air_frac: float = field(default=0.05, metadata=_m(0.0, 1.0))
-    # coolant in manifolds and cold plates: 60 L gives ~12 s transit at 5 L/s (FACTS s.2:
+    # coolant in manifolds and cold plates: 60 L gives ~12 s transit at 5 L/s (docs/sources.md S2:
     # "coolant transit time about 10 s per rack loop")
     coolant_volume_m3: float = field(default=0.06, metadata=_m(1e-6))
-    design_power_w: float = field(default=200e3, metadata=_m(1.0))  # FACTS s.8 design 200 kW
+    design_power_w: float = field(default=200e3, metadata=_m(1.0))  # sources.md S8 design 200 kW
 
 
 def non_gpu_power_w(util_mean: Any, p: RackParams) -> FloatArray:

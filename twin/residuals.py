@@ -9,7 +9,7 @@ so that a fault shows on the residual of the sensor or component it affects
   grows; a stuck or drifting die sensor moves that GPU only);
 - rack inlet: its CDU's supply;
 - rack outlet and CDU return: ``T_out = T_in + Q_liquid / (m_dot * cp)`` with the loop
-  fluid's properties at the mean temperature (twin/fluids.py, FACTS.md section 4);
+  fluid's properties at the mean temperature (twin/fluids.py, docs/sources.md S4);
 - CDU flow: affinity law ``Q ~ N`` of a healthy pump at the measured speed (a worn pump
   delivers less at the same speed: negative residual).
 
@@ -34,7 +34,7 @@ from twin.step import rack_design_flow_kg_s
 
 FloatArray = npt.NDArray[np.float64]
 
-#: Fluid of the technology cooling loop (FACTS.md section 8 ``tcs.fluid``).
+#: Fluid of the technology cooling loop (docs/sources.md S8 ``tcs.fluid``).
 DEFAULT_TCS_FLUID = "PG25"
 
 
@@ -106,7 +106,7 @@ def rack_heat_to_liquid_w(
 
     GPU heat goes to the cold plates; the rest (CPUs, switches, PSU losses: input power minus
     GPU power) splits between liquid and air by ``non_gpu_air_frac`` [1] (twin/rack.py
-    RackParams; FACTS.md section 8 liquid_capture_fraction).
+    RackParams; docs/sources.md S8 liquid_capture_fraction).
     """
     gpu = _f(gpu_power_sum_w)
     return gpu + (_f(rack_power_w) - gpu) * (1.0 - non_gpu_air_frac)

@@ -19,7 +19,7 @@ class RoomAirParams:
     recommended 18-27 C inlet (est.); the economiser's dry cooler needs outdoor air 5 K below
     the water (est., half the FWS dry coolers' 10 K median approach: a small unit oversized
     for the load). Fan power at design: residual_air_fan_frac_it of design IT ([aux],
-    FACTS-derived 0.2 %) at design_heat_frac_it of design IT (est.: 2 % of rack power to air
+    est. 0.2 %, sources.md S4) at design_heat_frac_it of design IT (est.: 2 % of rack power to air
     plus PDU, UPS and lighting losses ~6-7 %), following the affinity law P ~ N^3 with
     airflow proportional to the heat (constant air temperature rise).
     """

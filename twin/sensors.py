@@ -99,7 +99,7 @@ def point_groups(site: Site, st: FacilityState) -> list[PointGroup]:
 
 
 def state_kpis(site: Site, st: FacilityState, carbon_g_per_kwh: float | None) -> dict[str, float]:
-    """KPIs of a state (FACTS.md section 5 definitions, twin/kpi.py).
+    """KPIs of a state (docs/sources.md S5 definitions, twin/kpi.py).
 
     pue, ere, heat_to_dh_w [W], free_cooling_share, cooling_cop, it_power_w [W],
     facility_power_w [W], reused_w [W], min_headroom_k [K]; with a carbon intensity

@@ -83,7 +83,7 @@ class Simulator:
         # workspaces for the per-step draws (the frames keep converted copies, never these)
         self._z_util = np.empty(shape)
         self._z_noise = np.empty((3, *shape))
-        # energy counters count from driver load, some time before the simulation (FACTS s.7)
+        # energy counters count from driver load, some time before the simulation (sources.md S7)
         self._energy0_mj = self._rng.integers(10**9, 10**12, size=shape, dtype=np.uint64)
         self._faults = [resolve(f, site) for f in faults]
         self._pending = sorted(range(len(self._faults)), key=lambda i: self._faults[i].spec.at_s)
@@ -214,7 +214,7 @@ class Simulator:
         util_pct = (np.where(st.gpu_off, 0.0, st.gpu_util) if any_off else st.gpu_util) * 100.0
         np.round(util_pct, out=util_pct)
         gpu: dict[str, np.ndarray] = {
-            # NVML: power in mW, temperatures as integers, energy counter in mJ (FACTS s.7)
+            # NVML: power in mW, temperatures as integers, energy counter in mJ (docs/sources.md S7)
             "power_w": pw.astype(np.float32),
             "energy_mj": energy_mj,
             "temp_gpu_c": temp.astype(np.float32),

@@ -1,7 +1,7 @@
 """Facility description: parameters of every model and the layout (which CDU, PDU and UPS
 serves which rack), loaded from a TOML site file (docs/physics.md, "Site file").
 
-Defaults are the Borlänge parameter set of FACTS.md section 8; each names its source.
+Defaults are the Borlänge parameter set of docs/sources.md S8; each names its source.
 """
 
 from __future__ import annotations
@@ -33,23 +33,23 @@ from twin.workload import WorkloadParams
 
 @dataclass(frozen=True)
 class SiteInfo:
-    """Identity of the site. Defaults: FACTS.md sections 1 and 8."""
+    """Identity of the site. Defaults: docs/sources.md S1 and S8."""
 
     name: str = "Borlänge"
-    lat: float = field(default=60.48, metadata=_m(-90.0, 90.0))  # FACTS s.8
-    lon: float = field(default=15.43, metadata=_m(-180.0, 180.0))  # FACTS s.8
-    # 250 MW campus / 200 kW racks = 1,250 racks (FACTS s.1 and s.8)
+    lat: float = field(default=60.48, metadata=_m(-90.0, 90.0))  # docs/sources.md S8
+    lon: float = field(default=15.43, metadata=_m(-180.0, 180.0))  # docs/sources.md S8
+    # 250 MW campus / 200 kW racks = 1,250 racks (docs/sources.md S1 and S8)
     max_racks: int = field(default=1250, metadata=_m(1))
 
 
 @dataclass(frozen=True)
 class LayoutParams:
-    """Hall layout; CDUs, PDUs and halls serve consecutive racks. FACTS.md section 8."""
+    """Hall layout; CDUs, PDUs and halls serve consecutive racks. docs/sources.md S8."""
 
-    racks: int = field(default=64, metadata=_m(1))  # FACTS s.8 it.racks
+    racks: int = field(default=64, metadata=_m(1))  # docs/sources.md S8 it.racks
     racks_per_row: int = field(default=8, metadata=_m(1))  # est.
-    racks_per_hall: int = field(default=64, metadata=_m(1))  # FACTS s.8: one hall
-    racks_per_cdu: int = field(default=8, metadata=_m(1))  # FACTS s.8 racks_per_cdu
+    racks_per_hall: int = field(default=64, metadata=_m(1))  # docs/sources.md S8: one hall
+    racks_per_cdu: int = field(default=8, metadata=_m(1))  # docs/sources.md S8 racks_per_cdu
     racks_per_pdu: int = field(default=8, metadata=_m(1))  # one busway per row (est.)
 
 
@@ -274,7 +274,7 @@ def build_site(
     power: PowerParams = parts["power"]
     dcs: DryCoolerParams = parts["dry_coolers"]
     hall_racks = np.bincount(lay["hall"], minlength=n_halls)
-    # UPS modules: N+redundancy per hall, N from the hall's design IT power (FACTS.md s.8)
+    # UPS modules: N+redundancy per hall, N from the hall's design IT power (docs/sources.md S8)
     ups_per_hall = [
         math.ceil(h * rack.design_power_w / power.ups_rated_w) + power.ups_redundancy
         for h in hall_racks

@@ -1,5 +1,5 @@
 """Outdoor air temperature: a synthetic Borlänge generator (monthly means, daily cycle,
-AR(1) noise; FACTS.md sections 6 and 8) or hourly data from a CSV file.
+AR(1) noise; docs/sources.md S6 and S8) or hourly data from a CSV file.
 
 The generator is pure: the caller owns the noise state and the random draws.
 """
@@ -25,19 +25,19 @@ MS_PER_DAY = 86_400_000
 
 @dataclass(frozen=True)
 class WeatherParams:
-    """Weather source. Defaults: FACTS.md section 8 ``weather_synthetic`` (Borlänge)."""
+    """Weather source. Defaults: docs/sources.md S8 ``weather_synthetic`` (Borlänge)."""
 
     model: str = field(default="synthetic", metadata={"choices": {"synthetic", "csv"}})
     csv_path: str = ""  # hourly CSV: columns timestamp (ISO 8601), air_temp_c
     monthly_mean_c: tuple[float, ...] = field(
         default=(-4.0, -3.5, -0.5, 4.5, 10.0, 14.5, 16.8, 15.5, 10.5, 5.0, 0.5, -3.0),
         metadata={"len": 12, "min": -60.0, "max": 60.0},
-    )  # FACTS s.8, anchored to SMHI normals (FACTS s.6)
-    diurnal_half_range_winter_k: float = field(default=2.5, metadata=_m(0.0, 30.0))  # FACTS s.8
-    diurnal_half_range_summer_k: float = field(default=5.0, metadata=_m(0.0, 30.0))  # FACTS s.8
-    peak_hour_local: float = field(default=15.0, metadata=_m(0.0, 24.0))  # FACTS s.8
-    sigma_k: float = field(default=3.0, metadata=_m(0.0, 30.0))  # FACTS s.8 ar1_noise
-    phi_per_hour: float = field(default=0.97, metadata=_m(0.0, 0.999999))  # FACTS s.8
+    )  # docs/sources.md S8, anchored to SMHI normals (docs/sources.md S6)
+    diurnal_half_range_winter_k: float = field(default=2.5, metadata=_m(0.0, 30.0))  # sources.md S8
+    diurnal_half_range_summer_k: float = field(default=5.0, metadata=_m(0.0, 30.0))  # sources.md S8
+    peak_hour_local: float = field(default=15.0, metadata=_m(0.0, 24.0))  # docs/sources.md S8
+    sigma_k: float = field(default=3.0, metadata=_m(0.0, 30.0))  # docs/sources.md S8 ar1_noise
+    phi_per_hour: float = field(default=0.97, metadata=_m(0.0, 0.999999))  # docs/sources.md S8
     utc_offset_h: float = field(default=1.0, metadata=_m(-12.0, 14.0))  # CET, no DST (est.)
 
 

@@ -52,9 +52,9 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Longest model step of a what-if [s]; a longer --dt records every dt but steps this long.
 MAX_MODEL_STEP_S = 5.0
-#: ASHRAE TC9.9 W45: facility-water supply at most 45 C (FACTS.md section 3).
+#: ASHRAE TC9.9 W45: facility-water supply at most 45 C (docs/sources.md S3).
 W45_SUPPLY_MAX_C = 45.0
-#: NVML clock-event reasons that mean thermal slowdown (FACTS.md section 7: 0x20, 0x40).
+#: NVML clock-event reasons that mean thermal slowdown (docs/sources.md S7: 0x20, 0x40).
 _THERMAL_REASONS = np.uint64(0x20 | 0x40)
 #: Physical fault kinds usable as scenarios (sensor faults change readings, not the plant).
 FAULT_SCENARIOS = tuple(k for k, (form, _) in FAULT_KINDS.items() if form != "point")
@@ -87,7 +87,7 @@ class WhatIfError(ConfigError):
 def coolant_limit_c(site: Site) -> float:
     """Highest coolant temperature at the cold plates [C] at which a GPU at TDP on a clean
     plate stays at its max operating temperature: max_operating_c - R * TDP (the design
-    bound of FACTS.md section 2, 87 - 0.018 x 1800 = 54.6 C for the default site)."""
+    bound of docs/sources.md S2, 87 - 0.018 x 1800 = 54.6 C for the default site)."""
     g = site.gpu
     return g.max_operating_c - g.r_die_coolant_k_w * g.tdp_w
 

@@ -4,7 +4,7 @@ No tarball and no Docker: Maven resolves ``org.apache.kafka:kafka_2.13`` and its
 dependencies (scripts/kafka/pom.xml) once into
 ``${TWIN_CACHE_DIR:-~/.cache/dc-twin}/kafka-<version>/lib``; every later start runs
 ``java -cp 'lib/*' kafka.Kafka`` directly. The node is combined broker+controller with a
-dynamic single-voter quorum (ENGINEERING.md section 2). Data lives on disk under the state
+dynamic single-voter quorum (docs/sources.md E2). Data lives on disk under the state
 directory, so a broker restarted on the same directory keeps its topics and offsets.
 
 ``python -m streams.brokers.apache fetch|start|stop|run`` backs ``scripts/kafka.sh``.
@@ -37,7 +37,7 @@ from streams.brokers.process import (
 from twin.errors import BrokerError
 
 #: Kafka release used when neither the caller nor TWIN_KAFKA_VERSION names one; kafka_2.13
-#: 4.0.0-4.4.0 resolve on Maven Central (ENGINEERING.md section 2).
+#: 4.0.0-4.4.0 resolve on Maven Central (docs/sources.md E2).
 DEFAULT_KAFKA_VERSION = "4.1.1"
 
 #: The 4.x broker needs Java 17+ (https://kafka.apache.org/40/getting-started/compatibility).
@@ -218,7 +218,7 @@ def server_properties(
     sasl_ssl: SaslSslListener | None = None,
     sasl_ssl_port: int | None = None,
 ) -> str:
-    """server.properties of a combined broker+controller on loopback (ENGINEERING.md 2).
+    """server.properties of a combined broker+controller on loopback (docs/sources.md E2).
 
     With ``sasl_ssl`` (and its ``sasl_ssl_port``) a SASL_SSL listener is added; the
     PLAINTEXT listener stays for the broker's own traffic and the readiness probe.

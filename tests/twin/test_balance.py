@@ -72,7 +72,7 @@ def _run_day(
 @given(
     site=sites(),
     seed=st.integers(0, 2**16),
-    mean_c=st.floats(-30.0, 30.0),  # Borlänge months to a hot summer day (FACTS-derived)
+    mean_c=st.floats(-30.0, 30.0),  # Borlänge months to a hot summer day (docs/sources.md S6)
     swing_k=st.floats(0.0, 8.0),
     util=st.floats(0.0, 1.0),
     dt_s=st.sampled_from([300.0, 600.0, 900.0]),

@@ -28,7 +28,7 @@ def test_pump_speed_and_flow() -> None:
 
 
 def test_pump_power_design_point_and_cube_law() -> None:
-    # 8 racks x 5 L/s = 0.04 m3/s at 250 kPa / 0.70 = 14.29 kW (FACTS s.8: ~14 kW)
+    # 8 racks x 5 L/s = 0.04 m3/s at 250 kPa / 0.70 = 14.29 kW (docs/sources.md S8: ~14 kW)
     assert_allclose(pump_power_w(0.8, True, 0.04, P), 250e3 * 0.04 / 0.7)
     assert_allclose(pump_power_w(0.4, True, 0.04, P), 250e3 * 0.04 / 0.7 / 8.0)
     assert_allclose(pump_power_w(0.8, False, 0.04, P), 0.0)

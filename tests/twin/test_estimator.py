@@ -44,7 +44,7 @@ def _synthetic(
 
     Power steps to a new random level every ``hold_s`` samples (training phases, checkpoint
     dips); the coolant wanders slowly with sensor noise; die temperatures are rounded to
-    integers like NVML's (FACTS.md section 7). By default sample k+1 reports the power of
+    integers like NVML's (docs/sources.md S7). By default sample k+1 reports the power of
     the step that ended at it and the coolant of step k is held over the step (the
     estimator's defaults, and the simulator's); ``textbook``: y[k+1] = a*y[k] + b*P[k] with
     y = T_die - T_coolant. Returns arrays shaped (steps, n).

@@ -1,4 +1,4 @@
-"""Fluid properties against the FACTS.md section 4 table, and the heat balance."""
+"""Fluid properties against the docs/sources.md S4 table, and the heat balance."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twin.fluids import cp_j_kgk, density_kg_m3, get_fluid, outlet_temp_c, visco
 
 def test_pg25_matches_facts_table() -> None:
     pg25 = get_fluid("PG25")
-    # FACTS.md section 4: 45 C -> 1007.2 kg/m3, 3981 J/kgK; interpolated from 40 and 50 C rows
+    # docs/sources.md S4: 45 C -> 1007.2 kg/m3, 3981 J/kgK; interpolated from 40 and 50 C rows
     assert_allclose(density_kg_m3(pg25, 45.0), 1007.2, rtol=1e-4)
     assert_allclose(cp_j_kgk(pg25, 45.0), 3981.0, rtol=1e-3)
     assert_allclose(cp_j_kgk(pg25, [30.0, 50.0]), [3945.0, 3992.0])

@@ -1,4 +1,4 @@
-"""KPIs against hand-computed values (The Green Grid definitions, FACTS.md section 5)."""
+"""KPIs against hand-computed values (The Green Grid definitions, docs/sources.md S5)."""
 
 from __future__ import annotations
 

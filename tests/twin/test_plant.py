@@ -125,6 +125,6 @@ def test_chiller_cop_carnot_fraction() -> None:
 
 def test_fws_pump_power() -> None:
     fw = FwsParams()
-    # 333 kg/s at 1017 kg/m3 and 300 kPa / 0.75 = 131 kW (FACTS s.8: ~130 kW)
+    # 333 kg/s at 1017 kg/m3 and 300 kPa / 0.75 = 131 kW (docs/sources.md S8: ~130 kW)
     assert_allclose(fws_pump_power_w(333.0, 333.0, 1017.0, fw), 300e3 * 333.0 / 1017.0 / 0.75)
     assert_allclose(fws_pump_power_w(166.5, 333.0, 1017.0, fw), 300e3 * 333.0 / 1017.0 / 6.0)

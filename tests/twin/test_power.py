@@ -23,10 +23,10 @@ def test_ups_loss_curve() -> None:
     # x = 1: 3.5 MW * (0.010 + 0.015 + 0.010) = 122.5 kW; x = 0.5: 3.5e6 * 0.02 = 70 kW
     assert_allclose(ups_loss_w([3.5e6, 1.75e6], 3.5e6, P.ups_loss_coeff), [122_500.0, 70_000.0])
     assert_allclose(ups_efficiency(3.5e6, P), 3.5e6 / 3.6225e6)
-    # eco mode: 3.5e6 * 0.007 = 24.5 kW at full load (FACTS s.5: up to 99 %)
+    # eco mode: 3.5e6 * 0.007 = 24.5 kW at full load (docs/sources.md S5: up to 99 %)
     eco = replace(P, ups_mode="eco")
     assert float(ups_efficiency(3.5e6, eco)) > 0.99
-    # light load is less efficient (FACTS s.5)
+    # light load is less efficient (docs/sources.md S5)
     assert float(ups_efficiency(0.2 * 3.5e6, P)) < float(ups_efficiency(0.8 * 3.5e6, P))
 
 

@@ -27,8 +27,8 @@ def test_non_gpu_power_idle_and_full() -> None:
 def test_rack_power_matches_facts_envelope() -> None:
     idle = rack_input_power_w(72 * 200.0, non_gpu_power_w(0.0, P), P)
     full = rack_input_power_w(72 * 1800.0, non_gpu_power_w(1.0, P), P)
-    assert_allclose(idle, (14_400.0 + 15_800.0) / 0.975)  # 30.97 kW (FACTS s.8: ~30)
-    assert_allclose(full, (129_600.0 + 78_100.0) / 0.975)  # 213.0 kW (FACTS s.8: 190-227)
+    assert_allclose(idle, (14_400.0 + 15_800.0) / 0.975)  # 30.97 kW (docs/sources.md S8: ~30)
+    assert_allclose(full, (129_600.0 + 78_100.0) / 0.975)  # 213.0 kW (docs/sources.md S8: 190-227)
     assert 190e3 < full < 227e3
 
 

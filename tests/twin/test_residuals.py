@@ -23,7 +23,7 @@ from twin.site import Site, load_site
 
 
 def test_rack_outlet_by_hand_with_pg25_cp_at_mean_temperature() -> None:
-    # cp(45 C) = 3980.5 (FACTS s.4: 3969 at 40, 3992 at 50); first rise 200e3/(5*3980.5)
+    # cp(45 C) = 3980.5 (docs/sources.md S4: 3969 at 40, 3992 at 50); first rise 200e3/(5*3980.5)
     # = 10.049 K, mean 50.0245 C, cp = 3992 + 0.0245*2.4 = 3992.059; 45 + 200e3/(5*3992.059)
     out = expected_rack_outlet_c(45.0, 200e3, 5.0)
     assert_allclose(out, 55.019893, rtol=1e-7)

@@ -19,7 +19,7 @@ def test_default_site_is_the_borlange_hall() -> None:
     assert np.array_equal(np.bincount(site.rack_cdu), [8] * 8)
     assert site.rack_cdu[7] == 0 and site.rack_cdu[8] == 1
     assert len(site.dc_ids) == 9  # 12.8 MW / 1.6 MW + 1
-    assert len(site.ups_ids) == 5  # ceil(12.8 / 3.5) + 1 (FACTS s.8: N+1)
+    assert len(site.ups_ids) == 5  # ceil(12.8 / 3.5) + 1 (docs/sources.md S8: N+1)
     assert site.tx_ids == ("TX01", "TX02")
     assert site.gpu.tdp_w == 1800.0 and site.tcs.fluid == "PG25"
     assert site.tcs.supply_temp_c == 45.0

@@ -41,7 +41,7 @@ def _warm() -> FacilityState:
 
 CASES = {
     "util": st.floats(0.0, 1.0),
-    "outdoor_c": st.floats(-46.0, 36.0),  # Dalarna records (FACTS s.6)
+    "outdoor_c": st.floats(-46.0, 36.0),  # Dalarna records (docs/sources.md S6)
     "health": st.floats(0.3, 1.0),
     "dt": st.floats(0.05, 3600.0),
 }
@@ -128,7 +128,7 @@ def test_design_point_numbers() -> None:
     # GPUs see the mean coolant temperature, 45 + rise / 2, plus 0.018 K/W * 1800 W
     assert_allclose(state.gpu_temp_c, 45.0 + rise / 2 + 32.4, atol=0.01)
     pue = state.facility_power_w / state.it_power_w
-    assert 1.05 < pue < 1.09  # FACTS s.8 expected 1.06-1.09 annual
+    assert 1.05 < pue < 1.09  # docs/sources.md S8 expected 1.06-1.09 annual
     assert state.chiller_cooling_w == 0.0  # free cooling at 10 C
 
 
@@ -138,10 +138,10 @@ def test_heat_wave_brings_in_the_trim_chiller() -> None:
     state = initial_state(site)
     for _ in range(30):
         state = step(site, state, inputs, 600.0)
-    # 35.7 C (the Dalarna record, FACTS s.6): dry coolers at full airflow cannot reach 40 C
+    # 35.7 C (the Dalarna record, docs/sources.md S6): dry coolers at full airflow cannot reach 40 C
     assert np.all(state.dc_fan_speed == 1.0)
     assert state.chiller_cooling_w > 0.0 and state.chiller_power_w > 0.0
-    # COP = 0.5 * (38 + 273.15) / ((35.7 + 8) - 38) = 27.3 -> capped at 10 (FACTS s.8)
+    # COP = 0.5 * (38 + 273.15) / ((35.7 + 8) - 38) = 27.3 -> capped at 10 (docs/sources.md S8)
     assert_allclose(state.chiller_cop, 10.0)
     assert_allclose(state.chiller_power_w, state.chiller_cooling_w / 10.0)
     assert_allclose(state.fws_supply_c, 40.0, atol=1e-6)

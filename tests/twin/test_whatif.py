@@ -214,7 +214,7 @@ def test_heatwave_offsets_outdoor_temperature_and_loads_the_fans(
     site16: Site, half_load: FacilityState
 ) -> None:
     # the state's outdoor 15 C is 6 K below July climatology: +20 K gives ~35 C, above the
-    # dry coolers' 30 C design dry bulb (FACTS.md section 8), where fans leave minimum speed
+    # dry coolers' 30 C design dry bulb (docs/sources.md S8), where fans leave minimum speed
     result = _run(site16, half_load, ["heatwave:+20K"])
     base = result.baseline
     assert base is not None
