@@ -35,6 +35,9 @@ if ! apt-get install -y --no-install-recommends "$pkg" >"$log" 2>&1; then
     fi
 fi
 rm -f "$log"
+for bin in "$@"; do
+    [[ -x "$bin" ]] || { echo "debian_package.sh: $pkg installed, but $bin is not there" >&2; exit 1; }
+done
 if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
     systemctl disable --now "$pkg" >/dev/null 2>&1 || true
 fi
