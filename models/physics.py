@@ -3,7 +3,7 @@ trend of fitted thermal resistances, each telling a unit's own change from its g
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,7 @@ from models.base import (
     robust_step,
     squash,
 )
+from twin.errors import ConfigError
 
 
 class Balance(Detector):
@@ -242,3 +243,109 @@ class ResistanceTrend(_Grouped):
 
     def _deviation(self, x: FloatArray) -> FloatArray:
         return np.log(np.where(x > 0.0, x, np.nan))
+
+
+class UpsEfficiency(Detector):
+    """A UPS module less efficient than its loss curve: ``x`` = measured input power [W],
+    ``aux`` = measured output power [W] of the same module.
+
+    The curve is the twin's (twin/power.py ``ups_loss_w``: loss = rated * (a0 + a1 u +
+    a2 u^2), u = output / rated; docs/sources.md S8), so the expected efficiency at the measured
+    output is ``out / (out + loss(out))``. The deficit ``d = eta_curve - out / in`` [1] has
+    a bias (the two meters' calibration; a module that never met its datasheet) that is
+    learnt per series with a forgetting Huber estimate (``half_life`` samples), as is its
+    per-sample spread. Meter noise on one sample is large against a 1-point loss of
+    efficiency (two class-0.2S meters: ~0.3 % of a light load's efficiency), so the score is
+    an EWMA control chart (Roberts 1959): the mean deficit over ``avg_half_life`` samples,
+    against the spread of such a mean, ``scale * sqrt(a / (2 - a))``. One-sided: only a
+    module worse than its curve scores (eco mode, static bypass run better). 0.5 at
+    ``threshold``; the spread is floored at ``floor`` [1] so a very quiet pair of meters
+    cannot make 0.05 points an alarm. The bias is not learnt where the score is >= 0.5, so a
+    slow degradation is not absorbed.
+
+    Samples are not scored where the efficiency cannot be read: the output under
+    ``min_load_frac`` of rated (the ratio of two small numbers), or a measured efficiency
+    outside (0.5, 1] (on battery the module draws ~nothing from the mains; a meter fault).
+    """
+
+    name = "ups_efficiency"
+    kind = "ups"
+    aux = "required"
+    FIELDS: ClassVar = {"bias": 0.0, "scale": 0.0, "avg": 0.0, "n_d": 0.0}
+
+    def __init__(
+        self,
+        n_series: int = 0,
+        *,
+        rated_w: float | None = None,
+        loss_coeff: tuple[float, ...] | None = None,
+        half_life: float = 3600.0,
+        avg_half_life: float = 12.0,
+        clip_k: float = 3.0,
+        threshold: float = 6.0,
+        floor: float = 5e-4,
+        min_load_frac: float = 0.01,
+        min_samples: int = 60,
+    ) -> None:
+        from twin.power import PowerParams
+
+        p = PowerParams()
+        self.rated_w = positive("rated_w", p.ups_rated_w if rated_w is None else rated_w)
+        coeff = tuple(float(c) for c in (p.ups_loss_coeff if loss_coeff is None else loss_coeff))
+        if len(coeff) != 3 or not all(c >= 0.0 for c in coeff):
+            raise ConfigError(f"loss_coeff: expected 3 coefficients >= 0, got {coeff}")
+        self.loss_coeff = coeff
+        self.half_life = positive("half_life", half_life)
+        self.avg_half_life = positive("avg_half_life", avg_half_life)
+        self.clip_k = positive("clip_k", clip_k)
+        self.threshold = positive("threshold", threshold)
+        self.floor = positive("floor", floor)
+        self.min_load_frac = float(min_load_frac)
+        self.min_samples = int(min_samples)
+        super().__init__(n_series)
+
+    def expected_efficiency(self, out_w: Any) -> FloatArray:
+        """Efficiency [1] of the curve at output ``out_w`` [W]."""
+        from twin.power import ups_loss_w
+
+        out = np.asarray(out_w, dtype=np.float64)
+        return out / (out + ups_loss_w(out, self.rated_w, self.loss_coeff))
+
+    def _step(
+        self,
+        st: State,
+        ts_s: FloatArray,
+        x: FloatArray,
+        valid: npt.NDArray[np.bool_],
+        dt_s: FloatArray,
+        aux: FloatArray | None,
+        group: IntArray | None,
+    ) -> FloatArray:
+        assert aux is not None  # the base refuses a call without it
+        eta = aux / x
+        ok = (
+            valid
+            & np.isfinite(aux)
+            & (aux > self.min_load_frac * self.rated_w)
+            & (eta > 0.5)
+            & (eta <= 1.0)
+        )
+        d = self.expected_efficiency(aux) - eta
+        n = st["n_d"]
+        bias = np.where(n == 0, d, st["bias"])
+        a_avg = -np.expm1(-np.log(2.0) / self.avg_half_life)
+        avg = np.where(n == 0, d, st["avg"] + a_avg * (d - st["avg"]))
+        sigma_avg = np.maximum(st["scale"], self.floor) * np.sqrt(a_avg / (2.0 - a_avg))
+        warm = n >= self.min_samples
+        score = np.where(
+            ok & warm, squash(np.maximum(avg - bias, 0.0) / sigma_avg, self.threshold), 0.0
+        )
+        learn = ok & ~(score >= 0.5)
+        new_bias, new_scale = robust_step(
+            bias, st["scale"], d, ew_alpha(n, self.half_life), self.clip_k, warm
+        )
+        st["bias"] = np.where(learn, new_bias, st["bias"])
+        st["scale"] = np.where(learn & (n > 0), new_scale, st["scale"])
+        st["avg"] = np.where(ok, avg, st["avg"])
+        st["n_d"] = n + learn
+        return score

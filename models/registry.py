@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from models.base import Detector, FloatArray
-from models.physics import Balance, GpuResidual, ResistanceTrend
+from models.physics import Balance, GpuResidual, ResistanceTrend, UpsEfficiency
 from models.robust import Drift, RobustZScore
 from models.sensor import RateOfChange, Stuck
 from twin.errors import ConfigError
@@ -73,6 +73,7 @@ DETECTORS: dict[str, Callable[..., Detector]] = {
     "balance": Balance,
     "gpu_residual": GpuResidual,
     "r_trend": ResistanceTrend,
+    "ups_efficiency": UpsEfficiency,
     "combined": Combined,
 }
 

@@ -15,7 +15,9 @@ over the owned GPUs (``index=``), never a Python loop over GPUs:
 - per rack ``balance``: coolant heat ``m_dot * cp * (T_out - T_in)`` [W] of the rack
   manifold against the sum of its GPUs' power [W];
 - per plant-unit point with a facility-model expectation: ``unit_z`` (robust z-score) and
-  ``unit_drift`` (CUSUM) of the residual measured - expected.
+  ``unit_drift`` (CUSUM) of the residual measured - expected;
+- per owned UPS module: :class:`~models.physics.UpsEfficiency`, measured input against
+  output power and the site's loss curve (twin/power.py).
 - per GPU from the frame's own fields: XID class, abnormal clock events (not power
   capping), the HBM decay chain (corrected-ECC rate, remapped rows, uncorrectable errors)
   and a fail-slow straggler (``power_own``: power against its history less the rack's
@@ -41,7 +43,7 @@ from prometheus_client.registry import Collector
 
 from models.alerting import AlertEngine
 from models.base import Detector, GroupLayout, squash
-from models.physics import Balance, GpuResidual, ResistanceTrend
+from models.physics import Balance, GpuResidual, ResistanceTrend, UpsEfficiency
 from models.robust import Drift, RobustZScore
 from models.sensor import RateOfChange, Stuck
 from streams.arraypack import pack_arrays, unpack_arrays
@@ -179,6 +181,10 @@ class DetectRuntime:
         default_factory=lambda: {"balance": Balance(min_aux=1_000.0, threshold=6.0)}
     )
     unit: dict[str, Detector] = field(default_factory=_unit_detectors)
+    #: measured UPS efficiency against the curve (series = ``ups_ids``, in this order)
+    ups_ids: Sequence[str] = ()
+    ups: Detector = field(default_factory=UpsEfficiency)
+    ups_score: dict[str, float] = field(default_factory=dict)
     rack_no: dict[str, int] = field(default_factory=dict)
     unit_no: dict[str, int] = field(default_factory=dict)
     #: held scores: per GPU series (GPU_SCORES), per rack series, per unit-point series
@@ -271,6 +277,7 @@ class DetectRuntime:
         if racks:
             self._score_gpus(rt, racks, counts, slots)
             self._score_racks(rt, racks, slots)
+        self._score_ups(rt, owned)
         if facility_view is not None:
             self._score_units(facility_view)
 
@@ -421,6 +428,32 @@ class DetectRuntime:
         fresh = det._state["t_last_s"][idx] != prev
         self.rack_score[idx[fresh]] = s[fresh]
 
+    def _score_ups(self, rt: TwinRuntime, owned: Callable[[str], bool]) -> None:
+        """Measured input against output of every owned UPS module (one call over them)."""
+        if not self.ups_ids:
+            return
+        ids = [u for u in self.ups_ids if u in rt.units and owned(u)]
+        if not ids:
+            self.ups_score = {}
+            return
+        pos = {u: i for i, u in enumerate(self.ups_ids)}
+        idx = np.array([pos[u] for u in ids], dtype=np.int64)
+        inp = np.full(idx.size, np.nan)
+        out = np.full(idx.size, np.nan)
+        ts = np.full(idx.size, np.nan)
+        for i, u in enumerate(ids):  # a few UPS modules per worker: dict reads
+            pts = rt.units[u].points
+            if "input_power_w" in pts and "output_power_w" in pts:
+                t_in, inp[i] = pts["input_power_w"]
+                t_out, out[i] = pts["output_power_w"]
+                ts[i] = max(int(t_in), int(t_out)) / 1000.0
+        prev = self.ups._state["t_last_s"][idx] if self.ups.n_series else np.full(idx.size, 0.0)
+        s = self.ups.update(ts, inp, aux=out, index=idx)
+        fresh = self.ups._state["t_last_s"][idx] != prev
+        self.ups_score = {
+            u: float(s[i]) if fresh[i] else self.ups_score.get(u, 0.0) for i, u in enumerate(ids)
+        }
+
     def _score_units(self, view: Mapping[str, Any]) -> None:
         units = view.get("units") or {}
         names: list[str] = []
@@ -546,6 +579,15 @@ class DetectRuntime:
                 where=w,
                 now_s=now_s,
             )
+        for ups, score in self.ups_score.items():
+            engine.observe(
+                "ups_efficiency_score",
+                [ups],
+                [score],
+                owner=ups,
+                where=(unit_where or {}).get(ups, {}),
+                now_s=now_s,
+            )
         for cdu, (leak, level) in self.cdu_leak.items():
             kw: dict[str, Any] = {
                 "owner": cdu,
@@ -594,6 +636,16 @@ class DetectRuntime:
                     arrays[f"rack.{name}.{k}"] = v[no : no + 1]
             arrays["score.rack"] = self.rack_score[no : no + 1]
             out[rack] = pack_arrays(arrays)
+        pos = {u: i for i, u in enumerate(self.ups_ids)}
+        for ups in self.ups_score:  # the modules scored (owned) in the last tick
+            i = pos[ups]
+            arrays = {
+                "format": np.array([CHECKPOINT_FORMAT]),
+                "score.ups": np.array([self.ups_score[ups]]),
+            }
+            for k, v in self.ups._state.items():
+                arrays[f"ups.{k}"] = v[i : i + 1]
+            out[ups] = pack_arrays(arrays)
         if facility and self.unit_no:
             keys = sorted(self.unit_no, key=self.unit_no.__getitem__)
             # one UTF-8 text, not a fixed-width UTF-32 array (4 bytes a character, padded)
@@ -615,6 +667,8 @@ class DetectRuntime:
                 arrays = unpack_arrays(blob)
                 if key == FACILITY_KEY:
                     self._restore_units(arrays)
+                elif key in self.ups_ids:
+                    self._restore_ups(key, arrays)
                 else:
                     self._restore_rack(key, arrays)
                 taken += 1
@@ -647,6 +701,18 @@ class DetectRuntime:
         for dst, where, src in plan:
             dst[where] = src
 
+    def _restore_ups(self, ups: str, arrays: Mapping[str, np.ndarray]) -> None:
+        i = list(self.ups_ids).index(ups)
+        if self.ups.n_series <= i:
+            self.ups.resize(len(self.ups_ids))
+        src = {k: np.asarray(arrays[f"ups.{k}"], dtype=np.float64) for k in self.ups._state}
+        for k, v in src.items():
+            if v.shape != (1,):
+                raise ValueError(f"ups.{k}: shape {v.shape}, expected (1,)")
+        for k, v in src.items():
+            self.ups._state[k][i] = v[0]
+        self.ups_score[ups] = float(np.asarray(arrays["score.ups"], dtype=np.float64)[0])
+
     def _restore_units(self, arrays: Mapping[str, np.ndarray]) -> None:
         if "keys_utf8" in arrays:
             raw = np.asarray(arrays["keys_utf8"], dtype=np.uint8).tobytes().decode()
@@ -676,7 +742,15 @@ def detect_runtime_for_site(site: Any) -> DetectRuntime:
     from twin.fluids import cp_j_kgk, get_fluid
 
     cp = float(cp_j_kgk(get_fluid(site.tcs.fluid), 40.0))
-    return DetectRuntime(list(site.rack_ids), int(site.n_gpus), cp_j_kgk=cp)
+    pw = site.power
+    coeff = pw.ups_eco_loss_coeff if pw.ups_mode == "eco" else pw.ups_loss_coeff
+    return DetectRuntime(
+        list(site.rack_ids),
+        int(site.n_gpus),
+        cp_j_kgk=cp,
+        ups_ids=tuple(site.ups_ids),
+        ups=UpsEfficiency(len(site.ups_ids), rated_w=pw.ups_rated_w, loss_coeff=tuple(coeff)),
+    )
 
 
 class DetectCollector(Collector):

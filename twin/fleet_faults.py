@@ -29,6 +29,12 @@ as ground truth on twin.faults. They register into ``twin.faults.FAULT_KINDS`` (
   ``trips=1``), the trim chiller (``trips=2``) or both (``3``), the standby does not start,
   so the facility supply temperature climbs.
 
+- ``ups_degrade:UPS01@T,factor=1.5,ramp_s=300``: a UPS module whose losses grow over its
+  efficiency curve (ageing DC-link capacitors, a failed module fan, a rectifier running
+  hot: the module draws more from the mains for the same output); the losses reach
+  ``factor`` times the curve's ``ramp_s`` after T. Nothing else changes: no alarm of its
+  own, only measured input against output shows it.
+
 Every CDU also publishes ``reservoir_level_frac``, ``loop_pressure_pa`` and
 ``leak_detected_bool``; every UPS ``input_voltage_v``.
 """
@@ -59,6 +65,8 @@ FLEET_FAULT_KINDS: Final[dict[str, tuple[str, dict[str, float]]]] = {
     "leak": ("cdu", {"rate_kg_s": 0.05, "detect_s": 30.0, "cavitate_frac": 0.25}),
     # trips: 1 the dry-cooler fans, 2 the trim chiller, 3 both
     "cascade": ("ups", {"sag_s": 2.0, "sag_frac": 0.3, "trips": 1.0}),
+    # losses over the curve x factor, reached after ramp_s
+    "ups_degrade": ("ups", {"factor": 1.5, "ramp_s": 300.0}),
 }
 
 #: XID classes (streams/schema.py XID_CRITICAL / XID_WARNING, NVIDIA's XID catalogue).
@@ -103,6 +111,10 @@ def check(spec: FaultSpec) -> None:
         raise ConfigError(f"{where}: frac={spec.param('frac'):g}: expected 0 < frac < 1")
     elif spec.kind == "leak" and not spec.param("rate_kg_s") > 0:
         raise ConfigError(f"{where}: rate_kg_s must be > 0")
+    elif spec.kind == "ups_degrade" and not (
+        spec.param("factor") >= 1.0 and spec.param("ramp_s") >= 0.0
+    ):
+        raise ConfigError(f"{where}: expected factor >= 1 and ramp_s >= 0")
     elif spec.kind == "cascade" and spec.param("trips") not in (1, 2, 3):
         raise ConfigError(
             f"{where}: trips={spec.param('trips'):g}: expected 1 (dry-cooler fans), "
@@ -151,6 +163,11 @@ def apply_physical(f: ResolvedFault, age_s: float, inputs: StepInputs) -> None:
         cav = s.param("cavitate_frac")
         if level < cav:
             inputs.pump_health[f.index] *= max(level / cav, 0.05)
+    elif s.kind == "ups_degrade":
+        if inputs.ups_loss_factor is None:
+            inputs.ups_loss_factor = np.ones(inputs.ups_mains_ok.shape)
+        ramp = min(age_s / s.param("ramp_s"), 1.0) if s.param("ramp_s") > 0 else 1.0
+        inputs.ups_loss_factor[f.index] *= 1.0 + ramp * (s.param("factor") - 1.0)
     elif s.kind == "cascade":
         if age_s < s.param("sag_s"):
             inputs.ups_mains_ok[f.index] = False

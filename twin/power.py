@@ -72,23 +72,27 @@ def ups_modules(
     soc: Any,
     dt_s: float,
     p: PowerParams,
+    loss_factor: Any = None,
 ) -> tuple[FloatArray, FloatArray, NDArray[np.bool_], FloatArray]:
     """Step UPS modules: (input power [W], loss [W], on battery, new state of charge [1]).
 
     out_w [W] per module; mains_ok (bool): rectifier input healthy. On battery the module
     draws nothing from the mains and its battery supplies output + double-conversion loss
     until empty; then it transfers to static bypass (input = output + eco loss). With mains
-    back, the battery recharges at recharge_frac of rating.
+    back, the battery recharges at recharge_frac of rating. ``loss_factor`` [1] per module
+    (None = 1): a degraded module's losses over its curve (the ``ups_degrade`` fault,
+    twin/fleet_faults.py).
     """
     out = np.asarray(out_w, dtype=np.float64)
     ok = np.asarray(mains_ok, dtype=bool)
     s0 = np.asarray(soc, dtype=np.float64)
     coeff = p.ups_eco_loss_coeff if p.ups_mode == "eco" else p.ups_loss_coeff
-    loss_norm = ups_loss_w(out, p.ups_rated_w, coeff)
+    factor = 1.0 if loss_factor is None else np.asarray(loss_factor, dtype=np.float64)
+    loss_norm = ups_loss_w(out, p.ups_rated_w, coeff) * factor
     if out.shape == ok.shape == s0.shape and ok.all() and (s0 == 1.0).all():
         # mains healthy, batteries full (the usual case): no charge, no drain
         return out + loss_norm, loss_norm, np.zeros(out.shape, dtype=bool), s0.copy()
-    loss_dc = ups_loss_w(out, p.ups_rated_w, p.ups_loss_coeff)
+    loss_dc = ups_loss_w(out, p.ups_rated_w, p.ups_loss_coeff) * factor
     energy_j = p.ups_rated_w * p.battery_autonomy_s
     on_batt = ~ok & (s0 > 0.0)
     # on battery: the battery carries output + loss until it is empty; if it empties within
@@ -100,7 +104,7 @@ def ups_modules(
     soc_new = np.where(
         on_batt, np.maximum(s0 - from_batt * dt_s / energy_j, 0.0), s0 + charge * dt_s / energy_j
     )
-    loss_bypass = ups_loss_w(out, p.ups_rated_w, p.ups_eco_loss_coeff)
+    loss_bypass = ups_loss_w(out, p.ups_rated_w, p.ups_eco_loss_coeff) * factor
     loss = np.where(on_batt, loss_dc, np.where(ok, loss_norm, loss_bypass))
     inp = np.where(on_batt, out + loss_dc - from_batt, out + loss + charge)
     return inp, loss, on_batt, soc_new

@@ -53,6 +53,8 @@ class StepInputs:
     # a GPU that shut down stays off (a what-if horizon: nobody restarts the node); False: it
     # comes back once cooled (twin/gpu.py shutdown_latch)
     gpu_latch_off: bool = False
+    # UPS module loss over its curve [1] (U,); None = 1 (the ups_degrade fault)
+    ups_loss_factor: FloatArray | None = None
 
 
 def nominal_inputs(
@@ -375,7 +377,7 @@ def step(site: Site, state: FacilityState, inputs: StepInputs, dt_s: float) -> F
     hall_ups_load = np.bincount(site.pdu_hall, weights=pdu_out + pdu_loss, minlength=n_h)
     ups_out = (hall_ups_load / k.ups_per_hall)[site.ups_hall]
     ups_in, ups_loss, on_batt, soc = power_m.ups_modules(
-        ups_out, inputs.ups_mains_ok, state.ups_soc, dt_s, pw
+        ups_out, inputs.ups_mains_ok, state.ups_soc, dt_s, pw, inputs.ups_loss_factor
     )
     it_w = float(rack_ac.sum())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from models.registry import make_detector
 
@@ -74,3 +75,30 @@ def test_balance_scores_the_relative_mismatch() -> None:
     heat[800:] *= 0.9  # 10 % of the heat goes missing (a leak, a flow meter drifting)
     s = _feed(make_detector("balance"), ts, heat, aux=power)[:, 0]
     assert s[200:800].max() < 0.5 and s[800:].min() > 0.9
+
+
+def test_ups_efficiency_flags_a_module_losing_more_than_its_curve() -> None:
+    from models.physics import UpsEfficiency
+    from twin.power import PowerParams, ups_loss_w
+
+    p = PowerParams()
+    rng = np.random.default_rng(4)
+    n, steps = 6, 1500
+    det = UpsEfficiency(n, rated_w=p.ups_rated_w, loss_coeff=p.ups_loss_coeff)
+    scores = np.zeros((steps, n))
+    for i in range(steps):
+        out = p.ups_rated_w * (0.3 + 0.05 * np.arange(n)) * (1 + 0.05 * np.sin(i / 50.0))
+        loss = ups_loss_w(out, p.ups_rated_w, p.ups_loss_coeff) * 1.01  # meters a bit off
+        if i >= 1000:
+            loss[0] *= 1.0 + min((i - 1000) / 200.0, 1.0) * 0.5  # module 0 degrades to x1.5
+        inp = (out + loss) * (1 + rng.normal(0.0, 0.002, n))
+        if 600 <= i < 620:
+            inp[1] = 0.0  # module 1 on battery: draws nothing from the mains
+        if i >= 1000:
+            inp[2] = out[2] * 1.002  # module 2 in static bypass: better than its curve
+        scores[i] = det.update(float(i * 5), inp, aux=out * (1 + rng.normal(0.0, 0.002, n)))
+    assert scores[100:1000].max() < 0.5  # healthy, the bias learnt, the battery ride skipped
+    assert scores[1100:, 0].min() > 0.9  # half way up the ramp on
+    assert scores[1000:, 1:].max() < 0.5
+    curve = det.expected_efficiency(np.array([0.5 * p.ups_rated_w]))[0]
+    assert curve == pytest.approx(0.5 / (0.5 + 0.010 + 0.015 * 0.5 + 0.010 * 0.25))

@@ -83,6 +83,19 @@ def make_trace(kind: str, seed: int = 1) -> Trace:
         label[900:, 0] = True
         label[1300:, 8:] = True
         scored[800:900, 0] = False
+    elif kind == "ups":
+        # 16 UPS modules (rated 3.5 MW) at 20-60 % load; input and output read by class-0.2S
+        # meters (0.2 % noise each); 4 modules lose 30 % more than their curve for 200 s
+        from twin.power import PowerParams, ups_loss_w
+
+        p = PowerParams()
+        aux = p.ups_rated_w * (0.4 + 0.2 * np.sin(t / 300.0 + np.arange(N)))
+        loss = ups_loss_w(aux, p.ups_rated_w, p.ups_loss_coeff)
+        loss[900:1100, :4] *= 1.3
+        x = (aux + loss) * (1.0 + rng.normal(0.0, 0.002, (T, N)))
+        aux = aux * (1.0 + rng.normal(0.0, 0.002, (T, N)))
+        label[900:1100, :4] = True
+        scored[900:930, :4] = False  # the chart's mean needs a few samples to move
     else:
         raise ValueError(kind)
     return Trace(ts, x, aux, group, label, scored)

@@ -74,8 +74,9 @@ def test_restore_gives_identical_scores() -> None:
     rig = Rig([])
     rig.run(120)
     blobs = rig.det.checkpoints(list(rig.site.rack_ids))
+    assert set(blobs) == {*rig.site.rack_ids, *rig.site.ups_ids}  # the UPS modules scored
     twin = detect_runtime_for_site(rig.site)
-    assert twin.restore(blobs) == len(rig.site.rack_ids)
+    assert twin.restore(blobs) == len(blobs)
     for _ in range(40):
         rig.frames()
         rig.det.evaluate(rig.rt, _all)
@@ -83,6 +84,7 @@ def test_restore_gives_identical_scores() -> None:
         for name, arr in rig.det.gpu_score.items():
             np.testing.assert_array_equal(arr, twin.gpu_score[name], err_msg=name)
         np.testing.assert_array_equal(rig.det.rack_score, twin.rack_score)
+        assert rig.det.ups_score == twin.ups_score
     for name, d in rig.det.gpu.items():
         for k, v in d.snapshot().items():
             np.testing.assert_array_equal(v, twin.gpu[name].snapshot()[k], err_msg=f"{name}.{k}")

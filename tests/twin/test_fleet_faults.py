@@ -246,6 +246,7 @@ def test_same_seed_same_frames() -> None:
         ("leak:CDU01@0,rate_kg_s=0", "rate_kg_s"),
         ("leak:DC01@0", "expected CDU01"),
         ("cascade:CDU01@0", "expected UPS01"),
+        ("ups_degrade:UPS01@0,factor=0.5", "factor >= 1"),
     ],
 )
 def test_bad_parameters_are_one_line_errors(text: str, match: str) -> None:
@@ -268,3 +269,26 @@ def test_cascade_that_also_trips_the_chiller_lets_the_supply_run_away() -> None:
     np.testing.assert_array_equal(
         _pt(chiller_only, "DC01", "fan_speed_frac"), _pt(_baseline(), "DC01", "fan_speed_frac")
     )
+
+
+def test_ups_degrade_raises_the_losses_over_the_curve_for_the_same_output() -> None:
+    from twin.power import ups_efficiency
+
+    frames = _run(f"ups_degrade:UPS01@{AT:g},factor=2,ramp_s=100")
+    base = _baseline()
+    [rec] = _truth(frames)
+    assert rec["kind"] == "ups_degrade" and rec["target"] == "UPS01"
+    t = np.array([(f.ts_ms - T0) / 1000 for f in frames])
+    out, inp = _pt(frames, "UPS01", "output_power_w"), _pt(frames, "UPS01", "input_power_w")
+    loss = _pt(frames, "UPS01", "loss_w")
+    np.testing.assert_array_equal(out, _pt(base, "UPS01", "output_power_w"))
+    np.testing.assert_allclose(inp - out, loss)
+    curve_loss = out / ups_efficiency(out, _site().power) - out
+    ratio = loss / curve_loss
+    np.testing.assert_allclose(ratio[t < AT], 1.0, rtol=1e-9)  # on its curve before
+    mid = np.flatnonzero(t >= AT + 50)[0]
+    assert ratio[mid] == pytest.approx(1.5, rel=0.02)  # half way up the ramp
+    np.testing.assert_allclose(ratio[t >= AT + 100], 2.0, rtol=1e-9)
+    # the other module of the hall, and the energy balance upstream, see the extra loss only
+    for ups in _site().ups_ids[1:]:
+        np.testing.assert_array_equal(_pt(frames, ups, "loss_w"), _pt(base, ups, "loss_w"))
