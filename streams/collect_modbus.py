@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from streams.codec import DEFAULT_LIMITS, Limits, decode_points_frame, encode_frame, points_batch
 from streams.modbus_map import STALE_POINT, Device, MapPoint, PlantMap, ReadBlock, block_values
 from streams.modbus_map import read_blocks as plan_reads
-from twin.errors import DecodeError
+from twin.errors import DecodeError, TwinError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ POLL_RESULTS: Final = (
     "partial",  # the device answered, but refused some reads or gave invalid values
     "timeout",  # no answer within timeout_s
     "connection",  # refused, reset, closed: no Modbus answer at all
+    "error",  # an exception no rule foresaw (its type is logged); treated as no answer
 )
 
 #: Longest wait between reconnection attempts to a device that does not answer [s].
@@ -200,22 +201,34 @@ def checked_frames(
         by_unit[p.unit][1][p.point] = v
     frames = []
     for unit, (topic, points) in by_unit.items():
-        ok: dict[str, float] = {}
-        for name, v in points.items():
-            one = encode_frame(points_batch(ts_ms, unit, {name: v}))
-            try:
-                decode_points_frame(one, key=unit.encode(), now_ms=ts_ms, limits=limits)
-            except DecodeError as exc:
-                bad = next(p for p in values if p.unit == unit and p.point == name)
-                left_out[bad] = f"{exc.code}: {exc.reason}"
-                continue
-            ok[name] = v
+        ok = _decodable(unit, points, ts_ms, limits)
+        for name in points.keys() - ok.keys():
+            bad = next(p for p in values if p.unit == unit and p.point == name)
+            left_out[bad] = _refusal(unit, {name: points[name]}, ts_ms, limits)
         stale = any(p.unit == unit for p in left_out) or unit_stale(unit)
         ok[STALE_POINT] = 1.0 if stale else 0.0
         data = encode_frame(points_batch(ts_ms, unit, ok))
         decode_points_frame(data, key=unit.encode(), now_ms=ts_ms, limits=limits)
         frames.append((topic, unit, data))
     return frames, left_out
+
+
+def _refusal(unit: str, points: dict[str, float], ts_ms: int, limits: Limits) -> str:
+    """Why the worker's decoder refuses a frame of these points; "" when it accepts it."""
+    try:
+        data = encode_frame(points_batch(ts_ms, unit, points))
+        decode_points_frame(data, key=unit.encode(), now_ms=ts_ms, limits=limits)
+    except DecodeError as exc:
+        return f"{exc.code}: {exc.reason}"
+    return ""
+
+
+def _decodable(unit: str, points: dict[str, float], ts_ms: int, limits: Limits) -> dict[str, float]:
+    """The points the decoder accepts: all of them (one decode) in the usual case, else
+    each one tried alone."""
+    if not points or not _refusal(unit, points, ts_ms, limits):
+        return dict(points)
+    return {k: v for k, v in points.items() if not _refusal(unit, {k: v}, ts_ms, limits)}
 
 
 class DeviceLoop:
@@ -267,7 +280,13 @@ class DeviceLoop:
         st = self.status
         was_up = st.up
         try:
-            values, failed = await self.poller.poll()
+            try:
+                values, failed = await self.poller.poll()
+            except PollError:
+                raise
+            except Exception as exc:  # a device's garbage must not end the collector
+                await self.poller.close()
+                raise PollError("error", f"{type(exc).__name__}: {exc}") from None
         except PollError as exc:
             self._failures += 1
             st.polls[exc.cause] += 1
@@ -343,15 +362,17 @@ async def collect_modbus(
         for d, s in zip(plant.devices, out, strict=True)
     ]
     tasks = [asyncio.create_task(lp.run(stop), name=f"modbus-{lp.device.name}") for lp in loops]
+    stopped = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        # a device task ends early only when publishing failed: stop everything then
+        await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in tasks:
+        for t in [stopped, *tasks]:
             t.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     for t, r in zip(tasks, results, strict=True):
-        if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-            raise RuntimeError(f"{t.get_name()} failed: {r!r}") from r
+        if isinstance(r, Exception):
+            raise TwinError(f"{t.get_name()}: publishing failed: {type(r).__name__}: {r}") from r
     return out
 
 

@@ -340,3 +340,41 @@ def test_cli_check_prints_the_map_and_a_bad_map_is_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     assert "device[0].point[3].type: 'float' is not one of int16" in lines[0]
+
+
+async def test_an_unforeseen_poll_error_is_counted_and_publishing_errors_end_the_collector(
+    devices: tuple[ModbusDevice, ModbusDevice], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.collect_modbus import ModbusDevicePoller
+    from twin.errors import TwinError
+
+    cdu, ups = devices
+    real = ModbusDevicePoller._poll_once
+    calls = {"n": 0}
+
+    async def flaky(self: ModbusDevicePoller) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return await real(self)
+
+    monkeypatch.setattr(ModbusDevicePoller, "_poll_once", flaky)
+    stop = asyncio.Event()
+    statuses: list[DeviceStatus] = []
+    sent: list[str] = []
+
+    async def publish(kind: str, unit: str, data: bytes) -> None:
+        sent.append(unit)
+        if len(sent) >= 6:
+            raise RuntimeError("broker gone")
+
+    started = time.monotonic()
+    with pytest.raises(
+        TwinError, match=r"modbus-\w+: publishing failed: RuntimeError: broker gone"
+    ):
+        await asyncio.wait_for(
+            collect_modbus(_plant(cdu, ups), publish, stop, statuses=statuses), 10
+        )
+    assert time.monotonic() - started < 5 and not stop.is_set()
+    assert sum(s.polls["error"] for s in statuses) == 1
+    assert sum(s.polls["ok"] for s in statuses) >= 2
