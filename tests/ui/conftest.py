@@ -3,12 +3,18 @@ browser download cannot run here); scripts/chromium.sh installs both."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+
+from streams.brokers.ports import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -54,3 +60,42 @@ class ConsoleLog:
         self.errors: list[str] = []
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+
+async def no_alerts(request: web.Request) -> web.Response:
+    """GET /api/alerts of a server without an alert engine: none, no flood."""
+    return web.json_response({"alerts": [], "flood": False})
+
+
+@contextlib.contextmanager
+def serve_app(app: web.Application, each_second: Callable[[], None] | None = None) -> Iterator[str]:
+    """Serve ``app`` on a loopback port from a thread of its own (the browser tests drive the
+    page from the main thread); ``each_second`` runs on the server's loop once a second.
+    Yields the base URL."""
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    runner = web.AppRunner(app)
+
+    async def serve() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        while True:
+            await asyncio.sleep(1.0)
+            if each_second is not None:
+                each_second()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        with contextlib.suppress(RuntimeError):  # stopped on leaving the context
+            loop.run_until_complete(serve())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(20)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

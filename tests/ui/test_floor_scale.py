@@ -6,22 +6,17 @@ tests/ui/artifacts/floor-1250.json (figures, not pass/fail timings: see bench/ f
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import web
 
-from streams.brokers.ports import free_port
 from streams.runtime import TwinRuntime
 from streams.ui_views import UiSource, ui_web_app
-from tests.ui.conftest import ARTIFACTS, ConsoleLog
+from tests.ui.conftest import ARTIFACTS, ConsoleLog, no_alerts, serve_app
 from twin.site import load_site
 
 pytestmark = [pytest.mark.slow]
@@ -56,35 +51,9 @@ def campus() -> Iterator[str]:
     feed(rt, site.rack_ids, rng)
     src = UiSource(rt, site, "synthetic-campus")
     app = ui_web_app(src)
-
-    async def no_alerts(request: web.Request) -> web.Response:
-        return web.json_response({"alerts": [], "flood": False})
-
     app.router.add_get("/api/alerts", no_alerts)
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    runner = web.AppRunner(app)
-
-    async def serve() -> None:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ready.set()
-        while True:
-            await asyncio.sleep(1.0)
-            feed(rt, site.rack_ids, rng)
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        with contextlib.suppress(RuntimeError):  # stopped by the fixture's teardown
-            loop.run_until_complete(serve())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(20)
-    yield f"http://127.0.0.1:{port}"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_app(app, lambda: feed(rt, site.rack_ids, rng)) as url:
+        yield url
 
 
 def test_floor_map_at_1250_racks(browser: Any, campus: str) -> None:

@@ -5,9 +5,6 @@ object per GPU, the fit under each GPU, coolant points with their expected value
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,12 +12,11 @@ import pytest
 from aiohttp import web
 
 from streams.api_views import api_handlers
-from streams.brokers.ports import free_port
 from streams.codec import decode_gpu_frame, decode_points_frame, encode_frame, points_batch
 from streams.runtime import TwinRuntime
 from streams.ui_views import UiSource, ui_web_app
 from tests.streams.frames import gpu_columns, known_gpu_batch
-from tests.ui.conftest import ARTIFACTS, ConsoleLog
+from tests.ui.conftest import ARTIFACTS, ConsoleLog, no_alerts, serve_app
 from twin.site import load_site
 
 pytestmark = [pytest.mark.slow]
@@ -51,36 +47,13 @@ def server() -> Iterator[str]:
     for path, handler in api_handlers(rt).items():
         app.router.add_get(path, handler)
 
-    async def no_alerts(request: web.Request) -> web.Response:
-        return web.json_response({"alerts": [], "flood": False})
-
     async def no_rows(request: web.Request) -> web.Response:
         return web.json_response({"columns": [], "rows": [], "row_count": 0})
 
     app.router.add_get("/api/alerts", no_alerts)
     app.router.add_post("/api/sql", no_rows)
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    runner = web.AppRunner(app)
-
-    async def serve() -> None:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ready.set()
-        await asyncio.Event().wait()  # until the loop is stopped
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        with contextlib.suppress(RuntimeError):  # stopped by the fixture's teardown
-            loop.run_until_complete(serve())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(20)
-    yield f"http://127.0.0.1:{port}"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_app(app) as url:
+        yield url
 
 
 def test_rack_view_reads_gpu_objects_and_coolant_points(browser: Any, server: str) -> None:
