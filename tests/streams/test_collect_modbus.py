@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -24,6 +23,7 @@ from streams.modbus_map import STALE_POINT, PlantMap, parse_map
 from streams.producer import FramePublisher
 from streams.settings import Topics
 from streams.topics_admin import ensure_topics
+from tests.streams.test_collect_dcgm import _read_frames
 
 INTERVAL_S = 0.2
 TIMEOUT_S = 0.3
@@ -119,29 +119,6 @@ async def _until(cond: Any, timeout_s: float = 15.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _read_all(bootstrap: str, topics: list[str], timeout_s: float = 20.0) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        idle = 0
-        while time.monotonic() < deadline and idle < 3:
-            batches = await consumer.getmany(timeout_ms=700)
-            got = [r for recs in batches.values() for r in recs]
-            idle = 0 if got else idle + 1
-            out += got
-    finally:
-        await consumer.stop()
-    return out
-
-
 def _warnings(caplog: pytest.LogCaptureFixture, device: str, text: str) -> int:
     return sum(
         1
@@ -193,7 +170,8 @@ async def test_a_stopped_device_goes_stale_the_other_keeps_publishing_and_it_com
     assert _warnings(caplog, "ups01", "answers again") == 1
     assert _warnings(caplog, "cdu01", "") == 0
 
-    records = await _read_all(broker.bootstrap, [topics.thermal, topics.power])
+    records = await _read_frames(broker.bootstrap, topics.thermal, c.frames)
+    records += await _read_frames(broker.bootstrap, topics.power, u.frames)
     frames: dict[str, list[tuple[int, dict[str, float]]]] = {"CDU01": [], "UPS01": []}
     now_ms = time.time_ns() // 1_000_000
     for rec in records:
