@@ -149,19 +149,25 @@ def influx_auth(request: Any, settings: Settings) -> Response | None:
 
 async def read_body(request: Any, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, decompressed; BodyTooLarge beyond ``limit`` bytes (checked on
-    Content-Length first, then as it streams), BadBody for corrupt gzip."""
+    Content-Length first, then as it streams, inflated), BadBody for corrupt gzip."""
     length = request.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(f"body of {length} bytes is larger than {limit}")
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        while chunk := await request.content.read(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except web.RequestPayloadError as exc:  # corrupt gzip, inflated by aiohttp as it streams
+        raise BadBody(f"unreadable body: {' '.join(str(exc).split())}") from None
     data = b"".join(chunks)
-    if request.headers.get("Content-Encoding", "").strip().lower() == "gzip":
+    # aiohttp's server inflates a gzip body as it streams (the limit above counted the
+    # inflated bytes); a server that does not leaves the gzip magic here
+    gzipped = request.headers.get("Content-Encoding", "").strip().lower() == "gzip"
+    if gzipped and data[:2] == b"\x1f\x8b":
         return gunzip(data, limit)
     return data
 
