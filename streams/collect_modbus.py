@@ -280,48 +280,48 @@ class DeviceLoop:
         st = self.status
         was_up = st.up
         try:
-            try:
-                values, failed = await self.poller.poll()
-            except PollError:
-                raise
-            except Exception as exc:  # a device's garbage must not end the collector
+            values, failed = await self.poller.poll()
+        except Exception as exc:  # a device's garbage must not end the collector
+            if not isinstance(exc, PollError):
                 await self.poller.close()
-                raise PollError("error", f"{type(exc).__name__}: {exc}") from None
-        except PollError as exc:
-            self._failures += 1
-            st.polls[exc.cause] += 1
-            st.last_error = exc.detail
-            if was_up is not False:
-                log.warning(
-                    "%s stopped answering (%s); its %d point(s) are stale, reconnecting "
-                    "with backoff up to %g s",
-                    self._name(),
-                    exc.detail,
-                    len(self.device.points),
-                    self.max_backoff_s,
-                )
-            st.up = False
-            failed = dict.fromkeys(self.device.points, exc.cause)
-            await self._send({}, failed, log_points=False, fresh=False)
+                exc = PollError("error", f"{type(exc).__name__}: {exc}")
+            await self._down(exc, was_up)
             return
         self._failures = 0
         if was_up is False:
             log.warning("%s answers again", self._name())
         st.up = True
         st.last_ok_s = self.clock()
-        # after the first poll or an outage every point is new: log the ones not read
-        await self._send(values, failed, log_points=True, fresh=was_up is not True)
+        # after the first poll or an outage every point not read is news
+        await self._send(values, failed, log_against=st.stale if was_up else set())
+
+    async def _down(self, exc: PollError, was_up: bool | None) -> None:
+        st = self.status
+        self._failures += 1
+        st.polls[exc.cause] += 1
+        st.last_error = exc.detail
+        if was_up is not False:
+            log.warning(
+                "%s stopped answering (%s); its %d point(s) are stale, reconnecting "
+                "with backoff up to %g s",
+                self._name(),
+                exc.detail,
+                len(self.device.points),
+                self.max_backoff_s,
+            )
+        st.up = False
+        await self._send({}, dict.fromkeys(self.device.points, exc.cause), log_against=None)
 
     async def _send(
         self,
         values: dict[MapPoint, float],
         failed: dict[MapPoint, str],
         *,
-        log_points: bool,
-        fresh: bool,
+        log_against: set[str] | None,
     ) -> None:
+        """Publish a poll's frames; with ``log_against`` (the points stale before), log
+        each point that became stale or was read again."""
         st = self.status
-        before: set[str] = set() if fresh else st.stale
         ts_ms = round(self.clock() * 1000)
         # set before the frames are built, so that stale_bool counts this poll's failures
         st.stale = {p.key for p in failed}
@@ -329,11 +329,11 @@ class DeviceLoop:
         st.stale = {p.key for p in left_out}
         if st.up:
             st.polls["partial" if left_out else "ok"] += 1
-        if log_points:  # per point, once per change, while the device itself answers
+        if log_against is not None:
             for p, why in left_out.items():
-                if p.key not in before:
+                if p.key not in log_against:
                     log.warning("%s: %s not read (%s); stale", self._name(), p.key, why)
-            for key in sorted(before - st.stale):
+            for key in sorted(log_against - st.stale):
                 log.warning("%s: %s read again", self._name(), key)
         for topic, unit, data in frames:
             await self.publish(topic, unit, data)
