@@ -1,6 +1,7 @@
 """CPU cost of the worker's own code at a site size, without Kafka or Faust.
 
     .venv/bin/python bench/bench_worker_cpu.py [--racks 1250] [--seconds 20]
+        [--gpus-per-frame 72|4]
 
 Feeds ``--seconds`` of the simulator's telemetry (every rack's GPU frame each second, the
 plant and rack-manifold frames every 5 s) through what the worker's agents and timers call:
@@ -49,6 +50,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--racks", type=int, default=1250)
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument(
+        "--gpus-per-frame",
+        type=int,
+        choices=[4, 72],
+        default=72,
+        help="GPUs per telemetry.gpu message: 72 (one per rack) or 4 (one per compute tray)",
+    )
     args = ap.parse_args()
     settings = Settings()
     site = load_site(None, racks=args.racks)
@@ -56,7 +64,9 @@ def main() -> None:
     sim = make_simulator(racks=args.racks, site_path=None, seed=0, faults=(), start_ms=start_ms)
     seconds: list[list[tuple[str, str, bytes]]] = []
     for s in range(args.seconds):
-        seconds.append(list(frames_of(sim.step(1.0), plant=s % 5 == 0)))
+        seconds.append(
+            frames_of(sim.step(1.0), plant=s % 5 == 0, gpus_per_frame=args.gpus_per_frame)
+        )
     rt = TwinRuntime(
         partitions=settings.partitions, rack_design_flow_kg_s=rack_design_flow_kg_s(site)
     )
@@ -162,11 +172,15 @@ def main() -> None:
             settings.model_checkpoint_interval_s,
         ),
     }
-    frames_s = args.racks
-    print(f"worker's own CPU at {args.racks} racks ({args.seconds} s of telemetry), 1 core")
+    frames_s = args.racks * -(-72 // args.gpus_per_frame)
     print(
-        f"  GPU frames: {per_frame_us:,.0f} us a frame (decode, validate, state, fit)"
-        f" -> {frames_s * per_frame_us / 1e4:.1f}% of a core at {frames_s} frames/s"
+        f"worker's own CPU at {args.racks} racks ({args.seconds} s of telemetry, "
+        f"{args.gpus_per_frame} GPUs a message), 1 core"
+    )
+    print(
+        f"  GPU frames: {per_frame_us:,.0f} us a frame (decode, validate, state, fit), "
+        f"{per_frame_us * 1000 / args.gpus_per_frame:,.0f} ns a GPU sample"
+        f" -> {frames_s * per_frame_us / 1e4:.1f}% of a core at {frames_s:,} frames/s"
     )
     total = frames_s * per_frame_us / 1e6
     for name, (ms, interval) in timers.items():

@@ -1,7 +1,8 @@
 """Decode and validate many telemetry.gpu messages at once.
 
-A worker takes GPU frames in batches of up to a few thousand messages. Checking each 72-row
-frame on its own costs ~20 numpy and Arrow calls a frame (``decode_gpu_frame``, ~0.15 ms);
+A worker takes GPU frames in batches of up to a few thousand messages (a rack's 72 GPUs in
+one, or a host's 4). Checking each frame on its own costs ~20 numpy and Arrow calls a frame
+(``decode_gpu_frame``, ~0.15 ms);
 here the frames of a batch are read, concatenated and checked as one set of columns, and
 each frame gets views of its rows. When any check fails, every frame of the batch goes
 through ``decode_gpu_frame`` one by one, so a refused frame gets exactly the reason (and the
@@ -123,9 +124,15 @@ def _together(
             return None
     if not gpu_ints_ok(cols, limits):
         return None
-    # GPUs 0..n-1 in order in every frame (the usual frame); anything else, one by one.
-    if not np.array_equal(cols["gpu"], np.arange(int(ends[-1])) - np.repeat(starts, counts)):
-        return None
+    # GPU indices strictly increasing within every frame: a rack's frame (0..71) or a host's
+    # (its --gpu-offset onwards, 18 of 4 in an NVL144 rack), so none twice; anything else
+    # (unordered, duplicate), one by one.
+    gpu = cols["gpu"]
+    if not np.array_equal(gpu, np.arange(int(ends[-1])) - np.repeat(starts, counts)):
+        rising = np.diff(gpu.astype(np.int32)) > 0
+        rising[ends[:-1] - 1] = True  # from one frame's last GPU to the next frame's first
+        if not rising.all() or int(gpu.max()) >= limits.max_gpus_per_frame:
+            return None
     ts_ms = cols.pop("ts").view(np.int64)
     if int(ts_ms.max()) - now_ms > limits.max_future_skew_s * 1000:
         return None

@@ -18,6 +18,7 @@ from aiokafka.partitioner import murmur2
 
 from streams.background import BackgroundHealth
 from streams.codec import GpuFrame, PointsFrame
+from streams.frame_merge import merge_host_frames
 from streams.modelpool import RackModels
 from streams.rackmodel import RackModel, coolant_at_plates_c
 from streams.schema import DLQ_REASONS, KPI_SCHEMA, TS_TYPE, DlqReason
@@ -81,9 +82,9 @@ class Counters:
     #: failures of timers and tasks by task name (streams/background.py)
     background: BackgroundHealth = field(default_factory=BackgroundHealth)
 
-    def frame(self, topic: str) -> None:
-        """Count one accepted frame."""
-        self.frames_in[topic] = self.frames_in.get(topic, 0) + 1
+    def frame(self, topic: str, n: int = 1) -> None:
+        """Count ``n`` accepted frames."""
+        self.frames_in[topic] = self.frames_in.get(topic, 0) + n
 
     def dead_letter(self, code: str) -> None:
         """Count one message sent to the DLQ by its reason code (a bounded label set)."""
@@ -131,10 +132,16 @@ class TwinRuntime:
         self.apply_gpus([frame], topic)
 
     def apply_gpus(self, frames: list[GpuFrame], topic: str) -> None:
-        """Apply validated GPU frames, in order; the thermal fits take them in one update."""
+        """Apply validated GPU frames, in order; the thermal fits take them in one update.
+
+        Per-host frames of one rack and instant are applied as one rack frame
+        (streams/frame_merge.py).
+        """
         fits: list[tuple[GpuFrame, float]] = []
         newest = 0
-        for frame in frames:
+        if frames:
+            self.counters.frame(topic, len(frames))
+        for frame in merge_host_frames(frames):
             state = self.racks.get(frame.rack)
             if state is None:
                 state = self.racks[frame.rack] = RackState(frame.rack)
@@ -144,7 +151,6 @@ class TwinRuntime:
                 fits.append((frame, coolant))
             self.dirty_checkpoint_racks.add(frame.rack)
             self.dirty_publish.add(f"rack/{frame.rack}")
-            self.counters.frame(topic)
             self.counters.samples_in += int(frame.ts_ms.size)
             newest = max(newest, int(frame.ts_ms.max()))
         if fits:

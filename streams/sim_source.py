@@ -38,17 +38,24 @@ class SimStats:
 DEFAULT_PLANT_DT_S = 5.0
 
 
-def frames_of(sim_frame: Any, *, plant: bool = True) -> list[tuple[str, str, bytes]]:
+def frames_of(
+    sim_frame: Any, *, plant: bool = True, gpus_per_frame: int | None = None
+) -> list[tuple[str, str, bytes]]:
     """(topic kind, key, Arrow IPC bytes) of every frame in one simulator step.
 
-    The GPU arrays are (n_racks, n_gpus); each rack becomes one telemetry.gpu frame.
+    The GPU arrays are (n_racks, n_gpus); each rack becomes one telemetry.gpu frame, or
+    frames of ``gpus_per_frame`` GPUs each with their rack-wide indices, as the collector
+    on each compute tray of a rack sends them (4 in an NVL144 rack).
     ``plant=False`` leaves out the thermal and power frames (between plant polls).
     """
     out: list[tuple[str, str, bytes]] = []
     gpu: dict[str, np.ndarray] = sim_frame.gpu
     for i, rack in enumerate(sim_frame.rack_ids):
         cols = {name: arr[i] for name, arr in gpu.items()}
-        out.append(("gpu", rack, encode_frame(gpu_batch(sim_frame.ts_ms, rack, cols))))
+        batch = gpu_batch(sim_frame.ts_ms, rack, cols)
+        step = gpus_per_frame or batch.num_rows
+        for lo in range(0, batch.num_rows, step):
+            out.append(("gpu", rack, encode_frame(batch.slice(lo, step))))
     if not plant:
         return out
     for kind, units in (("thermal", sim_frame.thermal), ("power", sim_frame.power)):

@@ -64,6 +64,12 @@ def _bad(kind: str, i: int) -> GpuMessage:
         return GpuMessage(encode_frame(with_column(b, "gpu", np.zeros(8))), None)
     if kind == "reversed":  # valid: GPUs in another order
         return GpuMessage(encode_frame(with_column(b, "gpu", np.arange(8)[::-1])), None)
+    if kind == "host":  # valid: one host's GPUs 8..15 of its rack (--gpu-offset 8)
+        return GpuMessage(encode_frame(with_column(b, "gpu", np.arange(8, 16))), None)
+    if kind == "host-gaps":  # valid: GPUs 1, 3, ..., 15
+        return GpuMessage(encode_frame(with_column(b, "gpu", np.arange(1, 17, 2))), None)
+    if kind == "host-past-end":  # GPUs 68..75 of a 72-GPU limit
+        return GpuMessage(encode_frame(with_column(b, "gpu", np.arange(68, 76))), None)
     if kind == "mixed-racks":
         other = known_gpu_batch("R7777", NOW, n=8)
         t = pa.Table.from_batches([b, other]).combine_chunks().to_batches()[0]
@@ -82,7 +88,7 @@ def _bad(kind: str, i: int) -> GpuMessage:
 
 KINDS = [
     "garbage", "nan", "hot", "key", "old", "old-replay", "future", "dup-gpu", "reversed",
-    "mixed-racks", "schema", "ancient-replay", "flipped",
+    "host", "host-gaps", "host-past-end", "mixed-racks", "schema", "ancient-replay", "flipped",
 ]  # fmt: skip
 
 
@@ -110,6 +116,28 @@ def test_any_mix_matches_one_by_one(kinds: list[str]) -> None:
     assert len(got) == len(msgs)
     for m, g in zip(msgs, got, strict=True):
         _same(_alone(m), g)
+
+
+def test_host_frames_are_checked_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """18 hosts of 4 GPUs each, every one with its offset: one pass for the whole batch,
+    not the one-by-one fallback (which costs ~10x per message)."""
+    import streams.codec_batch as cb
+
+    msgs = []
+    for rack in range(1, 6):
+        full = known_gpu_batch(f"R{rack:04d}", NOW, n=72, seed=rack)
+        for lo in range(0, 72, 4):
+            msgs.append(GpuMessage(encode_frame(full.slice(lo, 4)), f"R{rack:04d}".encode()))
+    alone = [_alone(m) for m in msgs]
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("fell back to one by one")
+
+    monkeypatch.setattr(cb, "_one", refuse)
+    got = decode_gpu_frames(msgs, now_ms=NOW)
+    for a, g in zip(alone, got, strict=True):
+        _same(a, g)
+    assert isinstance(got[-1], GpuFrame) and got[-1].gpu.tolist() == [68, 69, 70, 71]
 
 
 def test_empty_batch() -> None:
