@@ -37,44 +37,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from streams.schema import POINT_UNIT_SUFFIXES
+import pyarrow as pa
+
+from streams.schema import GPU_SCHEMA, POINT_UNIT_SUFFIXES
 from twin.errors import ConfigError, DecodeError
 
 #: The GPU columns a mapped GPU metric may feed (telemetry.gpu, without ts/rack/gpu).
-GPU_COLUMNS: Final = frozenset(
-    {
-        "power_w",
-        "energy_mj",
-        "temp_gpu_c",
-        "temp_mem_c",
-        "sm_clock_mhz",
-        "util_pct",
-        "clock_event_reasons",
-        "xid",
-        "power_limit_w",
-        "ecc_corrected",
-        "ecc_uncorrected",
-        "remapped_rows",
-        "row_remap_flags",
-        "nvlink_errors",
-        "thermal_margin_k",
-    }
-)
+GPU_COLUMNS: Final = frozenset(f.name for f in GPU_SCHEMA if f.name not in ("ts", "rack", "gpu"))
 #: Columns without which a GPU metric is no reading (as for the dcgm collector).
 GPU_REQUIRED: Final = ("power_w", "temp_gpu_c", "sm_clock_mhz", "util_pct")
 #: Integer columns: a scaled value is rounded to the nearest integer.
 _GPU_INTEGER: Final = frozenset(
-    {
-        "energy_mj",
-        "sm_clock_mhz",
-        "clock_event_reasons",
-        "xid",
-        "ecc_corrected",
-        "ecc_uncorrected",
-        "remapped_rows",
-        "row_remap_flags",
-        "nvlink_errors",
-    }
+    f.name for f in GPU_SCHEMA if f.name in GPU_COLUMNS and pa.types.is_integer(f.type)
 )
 KINDS: Final = ("gpu", "thermal", "power")
 #: Telegraf's json_timestamp_units -> twin/timeparse.py unit.
