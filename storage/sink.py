@@ -19,6 +19,9 @@ the committed offset. The rules:
   a partition's end (a foreign or forged file) are ignored;
 - a full disk or read-only directory pauses consumption, keeps the buffers, retries every
   ``retry_s`` and resumes once a write succeeds;
+- with maintenance on, the rollups are brought up to date after every flush (only the
+  minutes of the new files, storage/rollup.py), so gpu_1m and friends answer as soon as the
+  first rows are stored rather than after the first maintenance pass;
 - maintenance (compaction, rollups, retention) that fails is logged with its cause, counted
   and retried next pass; with ``twin sink --http-port`` it shows on /healthz as degraded and
   on /metrics (storage/sink_http.py).
@@ -75,6 +78,7 @@ from storage.offsets import (
     file_offsets,
     resume_offset,
 )
+from storage.rollup import update_rollups
 from storage.samples import SampleIndex, stored_samples
 from storage.writer import BufferedWriter, StorageError, StoreUnavailable, WriterOptions
 from streams.codec import DEFAULT_LIMITS, Limits
@@ -266,6 +270,9 @@ class ParquetSink:
         # Compaction deletes files the index reads: never both at once.
         self._store_lock = asyncio.Lock()
         self._maint_task: asyncio.Task[None] | None = None
+        self._rollup_task: asyncio.Task[None] | None = None
+        #: Set when a flush wrote files the rollups have not seen yet.
+        self._rollup_due = asyncio.Event()
         self.consumer_config = consumer_config or {}
         self.writer = BufferedWriter(
             self.data_dir, WriterOptions(row_group_rows=flush_rows, max_age_s=flush_seconds), clock
@@ -361,15 +368,17 @@ class ParquetSink:
         log.info("sink started topics=%s data_dir=%s", ",".join(self.by_topic), self.data_dir)
         if self.maintenance_s:
             self._maint_task = asyncio.create_task(self._maintain(stop, self.maintenance_s))
+            self._rollup_task = asyncio.create_task(self._roll_up(stop))
         try:
             while not stop.is_set():
                 await self._step(consumer)
             await self._final_flush()
         finally:
-            if self._maint_task is not None:
-                self._maint_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._maint_task
+            for task in (self._maint_task, self._rollup_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await consumer.stop()
             self._consumer = None
             await self._stop_producer()
@@ -416,6 +425,25 @@ class ParquetSink:
             else:
                 self.stats["maintenance_runs"] += 1
                 self.maintenance_error = None
+
+    async def _roll_up(self, stop: asyncio.Event) -> None:
+        """Update the rollups after each flush that wrote files (beside consumption)."""
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._rollup_due.wait(), 1.0)
+            if not self._rollup_due.is_set():
+                continue
+            if self.paused:  # the store is failing: the retries come first
+                await asyncio.sleep(1.0)
+                continue
+            self._rollup_due.clear()
+            try:
+                async with self._store_lock:
+                    await asyncio.to_thread(update_rollups, self.data_dir)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next flush or maintenance pass retries
+                log.error("rollups after flush failed (retried): %s: %s", type(exc).__name__, exc)
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
         self._last_step = self._clock()
@@ -743,6 +771,8 @@ class ParquetSink:
                 )
         self._written(key)
         self.stats["files"] += len(paths)
+        if paths:
+            self._rollup_due.set()
 
     def _written(self, key: tuple[str, Any]) -> None:
         idx = self.samples.get(key[0])
