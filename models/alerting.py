@@ -268,6 +268,73 @@ class AlertEngine:
                     now,
                 )
 
+    def observe_many(
+        self,
+        signal: str,
+        entities: np.ndarray,
+        values: Any,
+        owner_ix: Any,
+        owners: Sequence[str],
+        *,
+        where: Mapping[str, Mapping[str, str]] | None = None,
+        blast: Mapping[str, Iterable[str]] | None = None,
+        now_s: float | None = None,
+    ) -> None:
+        """:meth:`observe` over many owners in one call (every GPU of every owned rack).
+
+        entities: ``(n,)`` ids, unique within the call; values: ``(n,)``; owner_ix:
+        ``(n,)`` index into ``owners`` of each entity's owner; where / blast: by owner. The
+        same transitions as one :meth:`observe` per owner, but the thresholds are compared
+        over all ``n`` at once and only entities past ``raise_at`` or already tracked are
+        handled one by one: no Python loop over owners or entities on the quiet majority.
+        """
+        rules = self.rules.by_signal(signal)
+        if not rules:
+            return
+        if not self._owners_seen.issuperset(owners):
+            for owner in owners:
+                if owner not in self._owners_seen:
+                    if not valid_owner(owner):
+                        raise ValueError(f"owner {owner!r}: expected letters, digits, _ or -")
+                    self._owners_seen.add(owner)
+        now = self.clock() if now_s is None else float(now_s)
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        oix = np.asarray(owner_ix, dtype=np.int64).reshape(-1)
+        if not (entities.shape == v.shape == oix.shape):
+            raise ValueError(
+                f"{entities.shape[0]} entities, {v.shape[0]} values, {oix.shape[0]} owners"
+            )
+        where = where or {}
+        blast = blast or {}
+        owner_set = set(owners)
+        for rule in rules:
+            beyond_raise = rule.beyond(v, rule.raise_at)  # False where NaN
+            tracked: set[str] = set()
+            for (name, owner), ents in self._tracked.items():
+                if name == rule.name and owner in owner_set:
+                    tracked |= ents
+            cand = beyond_raise
+            if tracked:
+                known = np.isin(entities, np.array(sorted(tracked)))
+                cand = cand | (np.isfinite(v) & known)
+            idx = np.flatnonzero(cand)
+            if idx.size == 0:
+                continue
+            hold = rule.beyond(v[idx], rule.clear_at)
+            for i, keep in zip(idx.tolist(), hold.tolist(), strict=True):
+                owner = owners[oix[i]]
+                self._step(
+                    rule,
+                    str(entities[i]),
+                    float(v[i]),
+                    bool(beyond_raise[i]),
+                    keep,
+                    owner,
+                    where.get(owner, {}),
+                    tuple(blast.get(owner, ())),
+                    now,
+                )
+
     def _track(self, rule: str, owner: str, entity: str, on: bool) -> None:
         key = (rule, owner)
         if on:

@@ -41,6 +41,7 @@ class SiteMap:
     cdu_design_flow_kg_s: dict[str, float]  # CDU -> design flow of the racks it serves
     dry_coolers: tuple[str, ...] = ()  # dry-cooler unit ids (fans share one speed)
     _names: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    _stacked: tuple[tuple[Any, ...], np.ndarray, np.ndarray] | None = None
 
     def gpu_names(self, rack: str, n: int) -> np.ndarray:
         """``R0001/g0``... entity ids of a rack's first ``n`` GPUs (cached)."""
@@ -49,6 +50,19 @@ class SiteMap:
         if names is None:
             names = self._names[key] = np.array([f"{rack}/g{i}" for i in range(n)])
         return names
+
+    def stacked_names(self, racks: list[str], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Entity ids of the GPUs of ``racks`` (``sizes`` GPUs each) in one array, and the
+        index of each GPU's rack in ``racks`` (cached for the last set of racks)."""
+        key = (tuple(racks), tuple(sizes))
+        if self._stacked is None or self._stacked[0] != key:
+            names = np.concatenate(
+                [self.gpu_names(r, n) for r, n in zip(racks, sizes, strict=True)]
+                or [np.zeros(0, dtype=str)]
+            )
+            owner_ix = np.repeat(np.arange(len(racks), dtype=np.int64), sizes)
+            self._stacked = (key, names, owner_ix)
+        return self._stacked[1], self._stacked[2]
 
 
 def blast_radius(site: Site) -> dict[str, tuple[str, ...]]:
@@ -109,35 +123,53 @@ def evaluate_sources(
     *,
     facility_view: dict[str, Any] | None = None,
 ) -> None:
-    """Feed every signal of the racks and units this worker owns to the engine."""
-    for rack, state in rt.racks.items():
-        if not owned(rack) or not state.present.any():
-            continue
-        n = state.present.size
-        names = sm.gpu_names(rack, n)
-        where = sm.rack_where.get(rack, {"rack": rack})
-        missing = ~state.present
-        temp = state.values["temp_gpu_c"].astype(np.float64)
+    """Feed every signal of the racks and units this worker owns to the engine.
+
+    The GPU signals of all owned racks go to the engine as one array per signal
+    (:meth:`AlertEngine.observe_many`): no Python loop over racks or GPUs here.
+    """
+    racks = [r for r, st in rt.racks.items() if owned(r) and st.present.any()]
+    if racks:
+        states = [rt.racks[r] for r in racks]
+        sizes = [st.present.size for st in states]
+        names, owner_ix = sm.stacked_names(racks, sizes)
+        missing = ~np.concatenate([st.present for st in states])
+        temp = np.concatenate([st.values["temp_gpu_c"] for st in states]).astype(np.float64)
         margin = sm.slowdown_c - temp
-        reported = state.values.get("thermal_margin_k")
-        if reported is not None:
+        if all("thermal_margin_k" in st.values for st in states):
             # the GPU's own margin (NVML/DCGM thermal margin, frames v2) where it gives one
-            rep = reported.astype(np.float64)
-            margin = np.where(np.isfinite(rep), rep, margin)
+            rep = np.concatenate([st.values["thermal_margin_k"] for st in states])
+            margin = np.where(np.isfinite(rep), rep.astype(np.float64), margin)
+        else:
+            for i, st in enumerate(states):  # a mix of v1 and v2 racks: rare, per rack
+                reported = st.values.get("thermal_margin_k")
+                if reported is not None:
+                    lo = int(np.sum(sizes[:i]))
+                    rep = reported.astype(np.float64)
+                    seg = margin[lo : lo + sizes[i]]
+                    margin[lo : lo + sizes[i]] = np.where(np.isfinite(rep), rep, seg)
         margin[missing] = np.nan
-        engine.observe("gpu_thermal_margin_k", names, margin, owner=rack, where=where, now_s=now_s)
-        capped = ((state.values["clock_event_reasons"] & CLOCK_EVENT_SW_POWER_CAP) != 0).astype(
-            np.float64
-        )
+        kw: dict[str, Any] = {"where": sm.rack_where, "now_s": now_s}
+        engine.observe_many("gpu_thermal_margin_k", names, margin, owner_ix, racks, **kw)
+        reasons = np.concatenate([st.values["clock_event_reasons"] for st in states])
+        capped = ((reasons & CLOCK_EVENT_SW_POWER_CAP) != 0).astype(np.float64)
         capped[missing] = np.nan
-        engine.observe("gpu_power_capped_bool", names, capped, owner=rack, where=where, now_s=now_s)
-        slot = rt.models.slots.get(rack)
-        if slot is not None:
-            # the estimator's residual of each GPU, read in place (no per-rack JSON view)
-            res = np.abs(rt.models.estimator.residual_k[slot[:n]])
-            engine.observe(
-                "gpu_temp_residual_k", names[: res.size], res, owner=rack, where=where, now_s=now_s
-            )
+        engine.observe_many("gpu_power_capped_bool", names, capped, owner_ix, racks, **kw)
+        # the estimator's residual of each GPU, read in place (no per-rack JSON view)
+        res = np.full(names.size, np.nan)
+        slots = [rt.models.slots.get(r) for r in racks]
+        if any(sl is not None for sl in slots):
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            dst = [
+                lo + np.arange(min(n, sl.size))
+                for lo, n, sl in zip(starts.tolist(), sizes, slots, strict=True)
+                if sl is not None
+            ]
+            src = [
+                sl[: min(n, sl.size)] for n, sl in zip(sizes, slots, strict=True) if sl is not None
+            ]
+            res[np.concatenate(dst)] = np.abs(rt.models.estimator.residual_k[np.concatenate(src)])
+        engine.observe_many("gpu_temp_residual_k", names, res, owner_ix, racks, **kw)
     for unit, ustate in rt.units.items():
         if not owned(unit):
             continue

@@ -196,13 +196,16 @@ class DetectRuntime:
     unit_residual: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: rack -> (rack slot, GPUs) of the racks scored in the last tick
     scored: dict[str, int] = field(default_factory=dict)
-    hot_until_s: dict[str, float] = field(default_factory=dict)
+    #: per rack slot: until when [s] the rack is fed to the engine (see HOT_SCORE)
+    hot_until_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     bad_checkpoints: int = 0
     #: owned CDU -> (leak detected [0/1], reservoir level [fraction of the tank])
     cdu_leak: dict[str, tuple[float, float]] = field(default_factory=dict)
     _index_key: tuple[Any, ...] = ()
     _index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     _layout: GroupLayout | None = None
+    _nos_key: tuple[str, ...] = ()
+    _nos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
         for r in self.rack_ids:
@@ -227,6 +230,9 @@ class DetectRuntime:
             self.rack_score = np.concatenate(
                 [self.rack_score, np.zeros(n_racks - self.rack_score.size)]
             )
+        if self.hot_until_s.size < n_racks:
+            pad = np.full(n_racks - self.hot_until_s.size, -np.inf)
+            self.hot_until_s = np.concatenate([self.hot_until_s, pad])
 
     def _slot(self, rack: str) -> int:
         no = self.rack_no.get(rack)
@@ -543,42 +549,8 @@ class DetectRuntime:
         common = np.maximum.reduce(
             [self.gpu_score[k] for k in ("residual_common", "r_trend_common", "drift_common")]
         )
-        rmax = np.zeros(0)
         if self.scored:
-            idx = self._index
-            stack = np.maximum.reduce([v[idx] for v in gpu_sig.values()])
-            stack = np.maximum(stack, common[idx])
-            starts = np.cumsum([0, *list(self.scored.values())[:-1]])
-            rmax = np.maximum.reduceat(stack, starts)
-        for i, (rack, c) in enumerate(self.scored.items()):
-            no = self.rack_no[rack]
-            hot = max(float(rmax[i]), float(self.rack_score[no]))
-            if hot >= HOT_SCORE:
-                self.hot_until_s[rack] = now_s + HOT_HOLD_S
-            if self.hot_until_s.get(rack, -np.inf) < now_s:
-                self.hot_until_s.pop(rack, None)
-                continue
-            sl = slice(no * self.width, no * self.width + c)
-            w = where.get(rack, {"rack": rack})
-            ents = names(rack, c)
-            for sig, arr in gpu_sig.items():
-                engine.observe(sig, ents, arr[sl], owner=rack, where=w, now_s=now_s)
-            engine.observe(
-                "rack_coolant_common_score",
-                [rack],
-                [float(common[sl].max()) if c else 0.0],
-                owner=rack,
-                where=w,
-                now_s=now_s,
-            )
-            engine.observe(
-                "rack_balance_score",
-                [rack],
-                [float(self.rack_score[no])],
-                owner=rack,
-                where=w,
-                now_s=now_s,
-            )
+            self._feed_hot_racks(engine, gpu_sig, common, names, where, now_s)
         for ups, score in self.ups_score.items():
             engine.observe(
                 "ups_efficiency_score",
@@ -611,6 +583,52 @@ class DetectRuntime:
                 where={},
                 now_s=now_s,
             )
+
+    def _feed_hot_racks(
+        self,
+        engine: AlertEngine,
+        gpu_sig: Mapping[str, np.ndarray],
+        common: np.ndarray,
+        names: Callable[[str, int], np.ndarray],
+        where: Mapping[str, Mapping[str, str]],
+        now_s: float,
+    ) -> None:
+        """One engine call per signal over the GPUs of every hot rack (whole-array: the
+        largest score per rack by ``reduceat``, hot racks by mask); the quiet majority
+        costs no Python work per rack."""
+        racks = list(self.scored)
+        sizes = np.fromiter(self.scored.values(), dtype=np.int64, count=len(racks))
+        key = tuple(racks)
+        if self._nos_key != key or self._nos.size != len(racks):
+            self._nos_key = key
+            self._nos = np.fromiter((self.rack_no[r] for r in racks), np.int64, len(racks))
+        nos = self._nos
+        idx = self._index
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        stack = np.maximum.reduce([v[idx] for v in gpu_sig.values()])
+        stack = np.maximum(stack, common[idx])
+        rmax = np.maximum.reduceat(stack, starts) if stack.size else np.zeros(len(racks))
+        hot_now = np.maximum(rmax, self.rack_score[nos]) >= HOT_SCORE
+        self.hot_until_s[nos[hot_now]] = now_s + HOT_HOLD_S
+        hot = np.flatnonzero(self.hot_until_s[nos] >= now_s)
+        if hot.size == 0:
+            return
+        owners = [racks[i] for i in hot.tolist()]  # the hot racks only
+        hsizes = sizes[hot]
+        ent = np.concatenate([names(r, int(c)) for r, c in zip(owners, hsizes, strict=True)])
+        owner_ix = np.repeat(np.arange(hot.size, dtype=np.int64), hsizes)
+        gmask = np.repeat(np.isin(np.arange(len(racks)), hot), sizes)
+        gi = idx[gmask]
+        kw: dict[str, Any] = {"where": where, "now_s": now_s}
+        for sig, arr in gpu_sig.items():
+            engine.observe_many(sig, ent, arr[gi], owner_ix, owners, **kw)
+        rack_ent = np.asarray(owners)
+        rack_ix = np.arange(hot.size, dtype=np.int64)
+        cmax = np.maximum.reduceat(common[gi], np.concatenate([[0], np.cumsum(hsizes)[:-1]]))
+        cmax = np.where(hsizes > 0, cmax, 0.0)
+        engine.observe_many("rack_coolant_common_score", rack_ent, cmax, rack_ix, owners, **kw)
+        bal = self.rack_score[nos[hot]]
+        engine.observe_many("rack_balance_score", rack_ent, bal, rack_ix, owners, **kw)
 
     # --- checkpoints ----------------------------------------------------------------------
     def checkpoints(self, racks: Sequence[str], *, facility: bool = False) -> dict[str, bytes]:

@@ -431,3 +431,31 @@ def test_a_root_cause_held_by_another_worker_suppresses_here_too() -> None:
     b, _ = engine(Clock(c.t))
     b.restore(e.snapshot())
     assert b.snapshot() == e.snapshot()
+
+
+def test_observe_many_is_one_observe_per_owner() -> None:
+    """All racks' GPUs in one call give the same alerts, transitions and events as one call
+    per rack (the worker's hot path at the campus)."""
+    rng = np.random.default_rng(5)
+    racks = ["R0001", "R0002", "R0003"]
+    ents = np.concatenate([gpus(8, r) for r in racks])
+    owner_ix = np.repeat(np.arange(3), 8)
+    where = {r: {"rack": r} for r in racks}
+    a, ca = engine()
+    b, cb = engine(Clock(ca.t))
+    bad = np.zeros(ents.size, dtype=bool)
+    for _ in range(120):
+        bad ^= rng.random(ents.size) < 0.03  # GPUs go hot and come back for a while
+        v = np.where(bad, 2.0 + 6.0 * rng.random(ents.size), 20.0)
+        v[rng.random(ents.size) < 0.02] = np.nan
+        for k, r in enumerate(racks):
+            sl = slice(8 * k, 8 * k + 8)
+            a.observe("margin_k", ents[sl], v[sl], owner=r, where=where[r])
+        b.observe_many("margin_k", ents, v, owner_ix, racks, where=where)
+        ca.t += 5
+        cb.t += 5
+    assert a.raised_total > 5
+    assert a.snapshot() == b.snapshot()
+    assert [e["id"] for e in a.events] == [e["id"] for e in b.events]
+    with pytest.raises(ValueError, match="owner"):
+        b.observe_many("margin_k", ents[:1], [1.0], [0], ["bad owner"])
