@@ -9,13 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from storage.cliutil import (
-    DEFAULT_BROKER,
-    DEFAULT_DATA_DIR,
-    data_dir_arg,
-    env,
-    setup_logging,
-)
+from storage.cliutil import add_data_dir_flag, setup_logging
 from storage.layout import TableDef, default_tables
 from storage.sink import ParquetSink
 from storage.site_tables import site_rack_cdu, write_site_tables
@@ -28,83 +22,103 @@ from twin.site import load_site
 
 
 def _fill_parser(p: argparse.ArgumentParser) -> None:
-    from streams.cli import add_site_flags  # streams.cli registers this parser
+    from streams.cli import add_broker_flag, add_site_flags  # streams.cli registers this parser
 
-    p.add_argument("--broker", default=env("TWIN_BROKER", DEFAULT_BROKER), help="kafka://host:port")
+    add_broker_flag(p, required=True)
     # the site whose rack -> CDU table (site_racks) the store gets, for SQL joins
     add_site_flags(p)
-    p.add_argument("--data-dir", type=data_dir_arg, default=env("TWIN_DATA_DIR", DEFAULT_DATA_DIR))
+    add_data_dir_flag(p, "written to (as the worker's --data-dir)")
     p.add_argument(
         "--topics",
-        default=env("TWIN_SINK_TOPICS", ""),
-        help="comma-separated topics (default: every table's topic)",
+        default="",
+        help="comma-separated topics to consume (default: every table's topic)",
     )
     p.add_argument(
         "--topic-prefix",
-        default=env("TWIN_TOPIC_PREFIX", ""),
-        help="prefix of every source topic, as given to the worker (env TWIN_TOPIC_PREFIX)",
+        default="",
+        help="prefix of every source topic, as given to the worker (default: none)",
     )
-    p.add_argument("--group", default=env("TWIN_SINK_GROUP", "twin-sink"))
-    p.add_argument("--flush-rows", type=int, default=int(env("TWIN_SINK_FLUSH_ROWS", "500000")))
     p.add_argument(
-        "--flush-seconds", type=float, default=float(env("TWIN_SINK_FLUSH_SECONDS", "60"))
+        "--group", default="twin-sink", help="Kafka consumer group of the sink (one per store)"
     )
-    p.add_argument("--retry-seconds", type=float, default=float(env("TWIN_SINK_RETRY_S", "5")))
+    p.add_argument(
+        "--flush-rows",
+        type=int,
+        default=500_000,
+        help="write a table's buffered rows to Parquet once it holds this many",
+    )
+    p.add_argument(
+        "--flush-seconds",
+        type=float,
+        default=60.0,
+        help="write buffered rows to Parquet at least this often [s]",
+    )
+    p.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=5.0,
+        help="wait before retrying after a broker or disk error [s]",
+    )
     p.add_argument(
         "--table-topics",
-        default=env("TWIN_SINK_TABLE_TOPICS", ""),
-        help="override source topics: table=topic[,table=topic]",
+        default="",
+        help="override source topics: table=topic[,table=topic] (default: none)",
     )
-    p.add_argument("--max-poll-records", type=int, default=int(env("TWIN_SINK_MAX_POLL", "5000")))
+    p.add_argument(
+        "--max-poll-records",
+        type=int,
+        default=5000,
+        help="records one poll of the consumer returns at most",
+    )
     p.add_argument(
         "--maintenance-seconds",
         type=float,
-        default=float(env("TWIN_SINK_MAINTENANCE_S", "300")),
+        default=300.0,
         help="compaction, rollups and retention every N s (0: off)",
     )
     p.add_argument(
         "--max-message-bytes",
         type=int,
-        default=int(env("TWIN_MAX_MESSAGE_BYTES", str(1 << 20))),
+        default=1 << 20,
         help="largest message accepted, as the worker's --max-message-bytes",
     )
     p.add_argument(
         "--max-age-seconds",
         type=float,
-        default=float(env("TWIN_SINK_MAX_AGE_S", "86400")),
+        default=86400.0,
         help="live window: samples older than this at their broker time are refused unless "
         "marked as replay (the worker's limit)",
     )
     p.add_argument(
         "--max-lag-seconds",
         type=float,
-        default=float(env("TWIN_SINK_MAX_LAG_S", str(7 * 86400))),
+        default=7 * 86400.0,
         help="how far behind its records the sink may read and still judge them at their "
         "broker time (beyond: against now)",
     )
     p.add_argument(
         "--dedupe-window-seconds",
         type=float,
-        default=float(env("TWIN_SINK_DEDUPE_WINDOW_S", "600")),
+        default=600.0,
         help="recent history whose sample keys stay in memory (older: checked on disk)",
     )
     p.add_argument(
         "--dlq-topic",
-        default=env("TWIN_SINK_DLQ_TOPIC", ""),
+        default="",
         help="dead-letter topic for refused twin.* records (default: <prefix>telemetry.dlq)",
     )
     p.add_argument(
         "--http-port",
         type=int,
-        default=int(env("TWIN_SINK_HTTP_PORT", "0")),
-        help="serve GET /healthz and /metrics on this port (0: no HTTP server)",
+        default=0,
+        help="serve GET /healthz and /metrics on this port (default 0: no HTTP server)",
     )
     p.add_argument(
         "--http-host",
-        default=env("TWIN_SINK_HTTP_HOST", "127.0.0.1"),
+        default="127.0.0.1",
         help="address the --http-port server binds",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs of the sink")
     add_kafka_security_flags(p)
 
 
@@ -171,11 +185,21 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 
 def run_sink(args: argparse.Namespace) -> int:
+    """Run the sink; 2 on a bad argument (or a file it names), 1 on a runtime failure."""
     setup_logging(args.verbose)
     try:
+        if not 0 <= args.http_port <= 65535:
+            raise ConfigError("--http-port must be 0 (off) .. 65535")
         tables = with_topics(with_prefix(default_tables(), args.topic_prefix), args.table_topics)
         topics = [t for t in args.topics.split(",") if t] or None
-        write_site_tables(args.data_dir, site_rack_cdu(load_site(args.site, racks=args.racks)))
+        site_racks = site_rack_cdu(load_site(args.site, racks=args.racks))
+        limits = _limits(args)
+        security = kafka_security_from_args(args)
+    except TwinError as exc:
+        print(f"twin sink: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        write_site_tables(args.data_dir, site_racks)
         sink = ParquetSink(
             parse_broker_url(args.broker),
             args.data_dir,
@@ -187,25 +211,27 @@ def run_sink(args: argparse.Namespace) -> int:
             maintenance_s=args.maintenance_seconds or None,
             tables=tables,
             consumer_config={"max_poll_records": args.max_poll_records},
-            security=kafka_security_from_args(args),
-            limits=_limits(args),
+            security=security,
+            limits=limits,
             max_lag_s=args.max_lag_seconds,
             dedupe_window_s=args.dedupe_window_seconds,
             dlq_topic=args.dlq_topic or args.topic_prefix + TOPIC_DLQ,
         )
-        if not 0 <= args.http_port <= 65535:
-            raise ConfigError("--http-port must be 0 (off) .. 65535")
         asyncio.run(_main(sink, args.http_host, args.http_port))
     except TwinError as exc:
-        print(f"twin sink: {exc}", file=sys.stderr)
-        return 2
+        print(f"twin sink: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streams.cli import add_common_flags
+    from streams.config import parse
+
     p = argparse.ArgumentParser(prog="twin sink")
     _fill_parser(p)
-    return run_sink(p.parse_args(argv))
+    add_common_flags(p)
+    return run_sink(parse(p, sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from storage.cliutil import DEFAULT_DATA_DIR, data_dir_arg, env
+from storage.cliutil import add_data_dir_flag
 from storage.sql import (
     NoStoreError,
     SqlService,
@@ -40,17 +40,28 @@ def _positive(kind: type[float] | type[int]) -> Any:
 
 def _fill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("query", help="one SELECT statement over the store's views")
-    p.add_argument("--format", choices=FORMATS, default=env("TWIN_SQL_FORMAT", "table"))
-    p.add_argument("--out", type=Path, default=None, help="write to FILE instead of stdout")
-    p.add_argument("--data-dir", type=data_dir_arg, default=env("TWIN_DATA_DIR", DEFAULT_DATA_DIR))
     p.add_argument(
-        "--timeout",
-        type=_positive(float),
-        default=float(env("TWIN_SQL_TIMEOUT_S", "30")),
-        help="time limit per query [s]",
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="output format (parquet needs --out)",
     )
     p.add_argument(
-        "--max-rows", type=_positive(int), default=int(env("TWIN_SQL_MAX_ROWS", "100000"))
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write to FILE (default: stdout)",
+    )
+    add_data_dir_flag(p, "to query (as the sink's --data-dir)")
+    p.add_argument(
+        "--timeout", type=_positive(float), default=30.0, help="time limit per query [s]"
+    )
+    p.add_argument(
+        "--max-rows",
+        type=_positive(int),
+        default=100_000,
+        help="refuse a result of more rows than this",
     )
 
 
@@ -83,7 +94,11 @@ def _error(message: object) -> None:
 
 
 def run_sql(args: argparse.Namespace) -> int:
-    """Run the query; 0 on success, 2 on a refused or failed query, 1 if --out fails."""
+    """Run the query; 0 on success, 2 on a refused or failed query (or parquet without
+    --out), 1 if --out fails."""
+    if args.format == "parquet" and args.out is None:
+        _error("--format parquet needs --out FILE (Parquet is binary; --out /dev/stdout to pipe)")
+        return 2
     try:
         require_store(args.data_dir)
     except NoStoreError as exc:
@@ -107,14 +122,7 @@ def run_sql(args: argparse.Namespace) -> int:
 
 def _emit(args: argparse.Namespace, result: pa.Table) -> int:
     if args.format == "parquet":
-        data = to_parquet_bytes(result)
-        if args.out is None:
-            if sys.stdout.isatty():
-                _error("--format parquet needs --out FILE or a pipe")
-                return 2
-            sys.stdout.buffer.write(data)
-        else:
-            args.out.write_bytes(data)
+        args.out.write_bytes(to_parquet_bytes(result))
         return 0
     if args.format == "table" and args.out is None and sys.stdout.isatty():
         _rich_table(result)
@@ -128,9 +136,13 @@ def _emit(args: argparse.Namespace, result: pa.Table) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streams.cli import add_common_flags
+    from streams.config import parse
+
     p = argparse.ArgumentParser(prog="twin sql")
     _fill_parser(p)
-    return run_sql(p.parse_args(argv))
+    add_common_flags(p)
+    return run_sql(parse(p, sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,21 +1,31 @@
-"""Shared helpers of the storage CLI commands: broker URLs, TWIN_* fallbacks, logging."""
+"""Shared helpers of the storage CLI commands: defaults, paths, logging.
+
+Their TWIN_<FLAG> and config-file fallbacks are filled by streams/config.py, as every
+command's."""
 
 from __future__ import annotations
 
+import argparse
 import logging
-import os
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "data"
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 
 
-def env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
 def data_dir_arg(value: str) -> Path:
+    """argparse type of --data-dir: the path, ``~`` expanded."""
     return Path(value).expanduser()
+
+
+def add_data_dir_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """--data-dir: the Parquet store, ``what`` it is used for."""
+    p.add_argument(
+        "--data-dir",
+        type=data_dir_arg,
+        default=Path(DEFAULT_DATA_DIR),
+        help=f"Parquet history store {what}",
+    )
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -23,13 +23,7 @@ import numpy as np
 import pyarrow as pa
 from aiokafka.errors import KafkaError
 
-from storage.cliutil import (
-    DEFAULT_BROKER,
-    DEFAULT_DATA_DIR,
-    data_dir_arg,
-    env,
-    setup_logging,
-)
+from storage.cliutil import add_data_dir_flag, setup_logging
 from storage.decode import Incoming, decode_many, is_gpu_table, reason_code
 from storage.layout import TableDef, default_tables, list_parts
 from storage.sql import NoStoreError, require_store
@@ -213,13 +207,20 @@ async def publish(
 def _fill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="t_from", required=True, help="ISO-8601 start (UTC if no zone)")
     p.add_argument("--to", dest="t_to", required=True, help="ISO-8601 end, exclusive")
-    p.add_argument("--speed", type=float, default=float(env("TWIN_REPLAY_SPEED", "0")))
-    p.add_argument("--broker", default=env("TWIN_BROKER", DEFAULT_BROKER))
-    p.add_argument("--data-dir", type=data_dir_arg, default=env("TWIN_DATA_DIR", DEFAULT_DATA_DIR))
+    from streams.cli import add_broker_flag  # streams.cli registers this parser
+
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="pace at this many times real time (default 0: as fast as the broker takes it)",
+    )
+    add_broker_flag(p, required=True)
+    add_data_dir_flag(p, "to read (as the sink's --data-dir)")
     p.add_argument(
         "--topic-prefix",
-        default=env("TWIN_TOPIC_PREFIX", ""),
-        help="prefix of every target topic, as given to the worker (env TWIN_TOPIC_PREFIX)",
+        default="",
+        help="prefix of every target topic, as given to the worker (default: none)",
     )
     add_kafka_security_flags(p)
 
@@ -235,6 +236,7 @@ def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    """Replay; 2 on a bad argument, 1 on a runtime failure (store, broker)."""
     setup_logging()
     try:
         t0, t1 = _parse_time(args.t_from), _parse_time(args.t_to)
@@ -244,6 +246,10 @@ def run_replay(args: argparse.Namespace) -> int:
             raise ConfigError(f"--speed must be >= 0, got {args.speed}")
         bootstrap = parse_broker_url(args.broker)
         security = kafka_security_from_args(args)
+    except TwinError as exc:
+        print(f"twin replay: {exc}", file=sys.stderr)
+        return 2
+    try:
         require_store(args.data_dir)  # a wrong --data-dir is an error, not "nothing stored"
         refused: Counter[str] = Counter()
         messages = list(replay_messages(args.data_dir, t0, t1, refused=refused))
@@ -272,7 +278,7 @@ def run_replay(args: argparse.Namespace) -> int:
         return 1
     except TwinError as exc:
         print(f"twin replay: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except KafkaError as exc:
         print(f"twin replay: broker {args.broker}: {exc}", file=sys.stderr)
         return 1
@@ -281,9 +287,13 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streams.cli import add_common_flags
+    from streams.config import parse
+
     p = argparse.ArgumentParser(prog="twin replay")
     _fill_parser(p)
-    return run_replay(p.parse_args(argv))
+    add_common_flags(p)
+    return run_replay(parse(p, sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Worker flags of the alerts: rules file and notification sinks (TWIN_* fallbacks)."""
+"""Worker flags of the alerts: rules file and notification sinks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from streams.settings import env_default
 from twin.errors import ConfigError
 
 
@@ -17,26 +16,24 @@ def add_alert_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--alert-rules",
         type=Path,
-        default=env_default("alert_rules", "") or None,
-        help="alert rules TOML (default: the shipped models/rules/default.toml; "
-        "env TWIN_ALERT_RULES)",
+        default=None,
+        help="alert rules TOML (default: the shipped models/rules/default.toml)",
     )
     g.add_argument(
         "--alertmanager-url",
-        default=env_default("alertmanager_url", "") or None,
-        help="Prometheus Alertmanager base URL, e.g. http://127.0.0.1:9093 "
-        "(env TWIN_ALERTMANAGER_URL)",
+        default=None,
+        help="Prometheus Alertmanager base URL, e.g. http://127.0.0.1:9093 (default: none)",
     )
     g.add_argument(
         "--alert-webhook-url",
-        default=env_default("alert_webhook_url", "") or None,
-        help="URL that gets every alert change as JSON (env TWIN_ALERT_WEBHOOK_URL)",
+        default=None,
+        help="URL that gets every alert change as JSON (default: none)",
     )
     g.add_argument(
         "--public-url",
-        default=env_default("public_url", "") or None,
+        default=None,
         help="this worker's URL as operators reach it, for alert links "
-        "(default http://WEB_HOST:WEB_PORT; env TWIN_PUBLIC_URL)",
+        "(default http://WEB_HOST:WEB_PORT)",
     )
 
 

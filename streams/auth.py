@@ -22,7 +22,7 @@ from aiohttp import web
 from faust.web import Response
 
 from streams.secret import Secret, read_secret_file
-from streams.settings import Settings, env_default
+from streams.settings import Settings
 from twin.errors import ConfigError
 
 REALM = "dc-twin"
@@ -125,32 +125,29 @@ def _secret_arg(text: str) -> Secret:
 def add_api_auth_flags(p: argparse.ArgumentParser) -> None:
     """--api-token, --api-token-file, --sql-token-required, --expose-faust-views."""
     g = p.add_argument_group("HTTP API security")
-    env_token = env_default("api_token", "")
     g.add_argument(
         "--api-token",
         type=_secret_arg,
-        default=Secret(env_token) if env_token else None,
-        help="bearer token of state-changing endpoints (env TWIN_API_TOKEN; a flag is "
-        "visible in ps, prefer --api-token-file)",
+        default=None,
+        help="bearer token of state-changing endpoints (default: none; a flag is visible in "
+        "ps, prefer --api-token-file or TWIN_API_TOKEN)",
     )
     g.add_argument(
         "--api-token-file",
         type=Path,
-        default=env_default("api_token_file", "") or None,
-        help="file whose first line is the bearer token (env TWIN_API_TOKEN_FILE)",
+        default=None,
+        help="file whose first line is the bearer token (default: none)",
     )
     g.add_argument(
         "--sql-token-required",
         action="store_true",
-        default=env_default("sql_auth", "0") == "1",
-        help="POST /api/sql needs the bearer token too (env TWIN_SQL_AUTH=1)",
+        help="POST /api/sql needs the bearer token too",
     )
     g.add_argument(
         "--expose-faust-views",
         action="store_true",
-        default=env_default("expose_faust_views", "0") == "1",
         help="serve Faust's /router/ and /table/ views (off: they expose topology and raw "
-        "table data; env TWIN_EXPOSE_FAUST_VIEWS=1)",
+        "table data)",
     )
 
 

@@ -1,27 +1,47 @@
 """``twin``: the command line of the datacenter twin.
 
-Every flag has a ``TWIN_<FLAG>`` environment fallback (``--broker`` <- ``TWIN_BROKER``), read
-once here; nothing below reads the environment.
+Every flag has a ``TWIN_<FLAG>`` environment fallback (``--broker`` <- ``TWIN_BROKER``) and a
+config-file entry, filled in by :mod:`streams.config` after parsing (command line > env >
+config file > default); the parsers declare plain defaults and nothing reads the environment.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from streams import config, logfmt
 from streams.kafka_reach import quiet_client_logs
-from streams.settings import env_default
-from twin.errors import TwinError
+from streams.settings import parse_broker_url
+from twin.errors import ConfigError, TwinError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default unless its text already names one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = (
+            default not in (None, False, True, "", [], argparse.SUPPRESS)
+            and action.option_strings
+            and "default" not in text
+        )
+        return f"{text} (default: %(default)s)" if shown else action.help
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a wrong argument in one line, without the usage block."""
+    """argparse that reports a wrong argument in one line, without the usage block, and
+    shows the defaults in its help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -56,13 +76,24 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def broker_url(text: str) -> str:
+    """argparse type of --broker: ``kafka://host:port[,host:port]``, checked, unchanged."""
+    try:
+        parse_broker_url(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--broker ")) from None
+    return text
+
+
 def add_broker_flag(p: argparse.ArgumentParser, *, required: bool = False) -> None:
-    """--broker kafka://host:port with the TWIN_BROKER fallback."""
-    default = env_default("broker", "" if not required else "kafka://127.0.0.1:9092")
+    """--broker kafka://host:port; without ``required`` it has no default (the command
+    refuses to start without one), with it the default is the local broker."""
     p.add_argument(
         "--broker",
-        default=default or None,
-        help="Kafka bootstrap as kafka://host:port[,host:port] (env TWIN_BROKER)",
+        type=broker_url,
+        default="kafka://127.0.0.1:9092" if required else None,
+        help="Kafka bootstrap as kafka://host:port[,host:port]"
+        + ("" if required else " (required: no default)"),
     )
 
 
@@ -70,25 +101,24 @@ def add_topic_flags(p: argparse.ArgumentParser) -> None:
     """Flags of everything that creates or uses the twin's topics, and the log level."""
     p.add_argument(
         "--topic-prefix",
-        default=env_default("topic_prefix", ""),
-        help="prefix of every topic name, to share a broker (env TWIN_TOPIC_PREFIX)",
+        default="",
+        help="prefix of every topic name, to share a broker (default: none)",
     )
-    p.add_argument(
-        "--partitions",
-        type=int,
-        default=int(env_default("partitions", "8")),
-        help="partitions of the keyed topics (env TWIN_PARTITIONS)",
-    )
+    p.add_argument("--partitions", type=int, default=8, help="partitions of the keyed topics")
     p.add_argument(
         "--replication",
         type=int,
-        default=int(env_default("replication", "1")),
-        help="replication factor of the twin's topics and changelogs "
-        "(env TWIN_REPLICATION; 3 on a 3-node cluster)",
+        default=1,
+        help="replication factor of the twin's topics and changelogs (3 on a 3-node cluster)",
     )
+    add_log_level_flag(p)
+
+
+def add_log_level_flag(p: argparse.ArgumentParser) -> None:
+    """--log-level of the root logger."""
     p.add_argument(
         "--log-level",
-        default=env_default("log_level", "warning"),
+        default="warning",
         choices=["debug", "info", "warning", "error"],
         help="log level",
     )
@@ -97,67 +127,50 @@ def add_topic_flags(p: argparse.ArgumentParser) -> None:
 def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by worker and demo."""
     add_topic_flags(p)
-    p.add_argument(
-        "--web-port",
-        type=_port,
-        default=int(env_default("web_port", "6066")),
-        help="HTTP port of the API (env TWIN_WEB_PORT, default 6066)",
-    )
-    p.add_argument(
-        "--web-host",
-        default=env_default("web_host", "127.0.0.1"),
-        help="HTTP bind address (env TWIN_WEB_HOST)",
-    )
+    p.add_argument("--web-port", type=_port, default=6066, help="HTTP port of the API")
+    p.add_argument("--web-host", default="127.0.0.1", help="HTTP bind address")
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(env_default("data_dir", "data")),
-        help="Parquet history store, as the sink's (env TWIN_DATA_DIR, default data)",
+        default=Path("data"),
+        help="Parquet history store, as the sink's",
     )
     p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(env_default("state_dir", "var/twin")),
-        help="worker state directory (env TWIN_STATE_DIR, default var/twin)",
+        "--state-dir", type=Path, default=Path("var/twin"), help="worker state directory"
     )
     p.add_argument(
         "--restore",
         type=Path,
         default=None,
         metavar="SNAPSHOT",
-        help="start from a snapshot file (GET /api/snapshot of a worker)",
+        help="start from a snapshot file (GET /api/snapshot of a worker; default: none)",
     )
-    p.add_argument(
-        "--app-id",
-        default=env_default("app_id", "dc-twin"),
-        help="Faust application id = consumer group (env TWIN_APP_ID)",
-    )
+    p.add_argument("--app-id", default="dc-twin", help="Faust application id = consumer group")
     p.add_argument(
         "--checkpoint-interval",
         type=_positive_float,
-        default=float(env_default("checkpoint_interval", "10.0")),
+        default=10.0,
         help="seconds between table checkpoints of a changed rack",
     )
     p.add_argument(
         "--batch-max",
         type=_batch_max,
-        default=_batch_max(env_default("batch_max", "4096")),
-        help="telemetry frames an agent takes at once; the stream buffers 4x that "
-        "(env TWIN_BATCH_MAX)",
+        default=4096,
+        help="telemetry frames an agent takes at once; the stream buffers 4x that",
     )
     p.add_argument(
         "--max-message-bytes",
         type=int,
-        default=int(env_default("max_message_bytes", str(1 << 20))),
-        help="larger telemetry messages go to the DLQ (env TWIN_MAX_MESSAGE_BYTES)",
+        default=1 << 20,
+        help="larger telemetry messages go to the DLQ",
     )
     p.add_argument(
         "--ingest-map",
         type=Path,
-        default=env_default("ingest_map", "") or None,
+        default=None,
         metavar="TOML",
         help="site mapping of Telegraf/line-protocol metrics to the twin's readings, over "
-        "the shipped one (env TWIN_INGEST_MAP; docs/collectors.md)",
+        "the shipped one (docs/collectors.md)",
     )
 
 
@@ -172,6 +185,13 @@ def add_site_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", type=Path, default=None, help="site TOML (default: Borlänge hall)")
 
 
+def _fault_kinds_help() -> str:
+    from twin.faults import FAULT_KINDS  # the simulator's own registry
+
+    kinds = ", ".join(f"{k} ({target})" for k, (target, _) in FAULT_KINDS.items())
+    return f"kinds (target): {kinds}"
+
+
 def add_sim_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by sim and demo."""
     add_site_flags(p)
@@ -181,26 +201,48 @@ def add_sim_flags(p: argparse.ArgumentParser) -> None:
         "--plant-dt",
         type=_positive_float,
         default=5.0,
-        help="seconds between plant readings (CDUs, rack manifolds, power chain; default 5)",
+        help="seconds between plant readings (CDUs, rack manifolds, power chain)",
     )
     p.add_argument(
         "--fault",
         action="append",
         default=[],
         metavar="KIND:TARGET@T",
-        help="inject a fault, e.g. fouling:R0003/G12@600 (repeatable); a GPU is its NVML "
-        "index from 0 (G00..G71), as in telemetry and residual entities",
+        help="inject a fault, e.g. fouling:R0003/G12@600 (repeatable; default: none); a GPU "
+        "is its NVML index from 0 (G00..G71), as in telemetry and residual entities; "
+        + _fault_kinds_help(),
     )
     p.add_argument(
         "--faults-log",
         type=Path,
         default=None,
-        help="append injected faults (ground truth) to this JSONL file",
+        help="append injected faults (ground truth) to this JSONL file (default: none)",
     )
+
+
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """--config and --log-format on every command (and --log-level where it has none)."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"TOML config file (env {config.CONFIG_ENV}; default: none); precedence: "
+        "command line > TWIN_<FLAG> environment > config file > default",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logfmt.LOG_FORMATS,
+        default="text",
+        help="log lines as text or as JSON lines (ts, level, logger, msg, extra fields)",
+    )
+    if not any("--log-level" in a.option_strings for a in p._actions):
+        add_log_level_flag(p)
 
 
 def _build_parser() -> OneLineParser:
     from streams import cli_commands
+    from streams.cli_detect import add_detect_parser
 
     parser = OneLineParser(
         prog="twin",
@@ -209,26 +251,41 @@ def _build_parser() -> OneLineParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     cli_commands.register(sub)
-    from streams.cli_detect import add_detect_parser
-
     add_detect_parser(sub)
+    config.add_config_parser(sub)
+    for _, leaf in config.leaf_parsers(parser):
+        add_common_flags(leaf)
+    config.relax_required(parser)
     return parser
 
 
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """``twin``'s namespace for ``argv``, with the TWIN_<FLAG> and config-file fallbacks."""
+    return config.resolve(_build_parser(), argv, environ)[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``twin``; returns the exit status."""
+    """Entry point of ``twin``; returns the exit status (2 usage error, 1 runtime failure)."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, settings = config.resolve(parser, argv)
+    # where each value came from: twin demo tells a --web-port asked for from its default
+    args.setting_sources = {dest: s.source for dest, s in settings.items()}
     # Our sub-commands set ``handler``; storage's set ``func``: both mean the same.
     handler: Handler | None = getattr(args, "handler", None) or getattr(args, "func", None)
     if handler is None:
-        parser.print_help()
+        # `twin` or `twin collect` alone: the help of what was typed, as a usage error
+        config.command_path(parser, args)[1].print_help(sys.stderr)
         return 2
-    level = getattr(args, "log_level", "warning").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    quiet_client_logs(level)  # aiokafka: once a minute
+    logfmt.configure(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
+    quiet_client_logs(getattr(args, "log_level", "warning"))  # aiokafka: once a minute
+    config.warn_deprecated(settings)
     try:
         return handler(args)
+    except config.UsageError as exc:
+        print(f"twin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except TwinError as exc:
         print(f"twin {args.command}: error: {exc}", file=sys.stderr)
         return 1

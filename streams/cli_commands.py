@@ -13,6 +13,7 @@ from streams.alert_flags import add_alert_flags, alert_settings_from_args
 from streams.auth import add_api_auth_flags, api_auth_from_args
 from streams.cli import (
     _bounded_int,
+    _port,
     _positive_float,
     add_broker_flag,
     add_common_worker_flags,
@@ -21,16 +22,22 @@ from streams.cli import (
     add_topic_flags,
 )
 from streams.codec import Limits
+from streams.config import UsageError
 from streams.kafka_security import add_kafka_security_flags, kafka_security_from_args
-from streams.settings import Settings, Topics, env_default, parse_broker_url
-from twin.errors import ConfigError
+from streams.settings import Settings, Topics, parse_broker_url
+
+
+def _need_broker(args: argparse.Namespace) -> None:
+    if not args.broker:
+        raise UsageError(
+            "no broker: give --broker kafka://host:port, set TWIN_BROKER or put broker in "
+            "the config file"
+        )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Worker settings from parsed flags (flags already carry the TWIN_* fallbacks)."""
-    if not args.broker:
-        raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
-    parse_broker_url(args.broker)
+    """Worker settings from parsed flags (the TWIN_* and config-file fallbacks are filled)."""
+    _need_broker(args)
     return Settings(
         broker=args.broker,
         app_id=args.app_id,
@@ -96,8 +103,7 @@ def run_sim(args: argparse.Namespace) -> int:
     from streams.sim_source import run_simulation
     from streams.topics_admin import ensure_topics
 
-    if not args.broker:
-        raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
+    _need_broker(args)
     bootstrap = parse_broker_url(args.broker)
     topics = Topics(args.topic_prefix)
     security = kafka_security_from_args(args)
@@ -144,7 +150,7 @@ def run_broker(args: argparse.Namespace) -> int:
     # the broker is stopped (and its state directory removed).
     signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    broker = start_broker(args.kind)
+    broker = start_broker(args.kind, args.port)
     print(f"{args.kind} broker at {broker.url}  (Ctrl-C stops it)", flush=True)
     try:
         signal.sigwait(signals)
@@ -159,8 +165,7 @@ def run_collect_nvml(args: argparse.Namespace) -> int:
     from streams.producer import FramePublisher
     from streams.topics_admin import ensure_topics
 
-    if not args.broker:
-        raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
+    _need_broker(args)
     nvml = open_nvml()  # raises NoGpuError with a one-line reason
     collector = NvmlCollector(nvml, rack=args.rack, gpu_offset=args.gpu_offset)
     bootstrap = parse_broker_url(args.broker)
@@ -192,10 +197,9 @@ def run_collect_dcgm(args: argparse.Namespace) -> int:
     from streams.producer import FramePublisher
     from streams.topics_admin import ensure_topics
 
-    if not args.broker:
-        raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
+    _need_broker(args)
     if not args.url.startswith(("http://", "https://")):
-        raise ConfigError(f"--url must be http(s)://host:port/metrics, got {args.url!r}")
+        raise UsageError(f"--url must be http(s)://host:port/metrics, got {args.url!r}")
     bootstrap = parse_broker_url(args.broker)
     topics = Topics(args.topic_prefix)
     security = kafka_security_from_args(args)
@@ -243,7 +247,9 @@ def register(sub: Any) -> None:
     add_broker_flag(p)
     add_common_worker_flags(p)
     add_sim_flags(p)
-    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument(
+        "--duration", type=float, default=None, help="stop after S seconds (default: never)"
+    )
     p.add_argument(
         "--broker-kind",
         choices=["tansu", "kafka"],
@@ -254,16 +260,16 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--recycle-mb",
         type=float,
-        default=float(env_default("recycle_mb", "1024")),
+        default=1024.0,
         help="restart the embedded tansu broker when its memory passes this many "
-        "MB (state is snapshotted and restored; env TWIN_RECYCLE_MB)",
+        "MB (state is snapshotted and restored)",
     )
     p.add_argument(
         "--api-token-file",
         type=Path,
         default=None,
         help="the worker's bearer token for state-changing endpoints (alert ack/shelve "
-        "from the control room); without it those endpoints refuse every request",
+        "from the control room; default: none, and those endpoints refuse every request)",
     )
     p.set_defaults(handler=run_demo, speed=1.0)
 
@@ -295,7 +301,12 @@ def register(sub: Any) -> None:
         default=1.0,
         help="simulated seconds per wall second (default 1: real time; 0: as fast as possible)",
     )
-    p.add_argument("--duration", type=float, default=None, help="simulated seconds to run")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="simulated seconds to run (default: until Ctrl-C)",
+    )
     add_topic_flags(p)
     add_kafka_security_flags(p)
     p.set_defaults(handler=run_sim)
@@ -307,7 +318,16 @@ def register(sub: Any) -> None:
         "4.x KRaft single node from Maven Central jars (needs Java 17).",
     )
     p.add_argument(
-        "--kind", choices=["tansu", "kafka"], default=env_default("broker_kind", "tansu")
+        "--kind",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="tansu (embedded, memory-only) or kafka (Apache Kafka, needs Java 17)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help="TCP port to listen on (default: a free one; the URL is printed)",
     )
     p.set_defaults(handler=run_broker)
 
@@ -320,10 +340,10 @@ def register(sub: Any) -> None:
         "interval; exits with a one-line error without a GPU or driver.",
     )
     add_broker_flag(n)
-    n.add_argument("--rack", default=env_default("rack", _hostname()), help="rack id (key)")
+    _add_rack_flag(n)
     _add_gpu_offset_flag(n)
-    n.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
-    n.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    n.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between samples")
+    _add_duration_flag(n)
     add_topic_flags(n)
     add_kafka_security_flags(n)
     n.set_defaults(handler=run_collect_nvml)
@@ -338,26 +358,19 @@ def register(sub: Any) -> None:
     add_broker_flag(d)
     d.add_argument(
         "--url",
-        default=env_default("url", "http://127.0.0.1:9400/metrics"),
-        help="dcgm-exporter metrics URL (env TWIN_URL, default http://127.0.0.1:9400/metrics)",
+        default="http://127.0.0.1:9400/metrics",
+        help="dcgm-exporter metrics URL",
     )
-    d.add_argument(
-        "--rack", default=env_default("rack", _hostname()), help="rack id (key; env TWIN_RACK)"
-    )
+    _add_rack_flag(d)
     _add_gpu_offset_flag(d)
-    d.add_argument(
-        "--interval",
-        type=_positive_float,
-        default=_positive_float(env_default("interval", "1.0")),
-        help="seconds between scrapes (env TWIN_INTERVAL, default 1)",
-    )
+    d.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between scrapes")
     d.add_argument(
         "--timeout",
         type=_positive_float,
-        default=_positive_float(env_default("timeout", "2.0")),
-        help="seconds a scrape may take before it counts as failed (env TWIN_TIMEOUT, default 2)",
+        default=2.0,
+        help="seconds a scrape may take before it counts as failed",
     )
-    d.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    _add_duration_flag(d)
     add_topic_flags(d)
     add_kafka_security_flags(d)
     d.set_defaults(handler=run_collect_dcgm)
@@ -377,9 +390,23 @@ def _add_gpu_offset_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gpu-offset",
         type=_gpu_offset,
-        default=_gpu_offset(env_default("gpu_offset", "0")),
+        default=0,
         help="rack index of this host's GPU 0, so hosts of one rack do not overwrite each "
-        "other (an NVL144 tray n of 4 GPUs: 4n; env TWIN_GPU_OFFSET, default 0)",
+        "other (an NVL144 tray n of 4 GPUs: 4n)",
+    )
+
+
+def _add_rack_flag(p: argparse.ArgumentParser) -> None:
+    """--rack: the key of the published frames (default: this host's name)."""
+    p.add_argument("--rack", default=_hostname(), help="rack id, the frames' key (host name)")
+
+
+def _add_duration_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=None,
+        help="stop after S seconds (default: until Ctrl-C)",
     )
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from models.backtest import DetectInputError, detect_rows, usable_detectors
-from streams.settings import env_default
 from twin.errors import TwinError
 
 
@@ -32,8 +31,10 @@ def add_detect_parser(subparsers: Any) -> argparse.ArgumentParser:
         "long format ts,series,value.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", type=Path, help="CSV file to score ('-' = stdin)")
-    src.add_argument("--from-sql", metavar="SELECT", help="score the result of this query")
+    src.add_argument("--input", type=Path, help="CSV file to score ('-' = stdin; no default)")
+    src.add_argument(
+        "--from-sql", metavar="SELECT", help="score the result of this query (no default)"
+    )
     p.add_argument("--output", default="-", help="CSV file to write (default: stdout)")
     p.add_argument(
         "--detector",
@@ -41,12 +42,17 @@ def add_detect_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=usable_detectors(),
         help="detector (default combined: z-score, drift, stuck and rate of change)",
     )
-    p.add_argument("--ts-column", default=None, help="name of the timestamp column")
+    p.add_argument(
+        "--ts-column",
+        default=None,
+        help="name of the timestamp column (default: the first column named ts, timestamp, "
+        "time, ...)",
+    )
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(env_default("data_dir", "data")),
-        help="Parquet store for --from-sql (env TWIN_DATA_DIR, default data)",
+        default=Path("data"),
+        help="Parquet store for --from-sql",
     )
     p.set_defaults(handler=run_detect_args)
     return p

@@ -1,11 +1,11 @@
 """How every Kafka client of the twin authenticates: PLAINTEXT, TLS, SASL/SCRAM or both.
 
-One :class:`KafkaSecurity` is read at the entry point (``--kafka-*`` flags, ``TWIN_KAFKA_*``
-fallbacks) and handed to every client: Faust (:meth:`KafkaSecurity.faust_credentials`) and
-every plain aiokafka consumer, producer and admin client (:func:`kafka_client_kwargs`), so the
-options are written once. The password is a :class:`streams.secret.Secret` (never printed)
-and comes from ``TWIN_KAFKA_PASSWORD`` or ``--kafka-password-file``, never from a flag that
-``ps`` would show.
+One :class:`KafkaSecurity` is read at the entry point (``--kafka-*`` flags, with their
+``TWIN_KAFKA_*`` fallbacks filled by streams/config.py) and handed to every client: Faust
+(:meth:`KafkaSecurity.faust_credentials`) and every plain aiokafka consumer, producer and
+admin client (:func:`kafka_client_kwargs`), so the options are written once. The password
+is a :class:`streams.secret.Secret` (never printed) and comes from ``TWIN_KAFKA_PASSWORD`` or
+``--kafka-password-file``, never from a flag that ``ps`` would show.
 
 Importable by storage/: nothing here imports Faust at module level.
 """
@@ -169,51 +169,49 @@ def _env(environ: Mapping[str, str] | None, name: str, default: str = "") -> str
 
 
 def add_kafka_security_flags(p: argparse.ArgumentParser) -> None:
-    """The ``--kafka-*`` flags of every command that talks to Kafka (TWIN_KAFKA_* fallbacks)."""
+    """The ``--kafka-*`` flags of every command that talks to Kafka."""
     g = p.add_argument_group("Kafka security")
     g.add_argument(
         "--kafka-security-protocol",
-        default=_env(None, "kafka_security_protocol", "PLAINTEXT"),
+        default="PLAINTEXT",
         choices=PROTOCOLS,
-        help="PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL "
-        "(env TWIN_KAFKA_SECURITY_PROTOCOL)",
+        help="PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL",
     )
     g.add_argument(
         "--kafka-sasl-mechanism",
-        default=_env(None, "kafka_sasl_mechanism", "SCRAM-SHA-512"),
+        default="SCRAM-SHA-512",
         choices=MECHANISMS,
-        help="SASL mechanism (env TWIN_KAFKA_SASL_MECHANISM, default SCRAM-SHA-512)",
+        help="SASL mechanism (default SCRAM-SHA-512)",
     )
     g.add_argument(
         "--kafka-username",
-        default=_env(None, "kafka_username") or None,
-        help="SASL user (env TWIN_KAFKA_USERNAME); the password comes from "
-        "TWIN_KAFKA_PASSWORD or --kafka-password-file",
+        default=None,
+        help="SASL user (default: none); the password comes from TWIN_KAFKA_PASSWORD or "
+        "--kafka-password-file",
     )
     g.add_argument(
         "--kafka-password-file",
         type=Path,
-        default=_env(None, "kafka_password_file") or None,
-        help="file whose first line is the SASL password (env TWIN_KAFKA_PASSWORD_FILE)",
+        default=None,
+        help="file whose first line is the SASL password (default: none)",
     )
     g.add_argument(
         "--kafka-ca-file",
         type=Path,
-        default=_env(None, "kafka_ca_file") or None,
-        help="PEM CA bundle the broker certificate must chain to (env TWIN_KAFKA_CA_FILE; "
-        "default: the system trust store)",
+        default=None,
+        help="PEM CA bundle the broker certificate must chain to (default: the system trust store)",
     )
     g.add_argument(
         "--kafka-cert-file",
         type=Path,
-        default=_env(None, "kafka_cert_file") or None,
-        help="PEM client certificate, for brokers that require one (env TWIN_KAFKA_CERT_FILE)",
+        default=None,
+        help="PEM client certificate, for brokers that require one (default: none)",
     )
     g.add_argument(
         "--kafka-key-file",
         type=Path,
-        default=_env(None, "kafka_key_file") or None,
-        help="PEM key of --kafka-cert-file (env TWIN_KAFKA_KEY_FILE)",
+        default=None,
+        help="PEM key of --kafka-cert-file (default: none)",
     )
 
 

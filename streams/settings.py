@@ -1,9 +1,8 @@
-"""Settings of a twin worker, read once at the entry point (CLI flags, TWIN_* fallbacks)."""
+"""Settings of a twin worker, read once at the entry point (CLI flags, TWIN_* fallbacks and
+the config file, resolved by streams/config.py)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -184,9 +183,3 @@ class Settings:
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed."""
         return replace(self, **changes)  # type: ignore[arg-type]
-
-
-def env_default(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
-    """Value of ``TWIN_<NAME>`` or the default (CLI flags take these as their defaults)."""
-    env = os.environ if environ is None else environ
-    return env.get(f"TWIN_{name.upper()}", default)

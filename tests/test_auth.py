@@ -102,11 +102,17 @@ def test_token_flag_file_and_validation(tmp_path: Path) -> None:
         api_auth_from_args(parse(["--sql-token-required"]))
 
 
-def test_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TWIN_API_TOKEN", TOKEN)
-    monkeypatch.setenv("TWIN_SQL_AUTH", "1")
-    fields = api_auth_from_args(parse([]))
+def test_token_from_environment() -> None:
+    from streams.config import parse as resolve
+
+    p = argparse.ArgumentParser()
+    add_api_auth_flags(p)
+    env = {"TWIN_API_TOKEN": TOKEN, "TWIN_SQL_TOKEN_REQUIRED": "1"}
+    fields = api_auth_from_args(resolve(p, [], env))
     assert fields["api_token"].reveal() == TOKEN and fields["sql_token_required"] is True
+    # the old name of TWIN_SQL_TOKEN_REQUIRED still works (deprecated)
+    fields = api_auth_from_args(resolve(p, [], {"TWIN_API_TOKEN": TOKEN, "TWIN_SQL_AUTH": "1"}))
+    assert fields["sql_token_required"] is True
 
 
 # --- the gate over HTTP ----------------------------------------------------------------------

@@ -53,24 +53,26 @@ class Broker(Protocol):
         ...
 
 
-def make_broker(kind: BrokerKind) -> Broker:
-    """An unstarted broker of ``kind`` with default settings (call start() or ``with``)."""
+def make_broker(kind: BrokerKind, port: int | None = None) -> Broker:
+    """An unstarted broker of ``kind`` with default settings (call start() or ``with``), on
+    ``port`` or a free one."""
     # Imported here so that choosing tansu never imports the Java machinery and back.
     if kind == "tansu":
         from streams.brokers.tansu import EmbeddedBroker
 
-        return EmbeddedBroker()
+        return EmbeddedBroker(port=port)
     if kind == "kafka":
         from streams.brokers.apache import ApacheKafkaBroker
 
-        return ApacheKafkaBroker()
+        return ApacheKafkaBroker(port=port)
     raise ConfigError(f"unknown broker kind {kind!r}; expected one of {', '.join(BROKER_KINDS)}")
 
 
-def start_broker(kind: BrokerKind) -> Broker:
-    """Start a broker of ``kind`` on a free loopback port and return it once it is ready.
+def start_broker(kind: BrokerKind, port: int | None = None) -> Broker:
+    """Start a broker of ``kind`` on ``port`` (default: a free one) on loopback and return
+    it once it is ready.
 
     Raises twin.errors.BrokerError when it cannot start (binary, Java or Maven missing,
     broker died or never answered).
     """
-    return make_broker(kind).start()
+    return make_broker(kind, port).start()

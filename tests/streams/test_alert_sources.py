@@ -193,7 +193,7 @@ def test_commands_parse() -> None:
         parse_command(b"{}", "ack", "../../etc")
 
 
-def test_flags_validate_the_rules_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flags_validate_the_rules_at_start(tmp_path: Path) -> None:
     p = argparse.ArgumentParser()
     add_alert_flags(p)
     got = alert_settings_from_args(p.parse_args(["--alertmanager-url", "http://am:9093/"]))
@@ -207,10 +207,12 @@ def test_flags_validate_the_rules_at_start(tmp_path: Path, monkeypatch: pytest.M
         alert_settings_from_args(p.parse_args(["--alert-rules", str(bad)]))
     with pytest.raises(ConfigError, match="--alert-webhook-url"):
         alert_settings_from_args(p.parse_args(["--alert-webhook-url", "file:///etc/passwd"]))
-    monkeypatch.setenv("TWIN_ALERT_WEBHOOK_URL", "https://hooks.example/x")
+    from streams.config import parse as resolve
+
+    env = {"TWIN_ALERT_WEBHOOK_URL": "https://hooks.example/x"}
     p2 = argparse.ArgumentParser()
     add_alert_flags(p2)
-    assert alert_settings_from_args(p2.parse_args([]))["alert_webhook_url"] == (
+    assert alert_settings_from_args(resolve(p2, [], env))["alert_webhook_url"] == (
         "https://hooks.example/x"
     )
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,18 +58,42 @@ def test_wrong_argument_is_one_line(args: list[str], message: str) -> None:
         (["worker"], "no broker"),
         (["worker", "--broker", "localhost:9092"], "kafka://host:port"),
         (["sim", "--broker", "kafka://h:notaport"], "kafka://host:port"),
+        (["sql", "SELECT 1", "--format", "parquet"], "--format parquet needs --out"),
     ],
 )
-def test_bad_configuration_is_one_line(args: list[str], message: str) -> None:
+def test_bad_configuration_is_a_one_line_usage_error(args: list[str], message: str) -> None:
     r = twin(*args)
-    assert r.returncode == 1
+    assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
+    assert r.stdout == ""
 
 
-def test_env_fallback_is_used() -> None:
+def test_env_fallback_is_used_and_checked() -> None:
     r = twin("worker", env={"TWIN_BROKER": "localhost:1"})
-    assert r.returncode == 1 and "kafka://host:port" in r.stderr
+    assert r.returncode == 2 and "environment TWIN_BROKER" in r.stderr
+    assert "kafka://host:port" in r.stderr
+
+
+def test_collect_alone_prints_the_collect_help() -> None:
+    r = twin("collect")
+    assert r.returncode == 2
+    assert "usage: twin collect" in r.stderr and "nvml" in r.stderr and "dcgm" in r.stderr
+
+
+def test_sink_runtime_failure_exits_1(tmp_path: Path) -> None:
+    """A runtime failure (here: its --http-port is taken) is exit 1, not a usage error."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = twin(
+            "sink", "--broker", "kafka://127.0.0.1:1", "--data-dir", str(tmp_path),
+            "--http-port", str(port), "--racks", "8",
+        )  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1, r.stderr
+    assert len(lines) == 1 and f"--http-port {port}" in lines[0], r.stderr
 
 
 def test_collect_nvml_without_gpu_says_so_in_one_line() -> None:

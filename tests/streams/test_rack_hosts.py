@@ -108,18 +108,18 @@ def test_a_late_frame_of_one_host_changes_only_its_own_gpus() -> None:
     assert (np.delete(state.ts_ms, np.s_[20:24]) == t).all()
 
 
-def test_gpu_offset_flags_and_their_environment_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from streams.cli import _build_parser
+def test_gpu_offset_flags_and_their_environment_fallback() -> None:
+    from streams.cli import parse_args
 
-    args = _build_parser().parse_args(["collect", "nvml", "--gpu-offset", "68"])
+    args = parse_args(["collect", "nvml", "--gpu-offset", "68"], {})
     assert args.gpu_offset == 68
-    args = _build_parser().parse_args(["collect", "dcgm", "--rack", "R0002"])
+    args = parse_args(["collect", "dcgm", "--rack", "R0002"], {})
     assert args.gpu_offset == 0 and args.url == "http://127.0.0.1:9400/metrics"
-    monkeypatch.setenv("TWIN_GPU_OFFSET", "12")
-    assert _build_parser().parse_args(["collect", "nvml"]).gpu_offset == 12
-    assert _build_parser().parse_args(["collect", "dcgm"]).gpu_offset == 12
+    env = {"TWIN_GPU_OFFSET": "12"}
+    assert parse_args(["collect", "nvml"], env).gpu_offset == 12
+    assert parse_args(["collect", "dcgm"], env).gpu_offset == 12
     with pytest.raises(SystemExit) as exc:
-        _build_parser().parse_args(["collect", "dcgm", "--gpu-offset", "-4"])
+        parse_args(["collect", "dcgm", "--gpu-offset", "-4"], {})
     assert exc.value.code == 2
 
 
@@ -127,7 +127,7 @@ def test_collect_dcgm_refuses_a_url_that_is_not_http(capsys: pytest.CaptureFixtu
     rc = twin_main(
         ["collect", "dcgm", "--broker", "kafka://127.0.0.1:1", "--url", "node:9400/metrics"]
     )
-    assert rc == 1
+    assert rc == 2  # a wrong argument: a usage error
     assert "--url must be http(s)://" in capsys.readouterr().err
 
 
