@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -321,6 +322,8 @@ class IngestMapper:
     stats: IngestStats = field(default_factory=IngestStats)
     #: (rack, gpu) -> (ts [ms], energy [mJ]): power integrated over the readings received.
     _energy: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+    #: The JSON agent maps on the event loop, HTTP writes on a thread of their own.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def knows(self, measurement: str) -> bool:
         """Whether ``measurement`` has a mapping."""
@@ -329,14 +332,15 @@ class IngestMapper:
     def readings(self, m: Metric, now_ms: int) -> list[dict[str, Any]]:
         """The readings of one metric ([] when unmapped: counted); ``now_ms`` [ms] stamps a
         metric without a time. DecodeError (with a code) for a mapped metric gone wrong."""
-        mm = self.mapping.measurements.get(m.name)
-        if mm is None:
-            self.stats.unmapped(m.name)
-            return []
-        ts_ms = now_ms if m.ts_ns is None else m.ts_ns // 1_000_000
-        out = self._gpu(mm, m, ts_ms) if mm.kind == "gpu" else self._points(mm, m, ts_ms)
-        self.stats.metrics_mapped += 1
-        return out
+        with self._lock:
+            mm = self.mapping.measurements.get(m.name)
+            if mm is None:
+                self.stats.unmapped(m.name)
+                return []
+            ts_ms = now_ms if m.ts_ns is None else m.ts_ns // 1_000_000
+            out = self._gpu(mm, m, ts_ms) if mm.kind == "gpu" else self._points(mm, m, ts_ms)
+            self.stats.metrics_mapped += 1
+            return out
 
     def _gpu(self, mm: MeasurementMap, m: Metric, ts_ms: int) -> list[dict[str, Any]]:
         rack = _tag(m, mm.rack_tag, "rack")

@@ -360,3 +360,28 @@ def test_the_unmapped_report_stays_bounded() -> None:
     report = mapper.stats.report()
     assert report["metrics_unmapped"] == 1000
     assert len(report["unmapped_measurements"]) == 201  # 200 names and "(other)"
+
+
+def test_influx_clients_authenticate_with_token_or_bearer() -> None:
+    from types import SimpleNamespace
+
+    from streams.lineproto_views import influx_auth
+    from streams.secret import Secret
+
+    token = "lineproto-unit-token-0123456789"
+    with_token = Settings(api_token=Secret(token))
+
+    def status(settings: Settings, header: str | None) -> int | None:
+        headers = {} if header is None else {"Authorization": header}
+        refused = influx_auth(SimpleNamespace(headers=headers), settings)
+        if refused is not None:
+            assert set(json.loads(refused.body)) == {"code", "message"}  # InfluxDB's shape
+        return None if refused is None else int(refused.status)
+
+    assert status(with_token, f"Token {token}") is None
+    assert status(with_token, f"Bearer {token}") is None
+    assert status(with_token, f"token  {token} ") is None
+    assert status(with_token, None) == 401
+    assert status(with_token, "Token wrong-token-0123456789") == 403
+    assert status(with_token, f"Basic {token}") == 401
+    assert status(Settings(), f"Token {token}") == 403  # none configured: writes refused
