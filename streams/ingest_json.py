@@ -40,7 +40,7 @@ from streams.codec import (
 from streams.ingest_map import IngestMapper, Metric, load_map
 from streams.schema import DEFAULT_SLOWDOWN_C, TOPIC_GPU, TOPIC_POWER, TOPIC_THERMAL
 from twin.errors import DecodeError
-from twin.timeparse import TimeError, epoch_ns, parse_ms
+from twin.timeparse import TimeError, parse_ms, parse_ns
 
 _GPU_FLOATS: Final = ("power_w", "temp_gpu_c", "temp_mem_c", "util_pct")
 #: Integer fields of a GPU reading -> (default or None if required, largest value): the
@@ -199,7 +199,8 @@ def convert_json(
 
 
 def telegraf_metric(obj: dict[str, Any], i: int, unit: str) -> Metric:
-    """A Metric of one object of Telegraf's JSON serializer; ``timestamp`` counts ``unit``."""
+    """A Metric of one object of Telegraf's JSON serializer; a numeric ``timestamp`` counts
+    ``unit``, a string one is ISO 8601 with a zone (Telegraf's json_timestamp_format)."""
     name, tags, fields = obj.get("name"), obj.get("tags", {}), obj.get("fields")
     if not isinstance(name, str) or not name:
         raise DecodeError(f"metric {i}: name must be a non-empty string", "bad_field")
@@ -215,7 +216,8 @@ def telegraf_metric(obj: dict[str, Any], i: int, unit: str) -> Metric:
     if "timestamp" not in obj:
         raise DecodeError(f"metric {i} ({name[:40]}): no timestamp", "bad_field")
     try:
-        ts_ns = epoch_ns(obj["timestamp"], unit)
+        # a number in json_timestamp_units, or text where json_timestamp_format is set
+        ts_ns = parse_ns(obj["timestamp"], unit=unit)
     except TimeError as exc:
         raise time_refusal(f"metric {i} ({name[:40]}) timestamp", exc) from None
     return Metric(name, dict(tags), dict(fields), ts_ns)

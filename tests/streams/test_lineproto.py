@@ -291,6 +291,10 @@ def test_telegraf_json_is_read_in_its_timestamp_unit() -> None:
     assert info.value.code == "ts_too_old"
     ms_metric = {**metric, "timestamp": NOW_MS}
     assert convert_json(json.dumps(ms_metric).encode(), now_ms=NOW_MS, mapper=ms_map)
+    # json_timestamp_format = "2006-01-02T15:04:05Z07:00": RFC 3339 text
+    iso_metric = {**metric, "timestamp": "2026-11-18T11:06:40Z"}
+    [frame] = convert_json(json.dumps(iso_metric).encode(), now_ms=NOW_MS)
+    assert frame.batch.column("ts").cast("int64")[0].as_py() == NOW_MS
 
 
 @pytest.mark.parametrize(
