@@ -30,11 +30,17 @@ from typing import IO, Any
 
 from rich.console import Console
 
+from streams.brokers.ports import can_bind, free_port
 from streams.httpclient import http_get
 from streams.settings import Topics, parse_broker_url
 from streams.sim_source import SimStats, make_simulator, publish_simulation
 from streams.topics_admin import ensure_topics
 from twin.errors import BrokerError, ConfigError
+
+#: The worker's HTTP port when none is asked for (--web-port's default).
+DEFAULT_WEB_PORT = 6066
+#: Lines of a dead child's log shown on the terminal.
+LOG_TAIL_LINES = 15
 
 
 @dataclass
@@ -97,9 +103,62 @@ class Demo:
         st.broker = start_broker(self.args.broker_kind or "tansu")
         st.bootstrap = st.broker.bootstrap
 
+    def _fresh_logs(self) -> None:
+        """Start this run's logs afresh; the previous run's stay beside them as ``*.log.1``."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for name in ("worker", "sink"):
+            path = self.logs / f"{name}.log"
+            if path.exists():
+                os.replace(path, path.with_name(path.name + ".1"))
+
+    def _choose_port(self) -> None:
+        """Use --web-port if it is free; a busy default gives way to a free port, a busy
+        port the user asked for is an error, before anything is started or printed."""
+        a = self.args
+        if can_bind(a.web_port, a.web_host):
+            return
+        sources = getattr(a, "setting_sources", None)
+        if sources is not None:
+            asked = sources.get("web_port", "default") != "default"
+        else:
+            asked = a.web_port != DEFAULT_WEB_PORT
+        if asked:
+            raise ConfigError(
+                f"--web-port {a.web_port}: {a.web_host}:{a.web_port} is already in use "
+                "(another twin demo or worker?); stop it or give another --web-port"
+            )
+        port = free_port(a.web_host)
+        self.console.print(
+            f"port {a.web_port} is in use (another twin demo or worker?); "
+            f"the API is on port {port} instead"
+        )
+        a.web_port = port
+        self.api = f"http://{a.web_host}:{port}"
+
+    def _died(self, child: Child) -> BrokerError:
+        """The error of a child that exited; its last log lines go to the terminal first."""
+        path = self.logs / f"{child.name}.log"
+        child.log.flush()
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        if lines:
+            err.print(f"[bold]{child.name}[/] exited; the last lines of {path}:")
+            for line in lines[-LOG_TAIL_LINES:]:
+                err.print("  " + line, markup=False)
+        return BrokerError(
+            f"{child.name} exited with status {child.proc.returncode} (its log: {path})"
+        )
+
     def _spawn(self, name: str, argv: list[str]) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = (self.logs / f"{name}.log").open("ab")
+        # Marks each start (broker recycles restart the children within one run).
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        log.write(f"=== twin demo {stamp} pid {os.getpid()}: twin {' '.join(argv)}\n".encode())
+        log.flush()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "streams", *argv],
@@ -147,10 +206,7 @@ class Demo:
         while loop.time() < deadline:
             for child in st.children:
                 if child.proc.poll() is not None:
-                    raise BrokerError(
-                        f"{child.name} exited with {child.proc.returncode}; "
-                        f"see {self.logs / (child.name + '.log')}"
-                    )
+                    raise self._died(child)
             status, _ = await loop.run_in_executor(None, http_get, self.api + "/healthz")
             if status == 200:
                 return
@@ -196,6 +252,8 @@ class Demo:
         if a.duration is not None:
             loop.call_later(a.duration, stop.set)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._choose_port()
+        self._fresh_logs()
         sim = make_simulator(
             racks=a.racks, site_path=a.site, seed=a.seed, faults=a.fault,
             start_ms=time.time_ns() // 1_000_000,
@@ -259,10 +317,7 @@ class Demo:
             st.peak_broker_rss_mb = max(st.peak_broker_rss_mb, rss)
             for child in st.children:
                 if child.proc.poll() is not None:
-                    raise BrokerError(
-                        f"{child.name} exited with {child.proc.returncode}; "
-                        f"see {self.logs / (child.name + '.log')}"
-                    )
+                    raise self._died(child)
             # Only the memory-only embedded broker needs recycling; Apache Kafka keeps its
             # log on disk with retention.
             recyclable = self.own_broker and getattr(st.broker, "kind", "") == "tansu"

@@ -42,3 +42,16 @@ def is_listening(port: int, host: str = LOOPBACK, timeout_s: float = 0.5) -> boo
             return True
     except OSError:
         return False
+
+
+def can_bind(port: int, host: str = LOOPBACK) -> bool:
+    """True if a server could listen on ``host:port`` now (bound as aiohttp binds:
+    SO_REUSEADDR, so a closed connection in TIME_WAIT does not count as busy)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
