@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -356,3 +358,65 @@ async def test_an_unforeseen_poll_error_is_counted_and_publishing_errors_end_the
     assert time.monotonic() - started < 5 and not stop.is_set()
     assert sum(s.polls["error"] for s in statuses) == 1
     assert sum(s.polls["ok"] for s in statuses) >= 2
+
+
+@pytest.mark.integration
+async def test_the_command_publishes_serves_metrics_and_reports_a_dead_device(
+    broker: Broker, topic_prefix: str, devices: tuple[ModbusDevice, ModbusDevice], tmp_path: Path
+) -> None:
+    if broker.kind != "tansu":
+        pytest.skip("the command's wiring is broker-neutral: one leg is enough")
+    cdu, _ = devices
+    dead = _free_port()  # nothing listens there
+    plant = tmp_path / "plant.toml"
+    plant.write_text(
+        "[defaults]\npoll_interval_s = 0.2\n"
+        + f'[[device]]\nname = "cdu01"\nhost = "127.0.0.1"\nport = {cdu.port}\n'
+        + '[[device.point]]\nfeeds = "CDU01/supply_temp_c"\naddress = 100\ntype = "int16"\n'
+        + "scale = 0.1\n"
+        + f'[[device]]\nname = "ups01"\nhost = "127.0.0.1"\nport = {dead}\n'
+        + '[[device.point]]\nfeeds = "UPS01/battery_soc_frac"\naddress = 210\n'
+        + 'kind = "input"\ntype = "uint16"\nunit = "%"\n'
+    )
+    metrics_port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streams", "collect", "modbus", "--map", str(plant),
+        "--broker", broker.url, "--topic-prefix", topic_prefix, "--duration", "60",
+        "--metrics-port", str(metrics_port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    metrics = ""
+    deadline = time.monotonic() + 30
+    ups_down = 'twin_modbus_device_up{device="ups01"} 0.0'
+    cdu_ok = re.compile(r'twin_modbus_polls_total\{device="cdu01",result="ok"\} ([0-9.]+)')
+
+    def cdu_polls() -> float:
+        m = cdu_ok.search(metrics)
+        return float(m.group(1)) if m else 0.0
+
+    while not (cdu_polls() >= 3 and ups_down in metrics):
+        assert time.monotonic() < deadline, f"/metrics never showed both devices: {metrics}"
+        await asyncio.sleep(0.3)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", metrics_port)
+        except OSError:
+            continue
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        metrics = (await reader.read()).decode()
+        writer.close()
+    proc.terminate()  # SIGTERM: a clean stop, producer flushed
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    warnings = [line for line in err.decode().splitlines() if "stopped answering" in line]
+    assert len(warnings) == 1 and "ups01" in warnings[0]
+    topics = Topics(topic_prefix)
+    thermal = await _read_frames(broker.bootstrap, topics.thermal, 3)
+    power = await _read_frames(broker.bootstrap, topics.power, 1)
+    now_ms = time.time_ns() // 1_000_000
+    cdu_frame = decode_points_frame(thermal[0].value, key=b"CDU01", now_ms=now_ms)
+    assert dict(zip(cdu_frame.points, cdu_frame.values.tolist(), strict=True)) == {
+        "supply_temp_c": pytest.approx(45.2),
+        STALE_POINT: 0.0,
+    }
+    ups_frame = decode_points_frame(power[0].value, key=b"UPS01", now_ms=now_ms)
+    assert ups_frame.points == [STALE_POINT] and ups_frame.values.tolist() == [1.0]
