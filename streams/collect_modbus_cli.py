@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.cli import _bounded_int, _positive_float, add_broker_flag, add_topic_flags
+from streams.config import UsageError
 from streams.kafka_security import add_kafka_security_flags, kafka_security_from_args
 from streams.settings import Topics, parse_broker_url
 from twin.errors import ConfigError
@@ -88,13 +89,19 @@ def run_collect_modbus(args: argparse.Namespace) -> int:
     from streams.modbus_map import load_map
 
     if args.map is None:
-        raise ConfigError("no map: give --map plant.toml (compose/modbus-plant.example.toml)")
-    plant = load_map(args.map)
+        raise UsageError("no map: give --map plant.toml (compose/modbus-plant.example.toml)")
+    try:
+        plant = load_map(args.map)
+    except ConfigError as exc:  # the map is part of the command's arguments: exit 2
+        raise UsageError(str(exc)) from None
     if args.check:
         print(describe_map(plant))
         return 0
     if not args.broker:
-        raise ConfigError("no broker: give --broker kafka://host:port or set TWIN_BROKER")
+        raise UsageError(
+            "no broker: give --broker kafka://host:port, set TWIN_BROKER or put broker in "
+            "the config file"
+        )
     import_extra("pymodbus", "modbus", "twin collect modbus")
     # pymodbus logs every failed connection attempt; the collector logs once per change
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
