@@ -205,6 +205,14 @@ class AlertEngine:
     #: active root-cause alerts of other workers: id -> racks it feeds
     external_roots: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _tracked: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    #: per rule, bumped whenever one of its tracked sets changes
+    _tracked_version: dict[str, int] = field(default_factory=dict)
+    #: observe_many's mask of tracked entities: rule -> (version, owners, entities, mask)
+    _known_cache: dict[str, tuple[int, tuple[str, ...], np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )
+    #: positions of the ids in the entity arrays observe_many saw last (id(array) -> ...)
+    _pos_cache: dict[int, tuple[np.ndarray, dict[str, int]]] = field(default_factory=dict)
     _changes: dict[str, Alert] = field(default_factory=dict)
     _removed: set[str] = field(default_factory=set)
     _signatures: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -306,21 +314,22 @@ class AlertEngine:
             )
         where = where or {}
         blast = blast or {}
-        owner_set = set(owners)
+        owners_t = tuple(owners)
         for rule in rules:
             beyond_raise = rule.beyond(v, rule.raise_at)  # False where NaN
-            tracked: set[str] = set()
-            for (name, owner), ents in self._tracked.items():
-                if name == rule.name and owner in owner_set:
-                    tracked |= ents
+            known = self._known(rule.name, owners_t, entities)
             cand = beyond_raise
-            if tracked:
-                known = np.isin(entities, np.array(sorted(tracked)))
+            if known is not None:
                 cand = cand | (np.isfinite(v) & known)
             idx = np.flatnonzero(cand)
             if idx.size == 0:
                 continue
             hold = rule.beyond(v[idx], rule.clear_at)
+            if known is not None and rule.kind == "event" and rule.for_s <= 0:
+                # a tracked event without a hold time is an active one: while it holds
+                # nothing changes (power capping on a capped job's every GPU, every second)
+                quiet = hold & known[idx]
+                idx, hold = idx[~quiet], hold[~quiet]
             for i, keep in zip(idx.tolist(), hold.tolist(), strict=True):
                 owner = owners[oix[i]]
                 self._step(
@@ -335,15 +344,45 @@ class AlertEngine:
                     now,
                 )
 
+    def _known(self, rule: str, owners: tuple[str, ...], entities: np.ndarray) -> np.ndarray | None:
+        """Mask of ``entities`` tracked for ``rule`` (pending, active or clearing) under any
+        of ``owners``; None if none is. Cached until that rule's tracked sets change: in
+        steady operation a tick costs no per-entity work here."""
+        version = self._tracked_version.get(rule, 0)
+        hit = self._known_cache.get(rule)
+        if hit is not None and hit[0] == version and hit[2] is entities and hit[1] == owners:
+            return hit[3] if hit[3].any() else None
+        owner_set = set(owners)
+        ids: set[str] = set()
+        for (name, owner), ents in self._tracked.items():
+            if name == rule and owner in owner_set:
+                ids |= ents
+        known = np.zeros(entities.shape, dtype=bool)
+        if ids:
+            pc = self._pos_cache.get(id(entities))
+            if pc is None or pc[0] is not entities:
+                if len(self._pos_cache) > 8:
+                    self._pos_cache.clear()
+                pc = (entities, {str(e): i for i, e in enumerate(entities.tolist())})
+                self._pos_cache[id(entities)] = pc
+            pos = pc[1]
+            known[[pos[e] for e in ids if e in pos]] = True
+        self._known_cache[rule] = (version, owners, entities, known)
+        return known if known.any() else None
+
     def _track(self, rule: str, owner: str, entity: str, on: bool) -> None:
         key = (rule, owner)
         if on:
-            self._tracked.setdefault(key, set()).add(entity)
+            s = self._tracked.setdefault(key, set())
+            if entity not in s:
+                s.add(entity)
+                self._tracked_version[rule] = self._tracked_version.get(rule, 0) + 1
             return
-        s = self._tracked.get(key)
-        if s is not None:
-            s.discard(entity)
-            if not s:
+        held = self._tracked.get(key)
+        if held is not None and entity in held:
+            held.discard(entity)
+            self._tracked_version[rule] = self._tracked_version.get(rule, 0) + 1
+            if not held:
                 del self._tracked[key]
 
     def _step(
@@ -794,4 +833,5 @@ class AlertEngine:
         self.service_notes = {str(k): dict(v) for k, v in doc.get("service_notes", {}).items()}
         self.external_roots = {k: tuple(v) for k, v in doc["external_roots"].items()}
         self._tracked = {(r, o): set(s) for r, o, s in doc["tracked"]}
+        self._known_cache.clear()
         self._changes, self._removed = {}, set()

@@ -40,6 +40,7 @@ class SiteMap:
     blast: dict[str, tuple[str, ...]]  # unit -> racks it feeds
     cdu_design_flow_kg_s: dict[str, float]  # CDU -> design flow of the racks it serves
     dry_coolers: tuple[str, ...] = ()  # dry-cooler unit ids (fans share one speed)
+    ups: tuple[str, ...] = ()  # UPS module ids
     _names: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     _stacked: tuple[tuple[Any, ...], np.ndarray, np.ndarray] | None = None
 
@@ -106,6 +107,7 @@ def site_map(site: Site) -> SiteMap:
         blast=blast_radius(site),
         cdu_design_flow_kg_s=design,
         dry_coolers=tuple(site.dc_ids),
+        ups=tuple(site.ups_ids),
     )
 
 
@@ -170,8 +172,10 @@ def evaluate_sources(
             ]
             res[np.concatenate(dst)] = np.abs(rt.models.estimator.residual_k[np.concatenate(src)])
         engine.observe_many("gpu_temp_residual_k", names, res, owner_ix, racks, **kw)
-    for unit, ustate in rt.units.items():
-        if not owned(unit):
+    # the CDUs and UPS modules only (not every rack's manifold unit: no loop over racks)
+    for unit in (*sm.cdu_design_flow_kg_s, *sm.ups):
+        ustate = rt.units.get(unit)
+        if ustate is None or not owned(unit):
             continue
         vals = ustate.values()
         where = sm.unit_where.get(unit, {})
