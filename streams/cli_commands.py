@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from streams import logfmt
 from streams.alert_flags import add_alert_flags, alert_settings_from_args
 from streams.auth import add_api_auth_flags, api_auth_from_args
 from streams.cli import (
@@ -83,6 +84,8 @@ def run_worker(args: argparse.Namespace) -> int:
     runner = TwinWorkerRunner(
         worker.app,
         loglevel=settings.log_level.upper(),
+        # Faust sets up logging again: the same --log-format (JSON lines or text)
+        logging_config=logfmt.logging_config(settings.log_level, args.log_format),
         quiet=True,
         redirect_stdouts=False,
     )

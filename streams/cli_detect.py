@@ -35,7 +35,7 @@ def add_detect_parser(subparsers: Any) -> argparse.ArgumentParser:
     src.add_argument(
         "--from-sql", metavar="SELECT", help="score the result of this query (no default)"
     )
-    p.add_argument("--output", default="-", help="CSV file to write (default: stdout)")
+    p.add_argument("--output", default="-", help="CSV file to write (default -: stdout)")
     p.add_argument(
         "--detector",
         default="combined",

@@ -189,7 +189,8 @@ def _layers(data: Mapping[str, Any], path: tuple[str, ...]) -> list[tuple[str, M
     out.append((f"[{COMMON}]", common if isinstance(common, dict) else {}))
     table: Any = data
     for i, name in enumerate(path):
-        table = table.get(name, {}) if isinstance(table, dict) else {}
+        table = table.get(name) if isinstance(table, dict) else None
+        table = table if isinstance(table, dict) else {}  # `broker = ...` is no [broker]
         scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
         out.append((f"[{'.'.join(path[: i + 1])}]", scalars))
     return out
@@ -374,9 +375,7 @@ def warn_deprecated(settings: Mapping[str, Setting]) -> None:
         if "(deprecated" in s.source:
             old = s.source.split()[1]
             new = "TWIN_" + s.flag.upper().replace("-", "_")
-            log.warning(
-                "%s is deprecated; use %s", old, new, extra={"deprecated": old, "use": new}
-            )
+            log.warning("%s is deprecated; use %s", old, new, extra={"deprecated": old, "use": new})
 
 
 def resolve(
@@ -441,6 +440,22 @@ def add_config_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def defaults_of(root: argparse.ArgumentParser, path: Sequence[str]) -> argparse.Namespace:
+    """The namespace of command ``path`` with every default, as if nothing were given."""
+    args = argparse.Namespace()
+    parser = root
+    for name in path:
+        chooser = _subparsers(parser)
+        if chooser is None or name not in chooser.choices:
+            raise UsageError(f"no command {' '.join(path)}")
+        setattr(args, chooser.dest, name)
+        parser = chooser.choices[name]
+    for action in parser._actions:
+        if action.dest != argparse.SUPPRESS:
+            setattr(args, action.dest, action.default)
+    return args
+
+
 def _text(value: Any) -> str:
     if value is None:
         return "-"
@@ -476,15 +491,7 @@ def show(
         args = root.parse_args(argv)
         given = given_on_command_line(root, argv)
     else:  # no command line: its positionals need not be given
-        args = argparse.Namespace(
-            **{a.dest: a.default for a in parser._actions if a.dest != argparse.SUPPRESS}
-        )
-        p = root
-        for name in path:
-            chooser = _subparsers(p)
-            assert chooser is not None
-            setattr(args, chooser.dest, name)
-            p = chooser.choices[name]
+        args = defaults_of(root, path)
         args.config = config
         given = set()
     settings = fill(root, args, given, environ, require=False)

@@ -169,36 +169,31 @@ class Demo:
         )
         return Child(name, proc, log)
 
-    def _start_children(self, st: DemoState, restore: Path | None) -> None:
-        a = self.args
-        topics = self._topics(st.generation)
-        url = f"kafka://{st.bootstrap}"
-        worker = [
-            "worker", "--broker", url, "--web-host", a.web_host, "--web-port", str(a.web_port),
-            "--state-dir", str(self.state_dir), "--data-dir", str(a.data_dir),
-            "--topic-prefix", topics.prefix, "--app-id", a.app_id,
-            "--partitions", str(a.partitions), "--log-level", a.log_level,
+    def worker_argv(self, bootstrap: str, prefix: str, restore: Path | None) -> list[str]:
+        """The worker's command line: every worker flag the demo accepts, forwarded (see
+        :func:`forwarded_flags`), with this broker generation's address and topic prefix."""
+        argv = [
+            "worker", "--broker", f"kafka://{bootstrap}", "--topic-prefix", prefix,
+            "--state-dir", str(self.state_dir),
         ]  # fmt: skip
-        if a.site is not None:
-            worker += ["--site", str(a.site)]
-        if a.racks is not None:
-            worker += ["--racks", str(a.racks)]
         if restore is not None:
-            worker += ["--restore", str(restore)]
-        if getattr(a, "api_token_file", None) is not None:
-            worker += ["--api-token-file", str(a.api_token_file)]
-        if getattr(a, "ingest_map", None) is not None:
-            worker += ["--ingest-map", str(a.ingest_map)]
-        sink = [
-            "sink", "--broker", url, "--data-dir", str(a.data_dir),
-            "--topic-prefix", topics.prefix, "--flush-seconds", "30",
-            "--maintenance-seconds", "120",
+            argv += ["--restore", str(restore)]
+        return argv + forwarded_flags(self.args, "worker")
+
+    def sink_argv(self, bootstrap: str, prefix: str) -> list[str]:
+        """The sink's command line, with the sink flags the demo accepts forwarded."""
+        argv = [
+            "sink", "--broker", f"kafka://{bootstrap}", "--topic-prefix", prefix,
+            "--flush-seconds", "30", "--maintenance-seconds", "120",
         ]  # fmt: skip
-        if a.site is not None:
-            sink += ["--site", str(a.site)]
-        if a.racks is not None:
-            sink += ["--racks", str(a.racks)]
-        st.children = [self._spawn("worker", worker), self._spawn("sink", sink)]
+        return argv + forwarded_flags(self.args, "sink")
+
+    def _start_children(self, st: DemoState, restore: Path | None) -> None:
+        prefix = self._topics(st.generation).prefix
+        st.children = [
+            self._spawn("worker", self.worker_argv(st.bootstrap, prefix, restore)),
+            self._spawn("sink", self.sink_argv(st.bootstrap, prefix)),
+        ]
 
     async def _wait_healthy(self, st: DemoState, timeout_s: float = 120.0) -> None:
         loop = asyncio.get_running_loop()
@@ -259,13 +254,13 @@ class Demo:
             start_ms=time.time_ns() // 1_000_000,
         )  # fmt: skip
         st = DemoState()
-        restore: Path | None = None
+        restore: Path | None = a.restore  # later generations: the recycle snapshot
         t_start = loop.time()
         try:
             while not stop.is_set():
                 self._start_broker(st)
                 topics = self._topics(st.generation)
-                await ensure_topics(st.bootstrap, topics, a.partitions)
+                await ensure_topics(st.bootstrap, topics, a.partitions, replication=a.replication)
                 self._start_children(st, restore)
                 await self._wait_healthy(st)
                 if st.generation == 0:
@@ -360,6 +355,35 @@ class Demo:
         ]
         for line in lines:
             self.console.print(line)
+
+
+#: Flags the demo sets per broker generation itself, never forwarded as given.
+_PER_GENERATION = frozenset({"broker", "topic_prefix", "restore", "state_dir", "config"})
+
+
+def forwarded_flags(args: argparse.Namespace, command: str) -> list[str]:
+    """``--flag value`` for every option of ``twin command`` that the demo also accepts
+    (``args`` has it) and that differs from that command's default: the demo drops none."""
+    from streams.cli import _build_parser
+    from streams.config import leaf_parsers, options
+
+    leaf = dict(leaf_parsers(_build_parser()))[(command,)]
+    out: list[str] = []
+    for action in options(leaf):
+        if action.dest in _PER_GENERATION or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        if value is None or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:
+            out.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                out += [flag, str(item)]
+        else:
+            out += [flag, str(value)]
+    return out
 
 
 def run_demo(args: argparse.Namespace) -> int:
