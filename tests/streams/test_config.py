@@ -340,3 +340,11 @@ def test_demo_forwards_every_worker_flag_it_accepts(tmp_path: Path) -> None:
     sink = parse_args(Demo(demo).sink_argv("127.0.0.1:9", "g1."), {})
     assert (sink.max_message_bytes, sink.racks, sink.log_format) == (2048, 8, "json")
     assert forwarded_flags(parse_args(["demo"], {}), "worker") == []
+
+
+def test_the_shipped_example_file_is_valid_for_every_command() -> None:
+    example = Path(__file__).resolve().parents[2] / "compose" / "twin.example.toml"
+    root = _build_parser()
+    config.check_file(root, config.load_file(example), example)  # every table, key, value
+    args = parse_args(["sink", "--config", str(example)], {})
+    assert (args.http_port, args.group) == (9101, "twin-sink")
