@@ -147,6 +147,9 @@ async def publish_simulation(
                     delay = (frame.ts_ms + dt_s * 1000) / 1000 - time.time()
                 else:
                     delay = t0 + (done + 1) * dt_s / speed - loop.time()
+                # A fast run that has caught up with the wall clock goes on in real time:
+                # no sample is ever from the future.
+                delay = max(delay, (frame.ts_ms + dt_s * 1000) / 1000 - time.time())
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=delay)

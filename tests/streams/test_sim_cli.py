@@ -155,3 +155,29 @@ def test_sim_progress_on_a_terminal_only(duration: float | None) -> None:
             assert ("/60" in text) == (duration is not None), text
         else:
             assert text == ""
+
+
+def test_a_fast_run_that_catches_up_goes_on_in_real_time(broker: Broker, topic_prefix: str) -> None:
+    from streams.sim_source import make_simulator, publish_simulation
+    from streams.topics_admin import ensure_topics
+
+    topics = Topics(topic_prefix)
+    start_ms = time.time_ns() // 1_000_000 - 3_000  # 3 s of history, then the present
+
+    async def go() -> float:
+        await ensure_topics(broker.bootstrap, topics, 2)
+        sim = make_simulator(racks=1, site_path=None, seed=0, faults=[], start_ms=start_ms)
+        t0 = time.monotonic()
+        await publish_simulation(
+            sim, bootstrap=broker.bootstrap, topics=topics, dt_s=0.5, speed=0.0,
+            duration_s=6.0, stop=asyncio.Event(), replay=True,
+        )  # fmt: skip
+        return time.monotonic() - t0
+
+    wall_s = asyncio.run(go())
+    assert wall_s > 2.0, wall_s  # the 3 s past the present were waited for, not rushed
+    gpu = asyncio.run(_drain(broker.bootstrap, topics.gpu))
+    assert len(gpu) == 12
+    for m in gpu:  # each sample left no earlier than its own time
+        ts = decode_gpu_frame(m.value, key=m.key, now_ms=None).batch.column("ts")
+        assert ts.cast(pa.int64())[0].as_py() <= m.timestamp + 50, m
