@@ -36,6 +36,7 @@ class _Derived:
     tau_s: np.ndarray
     residual_k: np.ndarray
     n_updates: np.ndarray
+    offset_k: np.ndarray
 
 
 @dataclass
@@ -94,6 +95,8 @@ class RackModels:
         power = np.concatenate([f.columns["power_w"] for f, _ in wave]).astype(np.float64)
         ts = np.concatenate([f.ts_ms for f, _ in wave])
         coolant_c = np.repeat(np.array([c for _, c in wave], dtype=np.float64), counts)
+        # the GPUs of a rack share one coolant reference and so its fitted offset
+        group = np.repeat(np.arange(len(wave)), counts)
         prev = self.last_ts_ms[idx]
         newer = ts > prev
         if not newer.all():
@@ -102,7 +105,7 @@ class RackModels:
             # count them twice and make a step of negative length. Skip them, as RackState
             # skips readings older than the ones it holds.
             idx, die, power, ts = idx[newer], die[newer], power[newer], ts[newer]
-            coolant_c, prev = coolant_c[newer], prev[newer]
+            coolant_c, prev, group = coolant_c[newer], prev[newer], group[newer]
             if not idx.size:
                 return
         dt_s = np.where(prev > 0, (ts - prev) / 1000.0, 0.0)
@@ -117,7 +120,7 @@ class RackModels:
             # rate is followed).
             dt_s = np.where(gap, np.nan, dt_s)
         self.step_s[idx] = np.where(gap, np.nan, np.where(dt_s > 0, dt_s, step))
-        self.estimator.update_at(idx, die, coolant_c, power, dt_s)
+        self.estimator.update_at(idx, die, coolant_c, power, dt_s, group=group)
         self.last_ts_ms[idx] = ts
         self.power_w[idx] = power
         self.temp_gpu_c[idx] = die
@@ -239,6 +242,7 @@ class RackModels:
                 tau_s=tau,
                 residual_k=est.residual_k,
                 n_updates=est.n_updates,
+                offset_k=est.coolant_offset_k,
             )
         return self._derived
 
@@ -298,13 +302,16 @@ class RackModels:
         d, slot = self._d(), self.slots[rack]
         coolant = self.coolant_c.get(rack, float("nan"))
         r = d.r_k_w[slot]
+        # the plates see the reference less the rack's fitted offset (twin/estimator.py)
+        offset = d.offset_k[slot]
         return {
             "coolant_c": None if np.isnan(coolant) else coolant,
+            "coolant_offset_k": float(offset[0]) if offset.size else None,
             "r_k_w": json_list(r),
             "c_j_k": json_list(d.c_j_k[slot]),
             "tau_s": json_list(d.tau_s[slot]),
             "residual_k": json_list(d.residual_k[slot]),
-            "expected_temp_gpu_c": json_list(coolant + r * self.power_w[slot]),
+            "expected_temp_gpu_c": json_list(coolant - offset + r * self.power_w[slot]),
             "updates": d.n_updates[slot].tolist(),
         }
 

@@ -23,12 +23,16 @@ from streams.modelpool import RackModels
 from streams.rackmodel import RackModel, coolant_at_plates_c
 from streams.schema import DLQ_REASONS, KPI_SCHEMA, TS_TYPE, DlqReason
 from streams.state import RackState, UnitState, facility_summary
+from twin.coolant_ref import plate_coolant_rise_step
 
 log = logging.getLogger(__name__)
 
 #: Design coolant flow of a Vera Rubin rack [kg/s]: 1.5 L/min/kW x 200 kW of PG25 at
 #: 1004 kg/m3 (docs/sources.md S8); workers pass the site's own value.
 DEFAULT_RACK_DESIGN_FLOW_KG_S = 5.02
+#: Technology-cooling supply setpoint [C] (twin/sites/borlange.toml ``[tcs] supply_temp_c``):
+#: the modelled coolant of racks without manifold sensors starts from it.
+DEFAULT_COOLANT_SUPPLY_C = 45.0
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -99,6 +103,10 @@ class TwinRuntime:
     partitions: int
     clock_ms: Callable[[], int] = wall_clock_ms
     rack_design_flow_kg_s: float = DEFAULT_RACK_DESIGN_FLOW_KG_S
+    coolant_supply_c: float = DEFAULT_COOLANT_SUPPLY_C
+    #: rack -> (sample time [ms], modelled outlet-over-inlet rise [K]) for racks without
+    #: manifold sensors (twin/coolant_ref.py)
+    coolant_rise_k: dict[str, tuple[int, float]] = field(default_factory=dict)
     models: RackModels = field(default_factory=RackModels)
     dirty_models: set[str] = field(default_factory=set)
     dirty_residuals: set[str] = field(default_factory=set)
@@ -147,8 +155,11 @@ class TwinRuntime:
                 state = self.racks[frame.rack] = RackState(frame.rack)
             state.apply(frame)
             coolant = self._coolant_c(frame.rack)
-            if coolant is not None:
-                fits.append((frame, coolant))
+            if coolant is None:
+                # no manifold sensors: fit against a model of the plates' coolant; the
+                # estimator fits that reference's offset (twin/estimator.py)
+                coolant = self._modelled_coolant_c(frame.rack, state, int(frame.ts_ms.max()))
+            fits.append((frame, coolant))
             self.dirty_checkpoint_racks.add(frame.rack)
             self.dirty_publish.add(f"rack/{frame.rack}")
             self.counters.samples_in += int(frame.ts_ms.size)
@@ -166,6 +177,18 @@ class TwinRuntime:
         if unit is None:
             return None  # no manifold sensors (yet): nothing to fit against
         return coolant_at_plates_c(unit.values(), self.rack_design_flow_kg_s)
+
+    def _modelled_coolant_c(self, rack: str, state: RackState, ts_ms: int) -> float:
+        """The plates' coolant [C] of a rack without manifold sensors, from its GPU power."""
+        power = state.values.get("power_w")
+        q_w = float(np.nansum(power[state.present])) if power is not None else 0.0
+        prev = self.coolant_rise_k.get(rack)
+        rise_k, dt_s = (float("nan"), 0.0) if prev is None else (prev[1], (ts_ms - prev[0]) / 1e3)
+        if dt_s < 0.0:  # an older frame: the model stays where it is
+            return self.coolant_supply_c + 0.5 * rise_k
+        rise = float(plate_coolant_rise_step(rise_k, q_w, dt_s, self.rack_design_flow_kg_s))
+        self.coolant_rise_k[rack] = (ts_ms, rise)
+        return self.coolant_supply_c + 0.5 * rise
 
     def apply_points(self, frame: PointsFrame, topic: str) -> None:
         """Apply a validated plant-unit frame to its unit."""

@@ -84,7 +84,7 @@ def test_a_rack_growing_more_gpus_keeps_its_fit() -> None:
     pool = RackModels()
     small = _frames("R1", 4, 5, seed=1)
     pool.update([(f, 40.0) for f in small])
-    fit_before = pool.get("R1").estimator.snapshot()["theta"]
+    fit_before = pool.get("R1").estimator.r_k_w
     pool.update([(_frames("R1", 8, 1, seed=2)[0], 40.0)])
     assert pool.slots["R1"].size == 8
     # the first GPUs kept their regression (one more step on top), the new ones started
@@ -171,7 +171,7 @@ def test_a_gap_of_many_steps_only_seeds_and_a_new_rate_is_followed() -> None:
     before = pool.get("R1").estimator.snapshot()
     pool.update([(frames[60], 45.0)])  # 31 s after the last sample: a restart's gap
     after = pool.get("R1").estimator.snapshot()
-    np.testing.assert_array_equal(after["theta"], before["theta"])
+    np.testing.assert_array_equal(after["stats"], before["stats"])
     np.testing.assert_array_equal(after["n_updates"], before["n_updates"])
     pool.update([(frames[61], 45.0)])  # the next 1 s step fits again
     assert pool.get("R1").estimator.n_updates.tolist() == [30] * 3

@@ -1,4 +1,7 @@
-"""ThermalEstimator: convergence, drift tracking, NaN handling, snapshots, reindexing."""
+"""ThermalEstimator: convergence, drift tracking, NaN handling, snapshots, reindexing.
+
+The coolant offset, the errors-in-variables bias and the two-speed fit: test_estimator_offset.py.
+"""
 
 from __future__ import annotations
 
@@ -87,22 +90,27 @@ def test_converges_to_known_r_and_c_with_integer_temperatures() -> None:
     est = ThermalEstimator(n)
     _feed(est, die, cool, pw, 1.0)
     assert np.max(np.abs(est.r_k_w / r_true - 1.0)) < 0.02
-    assert np.median(np.abs(est.c_j_k / c_true - 1.0)) < 0.03
-    assert np.max(np.abs(est.c_j_k / c_true - 1.0)) < 0.08
-    assert_allclose(est.tau_s, est.r_k_w * est.c_j_k, rtol=1e-12)
+    assert np.max(np.abs(est.r_baseline_k_w / r_true - 1.0)) < 0.01
+    assert np.median(np.abs(est.c_j_k / c_true - 1.0)) < 0.01
+    assert np.max(np.abs(est.c_j_k / c_true - 1.0)) < 0.03
+    assert_allclose(est.tau_s, est.r_baseline_k_w * est.c_j_k, rtol=1e-12)
     # the innovations are the quantisation noise: std of a uniform on [-0.5, 0.5] twice
     assert 0.2 < np.nanstd(est.residual_k) < 0.6
 
 
-def test_noise_free_data_recovers_parameters_exactly() -> None:
+def test_noise_free_data_recovers_parameters() -> None:
+    # exact die temperatures; the coolant reference still has its 0.05 K noise, which the
+    # low-pass R fit sees as noise (the die follows the coolant's mean): 1e-3, not 1e-9
     r_true = np.array([0.018, 0.025, 0.040])
     c_true = np.array([400.0, 300.0, 550.0])
     die, cool, pw = _synthetic(r_true, c_true, 800, seed=3, quantise=False)
-    est = ThermalEstimator(3, forgetting=0.98)
+    est = ThermalEstimator(3, forgetting=0.98, power_noise_rel=0.0)
     _feed(est, die, cool, pw, 1.0)
-    assert_allclose(est.r_k_w, r_true, rtol=1e-6)
-    assert_allclose(est.c_j_k, c_true, rtol=1e-6)
-    assert_allclose(est.residual_k, 0.0, atol=1e-6)
+    assert_allclose(est.r_k_w, r_true, rtol=1e-3)
+    assert_allclose(est.r_baseline_k_w, r_true, rtol=1e-3)
+    assert_allclose(est.c_j_k, c_true, rtol=1e-3)
+    assert_allclose(est.coolant_offset_k, 0.0, atol=1e-6)
+    assert_allclose(est.residual_k, 0.0, atol=0.01)
 
 
 def test_textbook_timing_fits_textbook_data() -> None:
@@ -110,14 +118,16 @@ def test_textbook_timing_fits_textbook_data() -> None:
     r_true = np.array([0.02, 0.03])
     c_true = np.array([350.0, 500.0])
     die, cool, pw = _synthetic(r_true, c_true, 800, seed=4, quantise=False, textbook=True)
-    est = ThermalEstimator(2, forgetting=0.98, power_timing="start", coolant_timing="sample")
+    est = ThermalEstimator(
+        2, forgetting=0.98, power_timing="start", coolant_timing="sample", power_noise_rel=0.0
+    )
     _feed(est, die, cool, pw, 1.0)
-    assert_allclose(est.r_k_w, r_true, rtol=1e-6)
-    assert_allclose(est.c_j_k, c_true, rtol=1e-6)
+    assert_allclose(est.r_baseline_k_w, r_true, rtol=2e-3)
+    assert_allclose(est.c_j_k, c_true, rtol=2e-3)
     # the default timings on the same data are off: the test can fail
-    wrong = ThermalEstimator(2, forgetting=0.98)
+    wrong = ThermalEstimator(2, forgetting=0.98, power_noise_rel=0.0)
     _feed(wrong, die, cool, pw, 1.0)
-    assert np.max(np.abs(wrong.c_j_k / c_true - 1.0)) > 1e-3
+    assert np.max(np.abs(wrong.c_j_k / c_true - 1.0)) > 0.05
 
 
 def test_tracks_slow_resistance_drift_of_fouling() -> None:
@@ -126,8 +136,8 @@ def test_tracks_slow_resistance_drift_of_fouling() -> None:
     rng = np.random.default_rng(7)
     drift = np.linspace(1.0, 1.25, steps)  # +25 % resistance over 2.8 h
     a_c = np.exp(-1.0 / (r0 * drift[:, None] * c))
-    tracking = ThermalEstimator(n, forgetting=0.999)
-    frozen = ThermalEstimator(n, forgetting=1.0)
+    tracking = ThermalEstimator(n)
+    frozen = ThermalEstimator(n, forgetting=1.0, fast_forgetting=1.0)
     die_true = np.full(n, 65.0)
     cool_prev = np.full(n, 45.0)
     power = np.zeros(n)
@@ -141,7 +151,8 @@ def test_tracks_slow_resistance_drift_of_fouling() -> None:
         frozen.update(np.round(die_true), cool, power, 1.0)
         cool_prev = cool
     r_end = r0 * drift[-1]
-    assert np.max(np.abs(tracking.r_k_w / r_end - 1.0)) < 0.03
+    assert np.max(np.abs(tracking.r_k_w / r_end - 1.0)) < 0.02
+    assert np.median(np.abs(tracking.r_k_w / r_end - 1.0)) < 0.01
     # without forgetting the fit averages the whole history and lags by about half the drift
     assert np.median(frozen.r_k_w / r_end - 1.0) < -0.08
 
@@ -189,44 +200,33 @@ def test_rediscretisation_keeps_r_and_c_and_fits_mixed_steps() -> None:
     r_true = np.array([0.02, 0.03])
     c_true = np.array([350.0, 500.0])
     die1, cool1, pw1 = _synthetic(r_true, c_true, 800, dt_s=1.0, seed=8, quantise=False)
-    est = ThermalEstimator(2, forgetting=0.98)
+    est = ThermalEstimator(2, forgetting=0.98, power_noise_rel=0.0)
     _feed(est, die1, cool1, pw1, 1.0)
-    r_before, c_before = est.r_k_w, est.c_j_k
+    r_before, c_before, tau_before = est.r_k_w, est.c_j_k, est.tau_s
     die2, cool2, pw2 = _synthetic(r_true, c_true, 800, dt_s=2.5, seed=9, quantise=False)
     est.update(np.full(2, np.nan), cool2[0], pw2[0], 2.5)  # a gap, then 2.5 s sampling
     est.update(die2[0], cool2[0], pw2[0], 2.5)
     est.update(die2[1], cool2[1], pw2[1], 2.5)  # first 2.5 s regression: re-discretised
+    assert_allclose(est.tau_s, tau_before, rtol=1e-9)  # tau mapped exactly to the new step
     _feed(est, die2[2:], cool2[2:], pw2[2:], 2.5)
-    assert_allclose(r_before, r_true, rtol=1e-6)
-    assert_allclose(c_before, c_true, rtol=1e-6)
-    assert_allclose(est.r_k_w, r_true, rtol=1e-5)
-    assert_allclose(est.c_j_k, c_true, rtol=1e-5)
+    assert_allclose(r_before, r_true, rtol=2e-3)
+    assert_allclose(c_before, c_true, rtol=2e-3)
+    assert_allclose(est.r_k_w, r_true, rtol=2e-3)
+    assert_allclose(est.c_j_k, c_true, rtol=2e-3)
+    assert_allclose(est.snapshot()["dt_ref_s"], 2.5)
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    r=st.floats(0.005, 0.1),
-    c=st.floats(100.0, 2000.0),
-    dt1=st.floats(0.1, 30.0),
-    dt2=st.floats(0.1, 30.0),
-)
-def test_rediscretisation_round_trip_is_identity(
-    r: float, c: float, dt1: float, dt2: float
-) -> None:
-    est = ThermalEstimator(1, prior_r_k_w=r, prior_c_j_k=c)
-    est.update(60.0, 45.0, 800.0, dt1)
-    est.update(61.0, 45.0, 900.0, dt1)  # seeds the prior at dt1 and takes one regression
-    before = est.snapshot()
-    r_fit, c_fit = est.r_k_w, est.c_j_k
-    est._discretise(np.array([0]), np.array([dt2]))
-    assert_allclose(est.r_k_w, r_fit, rtol=1e-9)
-    assert_allclose(est.c_j_k, c_fit, rtol=1e-9)
-    est._discretise(np.array([0]), np.array([dt1]))
-    after = est.snapshot()
-    assert_allclose(after["theta"], before["theta"], rtol=1e-9)
-    # off-diagonal terms that are exactly 0 come back as round-off of the diagonal's size
-    scale = float(np.abs(before["cov"]).max())
-    assert_allclose(after["cov"], before["cov"], rtol=1e-7, atol=1e-12 * scale)
+def test_clock_jitter_is_fitted_at_the_reference_step() -> None:
+    # NVML sample times jitter by milliseconds: each step is corrected to the reference step
+    r_true = np.array([0.02, 0.03])
+    c_true = np.array([350.0, 500.0])
+    die, cool, pw = _synthetic(r_true, c_true, 1500, seed=13, quantise=False)
+    est = ThermalEstimator(2, power_noise_rel=0.0)
+    rng = np.random.default_rng(13)
+    for k in range(die.shape[0]):
+        est.update(die[k], cool[k], pw[k], 1.0 + rng.uniform(-0.02, 0.02))
+    assert_allclose(est.r_k_w, r_true, rtol=5e-3)
+    assert_allclose(est.c_j_k, c_true, rtol=0.03)
 
 
 @settings(max_examples=25, deadline=None)
@@ -268,13 +268,13 @@ def test_grow_and_take_add_fresh_series() -> None:
     r_true = np.array([0.03, 0.02])
     c_true = np.array([300.0, 500.0])
     die, cool, pw = _synthetic(r_true, c_true, 800, seed=10, quantise=False)
-    est = ThermalEstimator(2, forgetting=0.98)
+    est = ThermalEstimator(2, forgetting=0.98, power_noise_rel=0.0)
     _feed(est, die, cool, pw, 1.0)
     grown = est.grow(3)
     assert grown.n_series == 5
-    assert_allclose(grown.r_k_w, [0.03, 0.02, 0.018, 0.018, 0.018], rtol=1e-6)
+    assert_allclose(grown.r_k_w, [0.03, 0.02, 0.018, 0.018, 0.018], rtol=2e-3)
     picked = est.take([1, -1])
-    assert_allclose(picked.r_k_w, [0.02, 0.018], rtol=1e-6)
+    assert_allclose(picked.r_k_w, [0.02, 0.018], rtol=2e-3)
     assert_array_equal(picked.n_updates, [799, 0])
     # the grown estimator keeps fitting the old series and starts the new ones
     grown.update(np.r_[die[-1], 70.0, 70.0, np.nan], np.full(5, 45.0), np.full(5, 1000.0), 1.0)
@@ -282,28 +282,28 @@ def test_grow_and_take_add_fresh_series() -> None:
     assert ThermalEstimator(0).grow(2).n_series == 2
 
 
-def test_constant_power_does_not_wind_up_the_covariance() -> None:
-    # 3 h of a GPU at exactly constant power excite one direction only: with forgetting
-    # 0.999 the covariance would grow by exp(10.8) there (trace ~490 from 0.02) without the cap
+def test_constant_power_keeps_the_fit_and_reports_c_not_identified() -> None:
+    # 3 h at exactly constant power: only R = (T - Tc)/P is seen; tau is not, so C stays at
+    # the prior and is reported as not identified. A recursive fit with forgetting would wind
+    # its covariance up there; the moments only fade, and the next load steps fit cleanly.
     r_true, c_true = 0.02, 450.0
     a = np.exp(-1.0 / (r_true * c_true))
     est = ThermalEstimator(4)
     die = np.full(4, 45.0 + r_true * 1700.0)
     for _ in range(10_800):
         est.update(die, 45.0, 1700.0, 1.0)
-    cov = est.snapshot()["cov"]
-    assert np.all(cov[:, 0, 0] + cov[:, 1, 1] <= 2.0 + 1e-12)
-    assert np.all(np.linalg.det(cov) > 0.0)
-    assert_allclose(est.r_k_w, r_true, rtol=1e-6)  # R = (T - Tc)/P stays identified
-    # then load steps with NVML quantisation: the fit is not thrown about
+    assert_allclose(est.r_k_w, r_true, rtol=1e-6)
+    assert_allclose(est.c_j_k * est.r_baseline_k_w, 0.018 * 400.0, rtol=1e-6)  # prior tau
+    assert not est.c_identified.any()
     rng = np.random.default_rng(12)
-    for k in range(300):
-        power = np.full(4, 400.0 if (k // 30) % 2 == 0 else 1700.0)
+    for k in range(900):
+        power = np.full(4, 400.0 if (k // 60) % 2 == 0 else 1700.0)
         cool = 45.0 + rng.normal(0.0, 0.05, 4)
         die = 45.0 + a * (die - 45.0) + r_true * (1.0 - a) * power
         est.update(np.round(die), cool, power, 1.0)
-        assert np.max(np.abs(est.r_k_w / r_true - 1.0)) < 0.01
-    assert np.max(np.abs(est.c_j_k / c_true - 1.0)) < 0.03
+        assert np.max(np.abs(est.r_k_w / r_true - 1.0)) < 0.02
+    assert np.max(np.abs(est.c_j_k / c_true - 1.0)) < 0.05
+    assert est.c_identified.all()
 
 
 def test_unphysical_update_is_rejected() -> None:
@@ -322,6 +322,9 @@ def test_unphysical_update_is_rejected() -> None:
         ({"forgetting": 1.5}, "forgetting"),
         ({"prior_r_k_w": -1.0}, "priors"),
         ({"power_timing": "middle"}, "power_timing"),
+        ({"fast_forgetting": 0.0}, "fast_forgetting"),
+        ({"solve_every": 0}, "solve_every"),
+        ({"power_noise_rel": -0.1}, "power_noise_rel"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs: dict[str, object], match: str) -> None:
@@ -334,13 +337,19 @@ def test_bad_shapes_and_snapshots_are_rejected() -> None:
     with pytest.raises(EstimatorError, match=r"temp_die_c: expected shape \(3,\)"):
         est.update(np.zeros(4), np.zeros(3), np.zeros(3), 1.0)
     snap = est.snapshot()
-    del snap["cov"]
+    del snap["stats"]
     with pytest.raises(EstimatorError, match="missing keys"):
         ThermalEstimator.restore(snap)
     snap = est.snapshot()
-    snap["theta"] = np.zeros((2, 2))
-    with pytest.raises(EstimatorError, match="theta"):
+    snap["stats"] = np.zeros((2, 2))
+    with pytest.raises(EstimatorError, match="stats"):
         ThermalEstimator.restore(snap)
+    snap = est.snapshot()
+    snap["version"] = np.array(7)
+    with pytest.raises(EstimatorError, match="version 7"):
+        ThermalEstimator.restore(snap)
+    with pytest.raises(EstimatorError, match="group"):
+        est.update(np.zeros(3), np.zeros(3), np.zeros(3), 1.0, group=[0, -1, 0])
     with pytest.raises(EstimatorError, match="index"):
         est.take([3])
 
@@ -442,8 +451,8 @@ def test_fed_the_simulator_converges_to_its_true_parameters_and_tracks_fouling()
         faults=[parse_fault(f"fouling:R0001/G04@0,rate_per_s={rate}")],
     )
     n = site.n_racks * site.n_gpus
-    slow = ThermalEstimator(n)  # forgetting 0.999: precise parameters
-    fast = ThermalEstimator(n, forgetting=0.99)  # ~100 s memory: follows the fouling
+    est = ThermalEstimator(n)  # slow baseline and fast tracking R in one
+    group = np.repeat(np.arange(site.n_racks), site.n_gpus)
     design = rack_design_flow_kg_s(site)
     steps = 1500
     for _ in range(steps):
@@ -455,17 +464,22 @@ def test_fed_the_simulator_converges_to_its_true_parameters_and_tracks_fouling()
         )
         # the coolant the cold plates see, from the rack's inlet, outlet and flow sensors
         coolant = np.repeat(gpu_coolant_c(inlet, outlet, flow / design), site.n_gpus)
-        for est in (slow, fast):
-            est.update(frame.gpu["temp_gpu_c"].ravel(), coolant, frame.gpu["power_w"].ravel(), 1.0)
+        est.update(
+            frame.gpu["temp_gpu_c"].ravel(), coolant, frame.gpu["power_w"].ravel(), 1.0, group=group
+        )
     state = sim.state
     r_true = cold_plate_resistance_k_w(
         state.rack_flow_kg_s[:, None] / design, np.ones((2, site.n_gpus)), site.gpu
     ).ravel()
     fouled = 4  # R0001/G04
     clean = np.arange(n) != fouled
-    assert np.max(np.abs(slow.r_k_w[clean] / r_true[clean] - 1.0)) < 0.01
-    assert np.median(np.abs(slow.c_j_k[clean] / 550.0 - 1.0)) < 0.04
-    assert np.max(np.abs(slow.c_j_k[clean] / 550.0 - 1.0)) < 0.08
+    assert np.max(np.abs(est.r_baseline_k_w[clean] / r_true[clean] - 1.0)) < 0.01
+    assert np.max(np.abs(est.r_k_w[clean] / r_true[clean] - 1.0)) < 0.01
+    assert np.median(np.abs(est.c_j_k[clean] / 550.0 - 1.0)) < 0.03
+    assert np.max(np.abs(est.c_j_k[clean] / 550.0 - 1.0)) < 0.08
+    assert np.max(np.abs(est.coolant_offset_k)) < 0.1  # the sensors are right
     r_fouled = r_true[fouled] * (1.0 + rate * steps)
-    assert abs(fast.r_k_w[fouled] / r_fouled - 1.0) < 0.05
-    assert fast.r_k_w[fouled] > 1.2 * np.median(fast.r_k_w[clean])
+    # a ramp of rate/s is followed ~1/(1 - 0.99) = 100 s late: 2 % at this (fast) fouling
+    assert abs(est.r_k_w[fouled] / r_fouled - 1.0) < 0.03
+    assert est.r_baseline_k_w[fouled] < est.r_k_w[fouled]  # the slow one lags further
+    assert est.r_k_w[fouled] > 1.2 * np.median(est.r_k_w[clean])
