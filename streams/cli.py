@@ -124,6 +124,12 @@ def add_log_level_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _ingest_map(text: str) -> Path:
+    from streams.ingest_map import ingest_map_arg  # pyarrow: only when the flag is given
+
+    return ingest_map_arg(text)
+
+
 def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by worker and demo."""
     add_topic_flags(p)
@@ -166,7 +172,7 @@ def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ingest-map",
-        type=Path,
+        type=_ingest_map,
         default=None,
         metavar="TOML",
         help="site mapping of Telegraf/line-protocol metrics to the twin's readings, over "

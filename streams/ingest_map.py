@@ -28,6 +28,7 @@ DecodeError with a reason code.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import threading
@@ -274,6 +275,17 @@ def load_map(path: Path | None = None) -> IngestMap:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--ingest-map {path}: not TOML ({exc})") from None
     return parse_map(doc, str(path), base)
+
+
+def ingest_map_arg(text: str) -> Path:
+    """argparse type of ``--ingest-map``: the path, once the file loads over the shipped
+    mapping (a wrong file is a usage error, said in one line before anything starts)."""
+    path = Path(text)
+    try:
+        load_map(path)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--ingest-map ")) from None
+    return path
 
 
 # --- mapping --------------------------------------------------------------------------------

@@ -389,3 +389,19 @@ def test_influx_clients_authenticate_with_token_or_bearer() -> None:
     assert status(with_token, "Token wrong-token-0123456789") == 403
     assert status(with_token, f"Basic {token}") == 401
     assert status(Settings(), f"Token {token}") == 403  # none configured: writes refused
+
+
+def test_the_worker_flag_refuses_a_bad_map_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[measurements.x]\nkind = 'gas'\n")
+    for path in (bad, tmp_path / "missing.toml"):
+        argv = [sys.executable, "-m", "streams", "worker", "--broker", "kafka://127.0.0.1:1"]
+        done = subprocess.run(
+            [*argv, "--ingest-map", str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert f"--ingest-map: {path}" in line
