@@ -29,6 +29,7 @@ DecodeError with a reason code.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import re
 import threading
@@ -43,6 +44,8 @@ import pyarrow as pa
 
 from streams.schema import GPU_SCHEMA, POINT_UNIT_SUFFIXES
 from twin.errors import ConfigError, DecodeError
+
+log = logging.getLogger(__name__)
 
 #: The GPU columns a mapped GPU metric may feed (telemetry.gpu, without ts/rack/gpu).
 GPU_COLUMNS: Final = frozenset(f.name for f in GPU_SCHEMA if f.name not in ("ts", "rack", "gpu"))
@@ -127,9 +130,19 @@ class IngestStats:
             names["(other)"] += 1
 
     def unmapped(self, measurement: str) -> None:
-        """Count a metric of a measurement the mapping does not know."""
+        """Count a metric of a measurement the mapping does not know (logged the first time
+        a name is seen, up to MAX_REPORTED_NAMES names)."""
         self.metrics_unmapped += 1
-        self._note(self.unmapped_measurements, measurement[:100])
+        name = measurement[:100]
+        if name not in self.unmapped_measurements and len(self.unmapped_measurements) < (
+            MAX_REPORTED_NAMES
+        ):
+            log.warning(
+                "ingest: measurement %r has no mapping; its metrics are counted, not used "
+                "(GET /api/ingest/unmapped; add it with --ingest-map)",
+                name,
+            )
+        self._note(self.unmapped_measurements, name)
 
     def unmapped_field(self, measurement: str, name: str) -> None:
         """Count a field of a mapped measurement that maps nowhere (and is not ignored)."""

@@ -357,12 +357,14 @@ def test_a_bad_site_map_is_one_clear_line(tmp_path: Path, text: str, message: st
         load_map(tmp_path / "missing.toml")
 
 
-def test_the_unmapped_report_stays_bounded() -> None:
+def test_the_unmapped_report_stays_bounded(caplog: pytest.LogCaptureFixture) -> None:
     mapper = IngestMapper(IngestMap({}))
     for i in range(1000):
         assert mapper.readings(Metric(f"m{i}", {}, {"f": 1.0}), 0) == []
+    assert mapper.readings(Metric("m0", {}, {"f": 1.0}), 0) == []
+    assert len([r for r in caplog.records if "has no mapping" in r.message]) == 200
     report = mapper.stats.report()
-    assert report["metrics_unmapped"] == 1000
+    assert report["metrics_unmapped"] == 1001
     assert len(report["unmapped_measurements"]) == 201  # 200 names and "(other)"
 
 
