@@ -62,6 +62,8 @@ TELEGRAF_UNITS: Final = {"1ns": "ns", "1us": "us", "1µs": "us", "1ms": "ms", "1
 MAX_REPORTED_NAMES: Final = 200
 _POINT_CHARS: Final = re.compile(r"[^a-z0-9_]+")
 DEFAULT_MAP: Final = "ingest_map.toml"
+#: GPUs whose energy is integrated at once: the campus's 90,000 with room to spare.
+MAX_INTEGRATED_GPUS: Final = 250_000
 
 FieldValue = float | int | bool | str
 
@@ -398,6 +400,10 @@ class IngestMapper:
         last_ts, energy = self._energy.get((rack, gpu), (ts_ms, 0.0))
         if math.isfinite(power_w) and power_w > 0 and ts_ms > last_ts:
             energy += power_w * (ts_ms - last_ts)  # [W] x [ms] = [mJ]
+        if (rack, gpu) not in self._energy and len(self._energy) >= MAX_INTEGRATED_GPUS:
+            # a flood of made-up rack names must not grow this without end: forget the
+            # GPU first seen longest ago
+            self._energy.pop(next(iter(self._energy)))
         self._energy[(rack, gpu)] = (max(ts_ms, last_ts), energy)
         return int(energy)
 

@@ -237,6 +237,20 @@ def test_energy_is_integrated_from_power_between_writes() -> None:
     assert energies == [0, 500_000, 1_500_000]  # 500 W x 1 s = 500 J = 500,000 mJ
 
 
+def test_the_energy_integrals_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.ingest_map as ingest_map
+
+    monkeypatch.setattr(ingest_map, "MAX_INTEGRATED_GPUS", 3)
+    mapper = _mapper()
+    fields = {"power_draw": 100.0, "temperature_gpu": 50, "utilization_gpu": 9}
+    fields["clocks_current_sm"] = 1500
+    for t_s, rack in enumerate(["R1", "R2", "R3", "R4", "R1"]):
+        metric = Metric("nvidia_smi", {"rack": rack, "index": "0"}, fields, t_s * 10**9)
+        [reading] = mapper.readings(metric, 0)
+    assert reading["energy_mj"] == 0  # R1 was forgotten when R4 came: integrated anew
+    assert len(mapper._energy) == 3
+
+
 def test_refused_lines_carry_the_check_s_code_and_good_ones_still_go() -> None:
     body = "\n".join(
         [
