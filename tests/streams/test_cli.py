@@ -103,3 +103,13 @@ def test_collect_nvml_without_gpu_says_so_in_one_line() -> None:
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert "NVIDIA" in lines[0] or "NVML" in lines[0]
+
+
+def test_broker_port_reaches_the_broker() -> None:
+    from streams.brokers import make_broker
+    from streams.cli import parse_args
+
+    args = parse_args(["broker", "--port", "39555"], {})
+    assert args.port == 39555
+    assert make_broker(args.kind, args.port)._fixed_port == 39555  # type: ignore[attr-defined]
+    assert parse_args(["broker"], {"TWIN_PORT": "39556"}).port == 39556
