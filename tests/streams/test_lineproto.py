@@ -225,6 +225,27 @@ def test_a_telegraf_write_becomes_validated_frames() -> None:
     assert result.written_lines == 4 + 2 + 1
 
 
+def test_an_snmp_ups_maps_by_ups_mib_names_and_suffixes() -> None:
+    # inputs.snmp with agent_host_tag = "source", fields named after UPS-MIB objects
+    body = (
+        f"snmp,agent_host=10.0.9.2,source=UPS01 upsBatteryTemperature=31i,"
+        f"upsEstimatedChargeRemaining=97i,upsSecondsOnBattery=0i,sysUpTime=123456i,"
+        f"output_power_w=41250.5 {NOW_NS}\n"
+    )
+    mapper = _mapper()
+    [frame] = convert_write(body.encode(), "ns", mapper, now_ms=NOW_MS, settings=SETTINGS).frames
+    assert (frame.topic, frame.key) == (TOPIC_POWER, "UPS01")
+    batch = frame.batch.to_pydict()
+    got = dict(zip(batch["point"], batch["value"], strict=True))
+    assert got == {
+        "battery_temp_c": 31.0,
+        "battery_soc_frac": 0.97,
+        "seconds_on_battery_s": 0.0,
+        "output_power_w": 41250.5,
+    }
+    assert mapper.stats.fields_unmapped == 0  # sysUpTime is ignored, not unmapped
+
+
 def test_energy_is_integrated_from_power_between_writes() -> None:
     mapper = _mapper()
     line = "nvidia_smi,rack=R1,index=0 power_draw=500,temperature_gpu=50i,utilization_gpu=9i,"
