@@ -87,6 +87,15 @@ PRESSURE_EMPTY_PA: Final = 40_000.0
 #: UPS input voltage, line to line [V] (400 V three-phase).
 MAINS_V: Final = 400.0
 
+#: The telemetry.gpu/v2 counters and flags (zero on a healthy GPU) and their dtypes.
+V2_COUNTERS: Final = {
+    "ecc_corrected": np.uint64,
+    "ecc_uncorrected": np.uint64,
+    "remapped_rows": np.uint32,
+    "row_remap_flags": np.uint8,
+    "nvlink_errors": np.uint64,
+}
+
 #: Points only the sensors have (the facility model has no expectation of them).
 SENSOR_ONLY_POINTS: Final = frozenset(
     {"reservoir_level_frac", "loop_pressure_pa", "leak_detected_bool", "input_voltage_v"}
@@ -186,12 +195,13 @@ def gpu_readings(
     counters, the thermal margin [K] to ``slowdown_c`` [C] of the die reading, and each
     active GPU fault's fingerprint (counters, flags, XID, a straggler's reported limit)."""
     shape = gpu["temp_gpu_c"].shape
-    gpu["ecc_corrected"] = np.zeros(shape, dtype=np.uint64)
-    gpu["ecc_uncorrected"] = np.zeros(shape, dtype=np.uint64)
-    gpu["remapped_rows"] = np.zeros(shape, dtype=np.uint32)
-    gpu["row_remap_flags"] = np.zeros(shape, dtype=np.uint8)
-    gpu["nvlink_errors"] = np.zeros(shape, dtype=np.uint64)
-    gpu["thermal_margin_k"] = (np.float32(slowdown_c) - gpu["temp_gpu_c"]).astype(np.float32)
+    # columns the caller already holds are kept (the simulator passes shared zeros while no
+    # GPU fault is active)
+    for name, dtype in V2_COUNTERS.items():
+        if name not in gpu:
+            gpu[name] = np.zeros(shape, dtype=dtype)
+    if "thermal_margin_k" not in gpu:
+        gpu["thermal_margin_k"] = (np.float32(slowdown_c) - gpu["temp_gpu_c"]).astype(np.float32)
     for f in faults:
         s = f.spec
         age = t_s - s.at_s
@@ -237,16 +247,12 @@ def gpu_readings(
 
 
 def plant_points(
-    faults: list[ResolvedFault],
-    t_s: float,
-    site: Site,
-    thermal: dict[str, dict[str, float]],
-    power: dict[str, dict[str, float]],
-    rng: np.random.Generator | None,
-) -> None:
-    """Add the leak-detection and supply-voltage points of every CDU and UPS at ``t_s``
-    [s], with the active leaks and sags in them; ``rng`` draws the sensor noise (None:
-    exact readings)."""
+    faults: list[ResolvedFault], t_s: float, site: Site, rng: np.random.Generator | None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The leak-detection points of every CDU and the supply-voltage point of every UPS at
+    ``t_s`` [s], with the active leaks and sags in them: (point -> array over
+    ``site.cdu_ids``, point -> array over ``site.ups_ids``); ``rng`` draws the sensor noise
+    (None: exact readings)."""
     n_cdu, n_ups = len(site.cdu_ids), len(site.ups_ids)
     level = np.full(n_cdu, LEVEL_FULL)
     detected = np.zeros(n_cdu)
@@ -268,13 +274,9 @@ def plant_points(
         level = np.clip(level + rng.normal(0.0, 0.005, n_cdu), 0.0, 1.0)
         pressure = np.maximum(pressure + rng.normal(0.0, 500.0, n_cdu), 0.0)
         volts = volts + rng.normal(0.0, 0.5, n_ups)
-    for i, cdu in enumerate(site.cdu_ids):
-        pts = thermal.get(cdu)
-        if pts is not None:
-            pts["reservoir_level_frac"] = float(level[i])
-            pts["loop_pressure_pa"] = float(pressure[i])
-            pts["leak_detected_bool"] = float(detected[i])
-    for i, ups in enumerate(site.ups_ids):
-        pts = power.get(ups)
-        if pts is not None:
-            pts["input_voltage_v"] = float(volts[i])
+    cdu_points = {
+        "reservoir_level_frac": level,
+        "loop_pressure_pa": pressure,
+        "leak_detected_bool": detected,
+    }
+    return cdu_points, {"input_voltage_v": volts}

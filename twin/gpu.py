@@ -53,7 +53,9 @@ class GpuParams:
     shutdown_c: float = field(default=92.0, metadata=_m(0.0, 150.0))  # sources.md S8 shutdown_C
     max_operating_c: float = field(default=87.0, metadata=_m(0.0, 150.0))  # docs/sources.md S8
     mem_max_c: float = field(default=95.0, metadata=_m(0.0, 150.0))  # docs/sources.md S8 mem_max_C
-    r_die_coolant_k_w: float = field(default=0.018, metadata=_m(1e-5))  # sources.md S8 at design flow
+    r_die_coolant_k_w: float = field(
+        default=0.018, metadata=_m(1e-5)
+    )  # sources.md S8 at design flow
     # share of R that is the convective film (est.; the rest is die/TIM/plate conduction)
     r_convective_share: float = field(default=0.5, metadata=_m(0.0, 1.0))
     # film coefficient ~ Re^0.8 (Dittus-Boelter, turbulent channel flow)
@@ -565,8 +567,17 @@ def _rows(a: FloatArray, s: slice, n_rows: int) -> FloatArray:
     return a[s] if a.ndim == 2 and a.shape[0] == n_rows else a
 
 
-def sm_clock_mhz(clock_frac: Any, util: Any, p: GpuParams) -> FloatArray:
-    """Reported SM clock [MHz]: idle clock when idle, else clock_frac * max clock."""
+def sm_clock_mhz(
+    clock_frac: Any, util: Any, p: GpuParams, *, out: FloatArray | None = None
+) -> FloatArray:
+    """Reported SM clock [MHz]: idle clock when idle, else clock_frac * max clock.
+
+    ``out``: a float64 array of the result's shape to write into (no allocation)."""
     f = np.asarray(clock_frac, dtype=np.float64)
-    busy = np.asarray(util) >= 0.01
-    return np.where(busy, np.maximum(f * p.max_clock_mhz, p.idle_clock_mhz), p.idle_clock_mhz)
+    idle = np.asarray(util) < 0.01
+    if out is None:
+        out = np.empty(np.broadcast_shapes(f.shape, idle.shape))
+    mhz = np.multiply(f, p.max_clock_mhz, out=out)
+    np.maximum(mhz, p.idle_clock_mhz, out=mhz)
+    np.copyto(mhz, p.idle_clock_mhz, where=idle)
+    return mhz

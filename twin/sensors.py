@@ -8,6 +8,7 @@ the model's expectation beside each measurement), so the two can never drift apa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, Literal
 
@@ -25,13 +26,46 @@ PointGroup = tuple[Kind, Sequence[str], dict[str, NDArray[Any]]]
 SITE_KPI_POINTS = ("pue", "ere", "cue_kg_kwh", "heat_to_dh_w", "free_cooling_share", "cooling_cop")
 
 
+@dataclass(frozen=True, eq=False)
+class PlantGroup:
+    """The readings of one group of like plant units, columnar: ``values[i, j]`` is point
+    ``names[j]`` of unit ``ids[i]`` (units as the point names' suffixes say).
+
+    Holding a frame's plant readings this way costs one small array per group; the
+    unit -> point -> value dicts (:meth:`units`) cost ~1 ms at the campus and are built only
+    for consumers that want them.
+    """
+
+    kind: Kind
+    ids: Sequence[str]
+    names: tuple[str, ...]
+    values: NDArray[np.float64]  # (len(ids), len(names))
+
+    def units(self) -> dict[str, dict[str, float]]:
+        """unit id -> point -> value."""
+        # one (n_units, n_points) tolist and map(dict, ...) instead of a list per point
+        # zipped per unit: ~2.5x faster for the 1,250 racks of a campus frame
+        rows = self.values.tolist()
+        return dict(zip(self.ids, map(dict, map(zip, repeat(self.names), rows)), strict=True))
+
+    def with_points(self, points: dict[str, NDArray[Any]]) -> PlantGroup:
+        """This group with more points (arrays over its units) after its own."""
+        if not points:
+            return self
+        cols = [np.asarray(v, dtype=np.float64) for v in points.values()]
+        values = np.concatenate([self.values, np.stack(cols, axis=1)], axis=1)
+        return PlantGroup(self.kind, self.ids, (*self.names, *points), values)
+
+
+def group(kind: Kind, ids: Sequence[str], points: dict[str, NDArray[Any]]) -> PlantGroup:
+    """A :class:`PlantGroup` from point name -> array over the units ``ids``."""
+    values = np.stack([np.asarray(v, dtype=np.float64) for v in points.values()], axis=1)
+    return PlantGroup(kind, ids, tuple(points), values)
+
+
 def units(ids: Sequence[str], points: dict[str, NDArray[Any]]) -> dict[str, dict[str, float]]:
     """unit id -> point -> value from point -> array over the units."""
-    names = list(points)
-    # one (n_units, n_points) tolist and map(dict, ...) instead of a list per point zipped per
-    # unit: ~2.5x faster for the 1,250 racks of a campus frame (each row has every name)
-    rows = np.stack([np.asarray(v, dtype=np.float64) for v in points.values()], axis=1).tolist()
-    return dict(zip(ids, map(dict, map(zip, repeat(names), rows)), strict=True))
+    return group("thermal", ids, points).units()
 
 
 def point_groups(site: Site, st: FacilityState) -> list[PointGroup]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from twin import fleet_faults
 from twin import kpi as kpi_m
 from twin.errors import ConfigError
 from twin.faults import (
+    FAULT_KINDS,
     FaultSpec,
     apply_physical,
     is_sensor_fault,
@@ -25,7 +27,7 @@ from twin.faults import (
     sensor_reading,
 )
 from twin.gpu import sm_clock_mhz
-from twin.sensors import add_site_kpis, point_groups, state_kpis, units
+from twin.sensors import SITE_KPI_POINTS, PlantGroup, group, point_groups, state_kpis
 from twin.site import Site
 from twin.state import FacilityState
 from twin.step import StepInputs, initial_state, step
@@ -44,14 +46,41 @@ WARMUP_STEPS = 30  # 30 x 60 s brings every loop to its operating point before t
 
 @dataclass(frozen=True)
 class SimFrame:
-    """What the sensors read at one instant (see the module docstring of twin/sim.py)."""
+    """What the sensors read at one instant (see the module docstring of twin/sim.py).
+
+    ``gpu``: field -> (n_racks, n_gpus) array in the telemetry.gpu dtypes. ``plant``: the
+    plant units' readings by group of like units (:class:`~twin.sensors.PlantGroup`), in
+    the order of :func:`~twin.sensors.point_groups`; ``thermal`` and ``power`` are the same
+    readings as unit -> point -> value, built on first access.
+
+    A frame is read-only: the simulator never writes to a frame's arrays once it has
+    returned it, and some arrays (the columns that no active fault touches, such as the
+    error counters and an unchanged power limit) are shared, read-only, between frames.
+    Copy before editing.
+    """
 
     ts_ms: int
     rack_ids: list[str]
     gpu: dict[str, np.ndarray]
-    thermal: dict[str, dict[str, float]]
-    power: dict[str, dict[str, float]]
+    plant: tuple[PlantGroup, ...]
     faults_started: list[dict[str, Any]]
+
+    @cached_property
+    def thermal(self) -> dict[str, dict[str, float]]:
+        """telemetry.thermal: unit id -> point name -> reading."""
+        return self._units("thermal")
+
+    @cached_property
+    def power(self) -> dict[str, dict[str, float]]:
+        """telemetry.power: unit id -> point name -> reading."""
+        return self._units("power")
+
+    def _units(self, kind: str) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for g in self.plant:
+            if g.kind == kind:
+                out |= g.units()
+        return out
 
 
 class Simulator:
@@ -80,15 +109,57 @@ class Simulator:
         if site.carbon.model == "csv":
             self._carbon_csv = load_hourly_csv(Path(site.carbon.csv_path), "gco2_per_kwh")
         shape = (site.n_racks, site.n_gpus)
-        # workspaces for the per-step draws (the frames keep converted copies, never these)
+        # workspaces for the per-step draws and the frame's arithmetic (the frames keep
+        # converted copies, never these)
         self._z_util = np.empty(shape)
         self._z_noise = np.empty((3, *shape))
+        self._work = np.empty((2, *shape))
+        # inputs no fault touches are the same every step: built once, read-only, and
+        # copied only for a step with an active physical fault (which edits them in place)
+        n_c, n_d, n_u = len(site.cdu_ids), len(site.dc_ids), len(site.ups_ids)
+        self._const_inputs = {
+            "power_limit_w": np.repeat(self._plan.power_limit_w[:, None], site.n_gpus, axis=1),
+            "fouling": np.ones(shape),
+            "gpu_stuck": np.zeros(shape, dtype=bool),
+            "pump_health": np.ones(n_c),
+            "pump_on": np.ones(n_c, dtype=bool),
+            "dc_fan_ok": np.ones(n_d, dtype=bool),
+            "ups_mains_ok": np.ones(n_u, dtype=bool),
+        }
+        # GPU columns that are the same every step while no fault writes into them
+        self._const_gpu = {
+            name: np.zeros(shape, dtype=dt) for name, dt in fleet_faults.V2_COUNTERS.items()
+        }
+        self._const_gpu["xid"] = np.zeros(shape, dtype=np.uint32)
+        self._const_gpu["power_limit_w"] = self._const_inputs["power_limit_w"].astype(np.float32)
+        for a in (*self._const_inputs.values(), *self._const_gpu.values()):
+            a.setflags(write=False)
         # energy counters count from driver load, some time before the simulation (sources.md S7)
         self._energy0_mj = self._rng.integers(10**9, 10**12, size=shape, dtype=np.uint64)
         self._faults = [resolve(f, site) for f in faults]
+        # start times [s] of the faults that act on the physics, and of those that write
+        # into the GPU readings (fleet GPU faults, sensor faults on a GPU field)
+        self._physical_at = [f.spec.at_s for f in self._faults if not is_sensor_fault(f.spec)]
+        self._gpu_write_at = [
+            f.spec.at_s
+            for f in self._faults
+            if FAULT_KINDS[f.spec.kind][0] == "gpu" or (is_sensor_fault(f.spec) and f.gpu >= 0)
+        ]
         self._pending = sorted(range(len(self._faults)), key=lambda i: self._faults[i].spec.at_s)
         self._stuck: dict[int, float | np.ndarray] = {}
         state = initial_state(site, outdoor_c=self._weather(self.start_ms, 0.0))
+        # where each plant unit's readings are: (group, row), a thermal unit before a power
+        # unit of the same id (as a sensor fault's target is looked up)
+        kinds_ids = [(kind, list(ids)) for kind, ids, _ in point_groups(site, state)]
+        self._unit_at: dict[str, tuple[int, int]] = {}
+        for want in ("thermal", "power"):
+            for g, (kind, ids) in enumerate(kinds_ids):
+                for row, unit in enumerate(ids):
+                    if kind == want:
+                        self._unit_at.setdefault(unit, (g, row))
+        self._cdu_group = kinds_ids.index(("thermal", list(site.cdu_ids)))
+        self._ups_group = kinds_ids.index(("power", list(site.ups_ids)))
+        self._site_group = kinds_ids.index(("power", ["SITE"]))
         for _ in range(WARMUP_STEPS):
             state = step(site, state, self._inputs(0.0, 0.0), 60.0)
         state.t_s = 0.0
@@ -104,19 +175,23 @@ class Simulator:
         hour = float(_local_hour(ts_ms, site.weather.utc_offset_h))
         z = self._rng.standard_normal(out=self._z_util)  # = standard_normal((R, G))
         util = utilisation(self._plan, t_s, hour, z, site.workload)
+        const = self._const_inputs
+        active = any(at <= t_s for at in self._physical_at)
+        arrays = {k: v.copy() for k, v in const.items()} if active else const
         inputs = StepInputs(
             util=util,
-            power_limit_w=np.repeat(self._plan.power_limit_w[:, None], site.n_gpus, axis=1),
+            power_limit_w=arrays["power_limit_w"],
             outdoor_c=self._weather(ts_ms, weather_noise_k),
             day_of_year=float(day_of_year(ts_ms)),
-            fouling=np.ones_like(util),
-            gpu_stuck=np.zeros(util.shape, dtype=bool),
-            pump_health=np.ones(len(site.cdu_ids)),
-            pump_on=np.ones(len(site.cdu_ids), dtype=bool),
-            dc_fan_ok=np.ones(len(site.dc_ids), dtype=bool),
-            ups_mains_ok=np.ones(len(site.ups_ids), dtype=bool),
+            fouling=arrays["fouling"],
+            gpu_stuck=arrays["gpu_stuck"],
+            pump_health=arrays["pump_health"],
+            pump_on=arrays["pump_on"],
+            dc_fan_ok=arrays["dc_fan_ok"],
+            ups_mains_ok=arrays["ups_mains_ok"],
         )
-        apply_physical(self._faults, t_s, inputs)
+        if active:
+            apply_physical(self._faults, t_s, inputs)
         return inputs
 
     # --- stepping
@@ -185,7 +260,27 @@ class Simulator:
     def _read(self, st: FacilityState, started: list[dict[str, Any]]) -> SimFrame:
         site = self.site
         ts_ms = self.start_ms + round(st.t_s * 1000)
+        gpu = self._gpu_readings(st)
+        plant = self._plant_readings(st)
+        # telemetry.gpu/v2 columns and the fleet faults' fingerprints (XID, ECC, remaps,
+        # NVLink, a straggler's reported limit)
+        fleet_faults.gpu_readings(self._faults, st.t_s, gpu, site.gpu.slowdown_c)
+        self._apply_sensor_faults(st.t_s, gpu, plant)
+        # NVML's margin is slowdown minus the die sensor's reading: a faulty die sensor
+        # moves it too
+        np.subtract(np.float32(site.gpu.slowdown_c), gpu["temp_gpu_c"], out=gpu["thermal_margin_k"])
+        return SimFrame(ts_ms, list(site.rack_ids), gpu, tuple(plant), started)
+
+    def _gpu_readings(self, st: FacilityState) -> dict[str, np.ndarray]:
+        """NVML's view of the GPUs: power in mW, temperatures as integers, energy counter in
+        mJ (docs/sources.md S7), clocks in ~15 MHz bins (est.). Each fresh array is computed
+        in the float64 workspaces and rounded into its own dtype in one pass (rint with a
+        float32 or integer ``out`` rounds in float64 and then converts: the same values as
+        round().astype())."""
+        site = self.site
         shape = st.gpu_temp_c.shape
+        f32 = np.float32
+        w0, w1 = self._work
         if self.sensor_noise:
             # one draw, in the order of three normal() calls (the same stream): die and HBM
             # noise sd 0.3 K, power 0.5 %; normal(0, sd) is sd * standard_normal exactly
@@ -200,59 +295,74 @@ class Simulator:
             pw *= st.gpu_power_w
             pw *= 1000.0
         else:
-            temp, mem, pw = st.gpu_temp_c.copy(), st.gpu_mem_temp_c.copy(), st.gpu_power_w * 1000.0
-        for a in (temp, mem, pw):
-            np.round(a, out=a)
-        pw /= 1000.0
-        energy_mj = np.floor(st.gpu_energy_j * 1000.0).astype(np.uint64)
+            temp, mem = st.gpu_temp_c, st.gpu_mem_temp_c
+            pw = np.multiply(st.gpu_power_w, 1000.0, out=w0)
+        temp_c = np.rint(temp, out=np.empty(shape, f32), casting="same_kind")
+        mem_c = np.rint(mem, out=np.empty(shape, f32), casting="same_kind")
+        np.rint(pw, out=pw)
+        power_w = np.divide(pw, 1000.0, out=np.empty(shape, f32), casting="same_kind")
+        e = np.multiply(st.gpu_energy_j, 1000.0, out=w1)
+        energy_mj = np.floor(e, out=np.empty(shape, np.uint64), casting="unsafe")
         energy_mj += self._energy0_mj
-        clock_mhz = sm_clock_mhz(st.gpu_clock_frac, st.gpu_util, site.gpu)
-        clock_mhz /= 15.0
-        np.round(clock_mhz, out=clock_mhz)
-        clock_mhz *= 15.0
+        clock = sm_clock_mhz(st.gpu_clock_frac, st.gpu_util, site.gpu, out=w0)
+        clock /= 15.0
+        np.rint(clock, out=clock)
+        clock_mhz = np.multiply(clock, 15.0, out=np.empty(shape, np.uint16), casting="unsafe")
         any_off = bool(st.gpu_off.any())
-        util_pct = (np.where(st.gpu_off, 0.0, st.gpu_util) if any_off else st.gpu_util) * 100.0
-        np.round(util_pct, out=util_pct)
+        util = np.multiply(st.gpu_util, 100.0, out=w1)
+        if any_off:
+            util[st.gpu_off] = 0.0
+        util_pct = np.rint(util, out=np.empty(shape, f32), casting="same_kind")
+        # columns no fault writes into this step: shared, read-only (SimFrame's contract)
+        shared = not any(at <= st.t_s for at in self._gpu_write_at)
+        const = self._const_gpu
+        if shared and st.gpu_power_limit_w is self._const_inputs["power_limit_w"]:
+            limit_w = const["power_limit_w"]
+        else:
+            limit_w = st.gpu_power_limit_w.astype(f32)
+        if shared:
+            reasons = st.gpu_reasons.view()
+            reasons.setflags(write=False)  # the state's own array: nobody may write to it
+        else:
+            reasons = st.gpu_reasons.astype(np.uint64)
         gpu: dict[str, np.ndarray] = {
-            # NVML: power in mW, temperatures as integers, energy counter in mJ (docs/sources.md S7)
-            "power_w": pw.astype(np.float32),
+            "power_w": power_w,
             "energy_mj": energy_mj,
-            "temp_gpu_c": temp.astype(np.float32),
-            "temp_mem_c": mem.astype(np.float32),
-            # clocks move in ~15 MHz bins (est.)
-            "sm_clock_mhz": clock_mhz.astype(np.uint16),
-            "util_pct": util_pct.astype(np.float32),
-            "clock_event_reasons": st.gpu_reasons.astype(np.uint64),
+            "temp_gpu_c": temp_c,
+            "temp_mem_c": mem_c,
+            "sm_clock_mhz": clock_mhz,
+            "util_pct": util_pct,
+            "clock_event_reasons": reasons,
             # XID 79, "GPU has fallen off the bus", for a GPU lost to thermal shutdown (est.)
             "xid": (
                 np.where(st.gpu_off, 79, 0).astype(np.uint32)
-                if any_off
-                else np.zeros(shape, dtype=np.uint32)
+                if any_off or not shared
+                else const["xid"]
             ),
-            "power_limit_w": st.gpu_power_limit_w.astype(np.float32),
+            "power_limit_w": limit_w,
+            "thermal_margin_k": np.empty(shape, f32),  # filled once the readings are final
         }
-        readings: dict[str, dict[str, dict[str, float]]] = {"thermal": {}, "power": {}}
-        for kind, ids, pts in point_groups(site, st):
-            readings[kind] |= units(ids, self._noisy(pts))
-        thermal, power = readings["thermal"], readings["power"]
+        if shared:
+            gpu |= {name: const[name] for name in fleet_faults.V2_COUNTERS}
+        return gpu
+
+    def _plant_readings(self, st: FacilityState) -> list[PlantGroup]:
+        """Every plant point, by group of like units (sensors.point_groups' order), with
+        sensor noise, the SITE unit's KPIs and the CDUs' and UPSes' sensor-only points."""
+        site = self.site
+        plant = [group(kind, ids, self._noisy(pts)) for kind, ids, pts in point_groups(site, st)]
         if st.it_power_w > 0.0 and st is self._state:
-            add_site_kpis(power["SITE"], self.kpis())
-        # telemetry.gpu/v2 columns and the fleet faults' fingerprints (XID, ECC, remaps,
-        # NVLink, a straggler's reported limit); leak and supply-voltage points
-        fleet_faults.gpu_readings(self._faults, st.t_s, gpu, site.gpu.slowdown_c)
-        fleet_faults.plant_points(self._faults, st.t_s, site, thermal, power, self._fleet_rng)
-        self._apply_sensor_faults(st.t_s, gpu, thermal, power)
-        # NVML's margin is slowdown minus the die sensor's reading: a faulty die sensor
-        # moves it too
-        np.subtract(np.float32(site.gpu.slowdown_c), gpu["temp_gpu_c"], out=gpu["thermal_margin_k"])
-        return SimFrame(ts_ms, list(site.rack_ids), gpu, thermal, power, started)
+            kpis = self.kpis()
+            site_kpis = {n: np.array([kpis[n]]) for n in SITE_KPI_POINTS if n in kpis}
+            plant[self._site_group] = plant[self._site_group].with_points(site_kpis)
+        # leak (CDUs) and supply-voltage (UPSes) points
+        cdu_pts, ups_pts = fleet_faults.plant_points(self._faults, st.t_s, site, self._fleet_rng)
+        plant[self._cdu_group] = plant[self._cdu_group].with_points(cdu_pts)
+        plant[self._ups_group] = plant[self._ups_group].with_points(ups_pts)
+        return plant
 
     def _apply_sensor_faults(
-        self,
-        t_s: float,
-        gpu: dict[str, np.ndarray],
-        thermal: dict[str, dict[str, float]],
-        power: dict[str, dict[str, float]],
+        self, t_s: float, gpu: dict[str, np.ndarray], plant: list[PlantGroup]
     ) -> None:
         for i, f in enumerate(self._faults):
             if not is_sensor_fault(f.spec) or t_s < f.spec.at_s:
@@ -264,10 +374,15 @@ class Simulator:
                 stuck = float(self._stuck.setdefault(i, val))
                 arr[r, f.gpu] = sensor_reading(f, t_s, val, stuck)
                 continue
-            units = thermal if f.unit in thermal else power
-            val = units[f.unit][f.point]
+            g, row = self._unit_at[f.unit]
+            names = plant[g].names
+            if f.point not in names:  # a SITE KPI point while no IT runs: nothing to read
+                continue
+            col = names.index(f.point)
+            values = plant[g].values
+            val = float(values[row, col])
             stuck = float(self._stuck.setdefault(i, val))
-            units[f.unit][f.point] = sensor_reading(f, t_s, val, stuck)
+            values[row, col] = sensor_reading(f, t_s, val, stuck)
 
     def _check_sensor_targets(self, frame: SimFrame) -> None:
         for f in self._faults:
