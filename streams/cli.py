@@ -104,7 +104,13 @@ def add_topic_flags(p: argparse.ArgumentParser) -> None:
         default="",
         help="prefix of every topic name, to share a broker (default: none)",
     )
-    p.add_argument("--partitions", type=int, default=8, help="partitions of the keyed topics")
+    p.add_argument(
+        "--partitions",
+        type=_bounded_int("a partition count", 1, 1024),
+        default=None,
+        help="partitions of the keyed topics and changelogs, at most this many workers "
+        "(default: the site file's [site] kafka_partitions, 24 in the shipped one)",
+    )
     p.add_argument(
         "--replication",
         type=int,

@@ -38,12 +38,14 @@ def _need_broker(args: argparse.Namespace) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Worker settings from parsed flags (the TWIN_* and config-file fallbacks are filled)."""
+    from streams.topics_admin import resolve_partitions
+
     _need_broker(args)
     return Settings(
         broker=args.broker,
         app_id=args.app_id,
         topic_prefix=args.topic_prefix,
-        partitions=args.partitions,
+        partitions=resolve_partitions(args.partitions, getattr(args, "site", None)),
         web_host=args.web_host,
         web_port=args.web_port,
         state_dir=args.state_dir,
@@ -78,6 +80,7 @@ def run_worker(args: argparse.Namespace) -> int:
             settings.partitions,
             replication=settings.replication,
             security=settings.kafka_security,
+            check_app_id=settings.app_id,  # topics of another count: refuse (one line)
         )
     )
     worker = build_worker(settings)
@@ -117,7 +120,12 @@ def run_sim(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         _stop_on_signals(stop)
         await ensure_topics(
-            bootstrap, topics, args.partitions, replication=args.replication, security=security
+            bootstrap,
+            topics,
+            args.partitions,
+            site_path=args.site,
+            replication=args.replication,
+            security=security,
         )
         return await run_simulation(
             bootstrap=bootstrap,

@@ -260,7 +260,9 @@ class Demo:
             while not stop.is_set():
                 self._start_broker(st)
                 topics = self._topics(st.generation)
-                await ensure_topics(st.bootstrap, topics, a.partitions, replication=a.replication)
+                await ensure_topics(
+                    st.bootstrap, topics, a.partitions, site_path=a.site, replication=a.replication
+                )
                 self._start_children(st, restore)
                 await self._wait_healthy(st)
                 if st.generation == 0:

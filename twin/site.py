@@ -40,6 +40,9 @@ class SiteInfo:
     lon: float = field(default=15.43, metadata=_m(-180.0, 180.0))  # docs/sources.md S8
     # 250 MW campus / 200 kW racks = 1,250 racks (docs/sources.md S1 and S8)
     max_racks: int = field(default=1250, metadata=_m(1))
+    # Partitions of the keyed Kafka topics and of the worker's changelogs, so at most this
+    # many workers share the site: 24 for the campus (docs/scaling.md, "Partition count").
+    kafka_partitions: int = field(default=24, metadata=_m(1, 1024))
 
 
 @dataclass(frozen=True)

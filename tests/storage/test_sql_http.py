@@ -43,7 +43,7 @@ def worker(broker: Broker, topic_prefix: str, tmp_path: Path) -> Iterator[tuple[
         synth.gpu_table(2, 4, 30, start_ms=START_MS, seed=2),
         date_dir(tmp_path / "history", "gpu", day_of_ms(START_MS)),
     )
-    w = WorkerProcess(broker.url, topic_prefix, tmp_path)
+    w = WorkerProcess(broker.url, topic_prefix, tmp_path, partitions=2)
     try:
         w.wait_healthy()
         yield w.url, Path(part)

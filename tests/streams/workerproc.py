@@ -13,6 +13,7 @@ from typing import Any
 
 from streams.brokers.ports import free_port
 from streams.httpclient import http_get
+from streams.schema import DEFAULT_PARTITIONS
 
 
 class WorkerProcess:
@@ -25,8 +26,10 @@ class WorkerProcess:
         data_dir: Path,
         *,
         app_id: str | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
         extra: tuple[str, ...] = (),
     ):
+        """partitions: as the test created its topics (a worker refuses another count)."""
         self.port = free_port()
         self.log_path = data_dir / f"worker-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,8 @@ class WorkerProcess:
             str(256 * 1024),
             "--log-level",
             "warning",
+            "--partitions",
+            str(partitions),
             *extra,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
