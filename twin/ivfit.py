@@ -62,7 +62,7 @@ TAU_JUMP_KEEP = 0.01
 OFFSET_TAU_REL = 0.2
 #: Resolution of the die readings [K] (NVML reports whole degrees, docs/sources.md S7).
 QUANTUM_K = 1.0
-#: Smallest die swing (sd, in resolutions) whose series inform the offset.
+#: Smallest die swing with the power (sd, in resolutions) that informs tau or the offset.
 SWING_MIN_FRAC = 0.1
 #: Prior precision [1/K^2] of delta towards 0 (trust the reference): a 5 K prior sd.
 DELTA_PRIOR = 0.04
@@ -140,8 +140,18 @@ def solve(s: FloatArray, group: npt.NDArray[np.intp] | None, p_noise_rel: float)
         cov_at = -0.5 * sig2 * (d01 + d10) / det_d
         var_a = np.where((det_d > 0.0) & (var_a > 0.0) & (var_t > 0.0), var_a, np.inf)
         rel_tau = np.sqrt(var_a) / (a_new * np.abs(np.log(a_new)))
+    # the die's swing [K^2] with the power (the filtered power's spread, its noise taken
+    # off, times the last fitted R): below a tenth of the readings' resolution it is noise
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_l = s[L1]
+        pf_mean = s[LP] / n_l
+        var_pf = s[LPP] / n_l - pf_mean * pf_mean
+        var_pf = var_pf - p_noise_rel**2 * (s[LPP] / n_l) * (1.0 - a_prev) / (1.0 + a_prev)
+        swing2 = np.maximum(s[RF] * s[RF] * var_pf, 0.0)
+    excited = swing2 > (SWING_MIN_FRAC * QUANTUM_K) ** 2
     # a new estimate must be physical and the data must have said something about it
     good = ok & (a_new > 0.0) & (a_new < 1.0) & (t_new > 0.0) & (rel_tau < ACCEPT_TAU_REL)
+    good &= excited
     a_fit = np.where(good, a_new, a_prev)
     # the low-pass fit filtered its power with the old tau: after a large change of tau (the
     # first one the data pin down, at start-up) its transients mislead, so its past fades
@@ -168,15 +178,9 @@ def solve(s: FloatArray, group: npt.NDArray[np.intp] | None, p_noise_rel: float)
         # to GPU, it averages out over a rack but bounds what one GPU tells. The swing is
         # the filtered power's spread times the last fitted R (not this fit's: weights must
         # not follow its errors).
-        n_l = s[L1]
-        pf_mean = s[LP] / n_l
-        var_pf = s[LPP] / n_l - pf_mean * pf_mean
-        var_pf = var_pf - p_noise_rel**2 * (s[LPP] / n_l) * one_a / (1.0 + a_new)
-        swing2 = np.maximum(s[RF] * s[RF] * var_pf, 0.0)
         g_q = np.exp(-2.0 * np.pi**2 * swing2 / QUANTUM_K**2)
         var_d = var_d + (g_q * s[RF] * pf_mean) ** 2
         w_d = 1.0 / var_d
-    # a die that swings less than a tenth of the resolution tells nothing about its gain
     use = (
         ok
         & (a_new > 0.0)
@@ -186,7 +190,7 @@ def solve(s: FloatArray, group: npt.NDArray[np.intp] | None, p_noise_rel: float)
         & np.isfinite(d_own)
         & (w_d > 0.0)
     )
-    use &= swing2 > (SWING_MIN_FRAC * QUANTUM_K) ** 2
+    use &= excited
     # only a series whose dynamics the data pin down (OFFSET_TAU_REL) tells its gain, and so the
     # offset, without the bias of weak instruments (small white power jitter)
     use &= rel_tau < OFFSET_TAU_REL
