@@ -113,3 +113,15 @@ def test_broker_port_reaches_the_broker() -> None:
     assert args.port == 39555
     assert make_broker(args.kind, args.port)._fixed_port == 39555  # type: ignore[attr-defined]
     assert parse_args(["broker"], {"TWIN_PORT": "39556"}).port == 39556
+
+
+def test_replay_usage_error_exits_2_and_runtime_failure_exits_1(tmp_path: Path) -> None:
+    """(tests/storage/test_storage_cli.py has the unreachable broker: exit 1 as well.)"""
+    span = ["--from", "2026-09-21", "--to", "2026-09-22", "--data-dir", str(tmp_path)]
+    bad = twin("replay", *span, "--speed", "-1")
+    assert bad.returncode == 2 and "--speed must be >= 0" in bad.stderr
+    # a store that is not there: a runtime failure
+    missing = twin("replay", *span)
+    lines = missing.stderr.strip().splitlines()
+    assert missing.returncode == 1 and len(lines) == 1, missing.stderr
+    assert str(tmp_path) in lines[0]
