@@ -63,7 +63,7 @@ FAST_FORGETTING = 0.99
 #: Relative sd of power-reading noise (the simulator's 0.5 %, twin/sim.py; an assumption).
 POWER_NOISE_REL = 0.005
 #: Samples between two solves of the instrumental-variable moments of a series.
-SOLVE_EVERY = 10
+SOLVE_EVERY = 30
 #: Weight [samples] of the prior R in the one-parameter fits, at a die rise of ~18 K (1 kW).
 PRIOR_R_WEIGHT = 1.0
 #: Initial one-step residual variance [K^2]: NVML rounding (0.29 K) and sensor noise (~0.3 K).
@@ -314,7 +314,19 @@ class ThermalEstimator:
             raise EstimatorError(
                 f"index: expected 1-D ints in [0, {self.n_series}), got shape {idx.shape}"
             )
-        self._update(idx, idx.shape[0], temp_die_c, temp_coolant_c, power_w, dt_s, group)
+        m = idx.shape[0]
+        inputs = [temp_die_c, temp_coolant_c, power_w, dt_s, group]
+        if m > 1 and bool(np.any(idx[1:] < idx[:-1])):
+            # in series order: the statistics are gathered and written back in runs (and a
+            # rack's GPUs keep their order, so pooled sums do not depend on the batching)
+            order = np.argsort(idx, kind="stable")
+            idx = idx[order]
+            inputs = [x if x is None or np.ndim(x) == 0 else np.asarray(x)[order] for x in inputs]
+        sel: IntArray | slice = idx
+        if m and int(idx[-1]) - int(idx[0]) + 1 == m:  # distinct and sorted: one block
+            sel = slice(int(idx[0]), int(idx[-1]) + 1)
+        die, cool, power, dt, grp = inputs
+        self._update(sel, m, die, cool, power, dt, grp)
 
     def _update(
         self,
@@ -341,7 +353,7 @@ class ThermalEstimator:
         if isinstance(sub, slice):
             fit: IntArray | slice = sel
         else:
-            fit = sub if isinstance(sel, slice) else sel[sub]
+            fit = sub + (sel.start or 0) if isinstance(sel, slice) else sel[sub]
         x_new = np.full(m, np.nan)
         if can_fit.size and (isinstance(sub, slice) or sub.size):
             x_new[sub] = self._fit(

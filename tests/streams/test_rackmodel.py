@@ -62,10 +62,10 @@ def test_runtime_fits_racks_without_manifold_sensors_against_a_modelled_coolant(
     rt = TwinRuntime(partitions=8, clock_ms=lambda: T0)
     frames = list(_frames(4, 3, 0.02, 500.0, 45.0))
     rt.apply_gpu(frames[0], "g")
-    # no sensors: the supply setpoint plus half the rise of the rack's GPU power through its
-    # design flow (twin/coolant_ref.py); the estimator fits that reference's offset
+    # no sensors: the supply setpoint plus half the rise of the rack's heat (1.54 W per GPU
+    # watt) through its design flow (twin/coolant_ref.py); the estimator fits its offset
     q_w = float(np.sum(frames[0].columns["power_w"]))
-    want = rt.coolant_supply_c + 0.5 * q_w / (rt.rack_design_flow_kg_s * 3980.0)
+    want = rt.coolant_supply_c + 0.5 * 1.54 * q_w / (rt.rack_design_flow_kg_s * 3980.0)
     assert "R1" in rt.models and abs(rt.models.coolant_c["R1"] - want) < 1e-9
     pts = points_batch(T0, "R1", {"inlet_temp_c": 45.0, "outlet_temp_c": 55.0, "flow_kg_s": 5.02})
     rt.apply_points(decode_points_frame(encode_frame(pts), key=b"R1", now_ms=None), "t")

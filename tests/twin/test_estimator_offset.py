@@ -107,7 +107,8 @@ def test_without_coolant_sensors_a_modelled_reference_is_fitted_through() -> Non
     rise = np.full(RACKS, np.nan)
     ref = np.empty_like(cool)
     for k in range(die.shape[0]):
-        rise = plate_coolant_rise_step(rise, power[k].reshape(RACKS, GPUS).sum(axis=1), 1.0, 5.0)
+        q_w = power[k].reshape(RACKS, GPUS).sum(axis=1)
+        rise = plate_coolant_rise_step(rise, q_w, 1.0, 5.0, heat_per_gpu_w=1.0)
         ref[k] = np.repeat(43.0 + 0.5 * rise, GPUS)
     est = ThermalEstimator(RACKS * GPUS)
     _fit(est, die, ref, power)
@@ -194,7 +195,7 @@ def test_version_1_snapshots_restore_with_their_fitted_r_and_tau() -> None:
 def test_plate_coolant_reference_is_the_supply_plus_half_the_rise() -> None:
     assert_allclose(plate_coolant_reference_c(100_000.0, 45.0, 5.0), 45.0 + 0.5 * 100e3 / 19_900)
     rise = plate_coolant_rise_step(np.nan, 100_000.0, 1.0, 5.0)
-    assert_allclose(rise, 100e3 / 19_900)  # starts at the steady rise
+    assert_allclose(rise, 1.54 * 100e3 / 19_900)  # the steady rise, the rack's other heat in
     # a load step reaches the plates with the coolant's transit (0.06 m3 at 5 kg/s: ~12 s)
     later = plate_coolant_rise_step(rise, 0.0, 12.08, 5.0)
     assert_allclose(later, rise * np.exp(-1.0), rtol=1e-3)
