@@ -140,7 +140,9 @@ class Demo:
         path = self.logs / f"{child.name}.log"
         child.log.flush()
         try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            with path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 16_384))  # the tail of a long log
+                lines = f.read().decode("utf-8", errors="replace").splitlines()
         except OSError:
             lines = []
         err = Console(stderr=True, highlight=False, soft_wrap=True)
