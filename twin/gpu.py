@@ -578,6 +578,7 @@ def sm_clock_mhz(
     if out is None:
         out = np.empty(np.broadcast_shapes(f.shape, idle.shape))
     mhz = np.multiply(f, p.max_clock_mhz, out=out)
-    np.maximum(mhz, p.idle_clock_mhz, out=mhz)
-    np.copyto(mhz, p.idle_clock_mhz, where=idle)
+    # max(mhz, idle clock) and the idle GPUs in one masked copy (np.maximum with a scalar
+    # is ~2x slower than a compare and a copy)
+    np.copyto(mhz, p.idle_clock_mhz, where=(mhz < p.idle_clock_mhz) | idle)
     return mhz

@@ -174,7 +174,8 @@ class Simulator:
         ts_ms = self.start_ms + round(t_s * 1000)
         hour = float(_local_hour(ts_ms, site.weather.utc_offset_h))
         z = self._rng.standard_normal(out=self._z_util)  # = standard_normal((R, G))
-        util = utilisation(self._plan, t_s, hour, z, site.workload)
+        # the state keeps each step's utilisation: a fresh array, filled in one pass
+        util = utilisation(self._plan, t_s, hour, z, site.workload, out=np.empty(z.shape))
         const = self._const_inputs
         active = any(at <= t_s for at in self._physical_at)
         arrays = {k: v.copy() for k, v in const.items()} if active else const
@@ -350,16 +351,21 @@ class Simulator:
         """Every plant point, by group of like units (sensors.point_groups' order), with
         sensor noise, the SITE unit's KPIs and the CDUs' and UPSes' sensor-only points."""
         site = self.site
-        plant = [group(kind, ids, self._noisy(pts)) for kind, ids, pts in point_groups(site, st)]
-        if st.it_power_w > 0.0 and st is self._state:
-            kpis = self.kpis()
-            site_kpis = {n: np.array([kpis[n]]) for n in SITE_KPI_POINTS if n in kpis}
-            plant[self._site_group] = plant[self._site_group].with_points(site_kpis)
-        # leak (CDUs) and supply-voltage (UPSes) points
+        # points after a group's own: leak (CDUs) and supply voltage (UPSes) from a noise
+        # stream of their own, the SITE unit's KPIs while IT runs
         cdu_pts, ups_pts = fleet_faults.plant_points(self._faults, st.t_s, site, self._fleet_rng)
-        plant[self._cdu_group] = plant[self._cdu_group].with_points(cdu_pts)
-        plant[self._ups_group] = plant[self._ups_group].with_points(ups_pts)
-        return plant
+        extra: dict[int, dict[str, NDArray[Any]]] = {
+            self._cdu_group: cdu_pts,
+            self._ups_group: ups_pts,
+        }
+        if st.it_power_w > 0.0 and st is self._state:
+            ts_ms = self.start_ms + round(st.t_s * 1000)
+            kpis = state_kpis(site, st, self._carbon_g_per_kwh(ts_ms), headroom=False)
+            extra[self._site_group] = {n: np.array([kpis[n]]) for n in SITE_KPI_POINTS if n in kpis}
+        return [
+            group(kind, ids, self._noisy(pts) | extra.get(g, {}))
+            for g, (kind, ids, pts) in enumerate(point_groups(site, st))
+        ]
 
     def _apply_sensor_faults(
         self, t_s: float, gpu: dict[str, np.ndarray], plant: list[PlantGroup]

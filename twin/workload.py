@@ -81,19 +81,30 @@ def make_plan(
 
 
 def utilisation(
-    plan: WorkloadPlan, t_s: float, hour_local: float, z: Any, p: WorkloadParams
+    plan: WorkloadPlan,
+    t_s: float,
+    hour_local: float,
+    z: Any,
+    p: WorkloadParams,
+    *,
+    out: FloatArray | None = None,
 ) -> FloatArray:
     """GPU utilisation [1] (n_racks, n_gpus) at t_s [s since start] and local hour [h].
 
     Training: training_util except during the checkpoint window, when all racks of the job
     dip together to checkpoint_util. Inference: base + amp * cos(hour - peak). ``z``:
     standard-normal noise (n_racks, n_gpus) scaled by util_jitter (not on idle racks).
+    ``out``: an (n_racks, n_gpus) float64 array to write the result into (``z`` itself is
+    allowed).
     """
     in_ckpt = ((t_s + plan.phase_s) % plan.period_s) < p.checkpoint_duration_s
     train = np.where(in_ckpt, p.checkpoint_util, p.training_util)
     daily = np.cos(2.0 * np.pi * (hour_local - p.inference_peak_hour) / 24.0)
     infer = p.inference_base_util + p.inference_amp_util * daily
-    base = np.select([plan.kind == TRAINING, plan.kind == INFERENCE], [train, infer], 0.0)
-    util = np.where(plan.kind == IDLE, 0.0, p.util_jitter)[:, None] * np.asarray(z)
+    base = np.where(plan.kind == TRAINING, train, np.where(plan.kind == INFERENCE, infer, 0.0))
+    # jitter on busy racks; idle racks read 0 (what 0 * z + 0 clipped gives). A scalar
+    # multiply and a row assignment cost half of a multiply by a per-rack (R, 1) factor
+    util = np.multiply(np.asarray(z), p.util_jitter, out=out)
     util += base[:, None]
+    util[plan.kind == IDLE] = 0.0
     return np.clip(util, 0.0, 1.0, out=util)
