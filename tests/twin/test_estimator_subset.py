@@ -69,3 +69,24 @@ def test_bad_indices_and_settings_are_refused() -> None:
         est.put([0, 1], ThermalEstimator(3))
     with pytest.raises(EstimatorError, match="settings"):
         est.put([0], ThermalEstimator(1, forgetting=0.99))
+
+
+def test_pooled_offsets_of_racks_in_one_estimator_match_one_estimator_per_rack() -> None:
+    # racks fed together, each its own group, interleaved in the series and given in any
+    # order: the same as each rack on its own (its GPUs in ascending series, as a pool's)
+    pool = ThermalEstimator(8)
+    r1, r2 = ThermalEstimator(4), ThermalEstimator(4)
+    s1, s2 = _samples(4, 200, seed=3), _samples(4, 200, seed=4)
+    slot1, slot2 = np.array([0, 3, 5, 6]), np.array([1, 2, 4, 7])
+    zeros = np.zeros(4, dtype=np.intp)
+    for k in range(200):
+        r1.update(*s1[k], group=zeros)
+        r2.update(*s2[k], group=zeros)
+        both = [
+            np.concatenate([np.broadcast_to(x, 4), np.broadcast_to(y, 4)])
+            for x, y in zip(s2[k], s1[k], strict=True)
+        ]
+        pool.update_at(np.r_[slot2, slot1], *both, group=np.r_[zeros, zeros + 5])
+    _same(pool.take(slot1), r1)
+    _same(pool.take(slot2), r2)
+    assert np.isfinite(pool.coolant_offset_k).all()
