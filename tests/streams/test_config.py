@@ -168,6 +168,9 @@ def _valid_text(action: argparse.Action) -> str:
     candidates = [str(action.default)] if action.default not in (None, [], "") else []
     candidates += [str(c) for c in action.choices or []]
     candidates += ["1", "kafka://h:1", "http://h:1/", "fouling:R0001/G01@1", "a"]
+    # flags whose type reads a file: a shipped file of that kind
+    shipped = Path(__file__).resolve().parents[2] / "streams"
+    candidates += [str(shipped / "ingest_map.toml")]
     for text in candidates:
         try:
             convert(action, text, "probe")
