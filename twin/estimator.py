@@ -54,7 +54,7 @@ IntArray = npt.NDArray[np.intp]
 
 #: Prior die-to-coolant resistance [K/W] (docs/sources.md S8: R_j_coolant_K_per_W 0.018).
 PRIOR_R_K_W = 0.018
-#: Prior die thermal capacitance [J/K] (docs/sources.md S8: C_th_J_per_K 400; section 2: 300-600).
+#: Prior die thermal capacitance [J/K] (docs/sources.md S8: C_th_J_per_K 400; S2: 300-600).
 PRIOR_C_J_K = 400.0
 #: Slow forgetting (baseline R, tau and the coolant offset): ~2,000 samples, 33 min at 1 Hz.
 SLOW_FORGETTING = 0.9995
