@@ -125,7 +125,9 @@ async def ensure_topics(
         if check_app_id is not None:
             names = [n for n in existing if is_changelog(n, check_app_id)]
             names += [n for n in keyed_topics(topics) if n in existing]
-            counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+            # (no names is no request: an empty list would describe every topic)
+            described = await admin.describe_topics(names) if names else []
+            counts = {t["topic"]: len(t["partitions"]) for t in described if t["topic"] in names}
             problem = partition_mismatch(counts, partitions)
             if problem is not None:
                 raise ConfigError(problem)
