@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from streams.codec import encode_frame, gpu_batch, points_batch
 from streams.kafka_security import KafkaSecurity
 from streams.producer import FramePublisher
+from streams.schema import POINTS_SCHEMA
 from streams.settings import Topics
 from twin.errors import ConfigError
 
@@ -58,10 +60,38 @@ def frames_of(
             out.append(("gpu", rack, encode_frame(batch.slice(lo, step))))
     if not plant:
         return out
-    for kind, units in (("thermal", sim_frame.thermal), ("power", sim_frame.power)):
-        for unit, points in units.items():
-            out.append((kind, unit, encode_frame(points_batch(sim_frame.ts_ms, unit, points))))
+    groups = getattr(sim_frame, "plant", None)
+    if groups is None:  # a frame with the unit -> point dicts only
+        for kind, units in (("thermal", sim_frame.thermal), ("power", sim_frame.power)):
+            for unit, points in units.items():
+                batch = points_batch(sim_frame.ts_ms, unit, points)
+                out.append((kind, unit, encode_frame(batch)))
+        return out
+    # from the simulator's columnar readings (twin/sensors.py PlantGroup): one record batch
+    # per group of like units, a slice of it per unit, in the order of frame.thermal then
+    # frame.power, without building the per-unit dicts
+    for kind in ("thermal", "power"):
+        for g in groups:
+            if g.kind == kind:
+                for unit, batch in zip(g.ids, _unit_batches(sim_frame.ts_ms, g), strict=True):
+                    out.append((kind, unit, encode_frame(batch)))
     return out
+
+
+def _unit_batches(ts_ms: int, group: Any) -> list[pa.RecordBatch]:
+    """One telemetry.thermal / .power record batch per unit of a PlantGroup (ids, names,
+    values (n_units, n_points)); the ts and point columns are built once for the group."""
+    k = len(group.names)
+    ts = pa.array(np.full(k, ts_ms, dtype=np.int64)).cast(POINTS_SCHEMA.field("ts").type)
+    points = pa.array(group.names, type=pa.string())
+    values = np.ascontiguousarray(group.values, dtype=np.float64)
+    return [
+        pa.RecordBatch.from_arrays(
+            [ts, pa.array([unit] * k, type=pa.string()), points, pa.array(row)],
+            schema=POINTS_SCHEMA,
+        )
+        for unit, row in zip(group.ids, values, strict=True)
+    ]
 
 
 def make_simulator(
