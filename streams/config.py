@@ -434,7 +434,8 @@ def add_config_parser(subparsers: Any) -> argparse.ArgumentParser:
         "words",
         nargs="*",
         metavar="COMMAND",
-        help="command, sub-command, then -- and its flags (default: the commands)",
+        help="command, sub-command, then -- and its flags (default: every command's "
+        "settings that are not defaults)",
     )
     show.set_defaults(handler=run_show)
     return p
@@ -480,6 +481,8 @@ def show(
         parser = sub.choices[rest[0]]
         path = (*path, rest.pop(0))
     sub = _subparsers(parser)
+    if sub is not None and not path and not rest:
+        return show_changed(root, environ, config)
     if sub is not None:
         names = ", ".join(sub.choices)
         where = " ".join(path) or "twin"
@@ -500,6 +503,31 @@ def show(
     width = max((len(s.flag) for s in settings.values()), default=0) + 2
     for setting in settings.values():
         lines.append(f"  --{setting.flag:<{width}} {_text(setting.value):<24} {setting.source}")
+    return "\n".join(lines)
+
+
+def show_changed(
+    root: argparse.ArgumentParser, environ: Mapping[str, str], config: Path | None = None
+) -> str:
+    """Every command's settings that do not come from their defaults (``twin config show``
+    without a command)."""
+    file = config if config is not None else config_path(argparse.Namespace(), environ)
+    lines = [f"config file: {file if file is not None else 'none'}"]
+    for path, _ in leaf_parsers(root):
+        if path[0] == "config":
+            continue
+        args = defaults_of(root, path)
+        args.config = config
+        changed = [
+            s
+            for s in fill(root, args, set(), environ, require=False).values()
+            if s.source != "default"
+        ]
+        if changed:
+            lines.append(f"twin {' '.join(path)}")
+            lines += [f"  --{s.flag:<26} {_text(s.value):<24} {s.source}" for s in changed]
+    if len(lines) == 1:
+        lines.append("every command runs with its defaults (twin config show COMMAND: all)")
     return "\n".join(lines)
 
 

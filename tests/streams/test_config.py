@@ -262,6 +262,12 @@ def test_config_show_names_the_source_of_each_setting(tmp_path: Path) -> None:
     assert "--from" in config.show(_build_parser(), ["replay"], {})
     with pytest.raises(config.UsageError, match="name a command of collect"):
         config.show(_build_parser(), ["collect"], {})
+    # without a command: what differs from the defaults, per command
+    changed = config.show(_build_parser(), [], env, cfg).splitlines()
+    assert changed[0] == f"config file: {cfg}"
+    assert "twin worker" in changed and "twin sim" not in changed
+    assert sum(line.split()[0] == "--batch-max" for line in changed) == 2  # worker, demo
+    assert "defaults" in config.show(_build_parser(), [], {})
 
 
 def test_config_show_from_the_command_line(tmp_path: Path) -> None:
