@@ -49,7 +49,7 @@ def test_a_busy_port_asked_for_fails_before_anything_starts(tmp_path: Path) -> N
     assert len(lines) == 1, r.stderr
     assert f"--web-port {port}" in lines[0] and "already in use" in lines[0], lines[0]
     assert "http://" not in r.stdout and "Ctrl-C" not in r.stdout, r.stdout  # no banner
-    assert time.monotonic() - t0 < 45  # no broker was started (that alone takes longer)
+    assert time.monotonic() - t0 < 45  # a generous bound: it stops before any broker starts
 
 
 def _demo(tmp_path: Path, web_port: int, source: str) -> Demo:
