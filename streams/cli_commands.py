@@ -288,7 +288,8 @@ def register(sub: Any) -> None:
         "worker",
         help="run one Faust worker with the HTTP API",
         description="Consume telemetry, keep the twin's state in Faust tables, "
-        "serve /api/state, /api/racks/{rack}, /healthz and /metrics.",
+        "serve the control room at /, the API (/api/state, /api/racks, /api/units, /api/alerts, "
+        "/api/sql; docs/api.md), /healthz and /metrics.",
     )
     add_broker_flag(p)
     add_common_worker_flags(p)
