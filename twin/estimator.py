@@ -51,6 +51,8 @@ from twin.ivfit import FloatArray
 Timing = Literal["start", "end"]
 CoolantTiming = Literal["start", "sample"]
 IntArray = npt.NDArray[np.intp]
+#: (previous die [C], die [C], coolant reference [C], power [W], step [s]) of fitted series
+_Inputs = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
 
 #: Prior die-to-coolant resistance [K/W] (docs/sources.md S8: R_j_coolant_K_per_W 0.018).
 PRIOR_R_K_W = 0.018
@@ -315,18 +317,19 @@ class ThermalEstimator:
                 f"index: expected 1-D ints in [0, {self.n_series}), got shape {idx.shape}"
             )
         m = idx.shape[0]
-        inputs = [temp_die_c, temp_coolant_c, power_w, dt_s, group]
+        inputs: list[npt.ArrayLike] = [temp_die_c, temp_coolant_c, power_w, dt_s]
         if m > 1 and bool(np.any(idx[1:] < idx[:-1])):
-            # in series order: the statistics are gathered and written back in runs (and a
-            # rack's GPUs keep their order, so pooled sums do not depend on the batching)
+            # in series order: the statistics are updated in blocks (and a rack's GPUs keep
+            # their order, so pooled sums do not depend on the batching)
             order = np.argsort(idx, kind="stable")
             idx = idx[order]
-            inputs = [x if x is None or np.ndim(x) == 0 else np.asarray(x)[order] for x in inputs]
+            inputs = [x if np.ndim(x) == 0 else np.asarray(x)[order] for x in inputs]
+            if group is not None:
+                group = np.asarray(group)[order] if np.ndim(group) else group
         sel: IntArray | slice = idx
         if m and int(idx[-1]) - int(idx[0]) + 1 == m:  # distinct and sorted: one block
             sel = slice(int(idx[0]), int(idx[-1]) + 1)
-        die, cool, power, dt, grp = inputs
-        self._update(sel, m, die, cool, power, dt, grp)
+        self._update(sel, m, inputs[0], inputs[1], inputs[2], inputs[3], group)
 
     def _update(
         self,
@@ -356,35 +359,57 @@ class ThermalEstimator:
             fit = sub + (sel.start or 0) if isinstance(sel, slice) else sel[sub]
         x_new = np.full(m, np.nan)
         if can_fit.size and (isinstance(sub, slice) or sub.size):
-            x_new[sub] = self._fit(
-                fit,
-                prev_die[sub],
-                t_die[sub],
-                t_cool[sub],
-                p_w[sub],
-                dt[sub],
-                None if grp is None else grp[sub],
-            )
+            args = (prev_die[sub], t_die[sub], t_cool[sub], p_w[sub], dt[sub])
+            g_fit = None if grp is None else grp[sub]
+            if isinstance(fit, slice):
+                x_new[sub] = self._fit(fit, args, g_fit)
+            else:
+                x_new[sub] = self._fit_sparse(fit, args, g_fit)
         self._prev_x_k[sel] = x_new
         self._prev_die_c[sel] = np.where(valid, t_die, np.nan)
         self._prev_cool_c[sel] = np.where(valid, t_cool, np.nan)
         self._prev_power_w[sel] = np.where(valid, p_w, np.nan)
 
+    def _fit_sparse(self, fit: IntArray, args: _Inputs, grp: IntArray | None) -> FloatArray:
+        """:meth:`_fit` of the sorted series ``fit``. Where they fill at least half of their
+        span, the span is updated in place with the others masked out: gathering and writing
+        back every statistic of scattered series costs more than the arithmetic."""
+        lo, hi = int(fit[0]), int(fit[-1]) + 1
+        if 2 * fit.size < hi - lo:
+            return self._fit(fit, args, grp)
+        pos = fit - lo
+        live = np.zeros(hi - lo, dtype=bool)
+        live[pos] = True
+        spread = []
+        for arr, fill in zip(args, (0.0, 0.0, 0.0, 0.0, 1.0), strict=True):
+            full = np.full(hi - lo, fill)
+            full[pos] = arr
+            spread.append(full)
+        die0, die1, cool, power, dt = spread
+        g_full = None
+        if grp is not None:
+            g_full = np.full(hi - lo, int(grp.max()) + 1 if grp.size else 0, dtype=np.intp)
+            g_full[pos] = grp
+        x = self._fit(slice(lo, hi), (die0, die1, cool, power, dt), g_full, live=live)
+        return x[pos]
+
     def _fit(
         self,
         fit: IntArray | slice,
-        prev_die: FloatArray,
-        t_die: FloatArray,
-        t_cool: FloatArray,
-        p_w: FloatArray,
-        dt: FloatArray,
+        inputs: _Inputs,
         grp: IntArray | None,
+        live: npt.NDArray[np.bool_] | None = None,
     ) -> FloatArray:
-        """One regression step of the series ``fit``; returns their ``x`` [K]."""
+        """One regression step of the series ``fit`` given (previous die [C], die [C], coolant
+        reference [C], power [W], step [s]); returns their ``x`` [K]. ``live`` (a slice's
+        columns): only these take the sample, the others stay as they are."""
+        prev_die, t_die, t_cool, p_w, dt = inputs
         whole = isinstance(fit, slice)
         s = self._s[:, fit]  # a view for a slice, a copy for an index (written back below)
         dt_ref = self._dt_ref_s[fit]
         fresh = np.isnan(dt_ref)
+        if live is not None:
+            fresh &= live
         if fresh.any():
             cols = np.flatnonzero(fresh)
             seeded = s[:, cols]
@@ -392,6 +417,8 @@ class ThermalEstimator:
             s[:, cols] = seeded
             dt_ref = np.where(fresh, dt, dt_ref)
         ratio = dt / dt_ref
+        if live is not None:
+            ratio = np.where(live, ratio, 1.0)
         lo, hi = DT_RATIO_RANGE
         far = (ratio < lo) | (ratio > hi)
         if far.any():
@@ -406,21 +433,35 @@ class ThermalEstimator:
 
         p = (self._prev_power_w[fit] if self.power_timing == "start" else p_w) * self.prior_r_k_w
         c_prev = self._prev_cool_c[fit]
+        if live is not None:
+            # masked columns: zero inputs (their increments are zero, their rows kept)
+            c_prev = np.where(live, c_prev, 0.0)
+            p = np.where(live, p, 0.0)
         x = prev_die - c_prev
         y = t_die - (c_prev if self.coolant_timing == "start" else t_cool)
         a = s[ivfit.A]
         delta = s[ivfit.DELTA]
+        if live is not None:
+            a = np.where(live, a, 0.5)
+            delta = np.where(live, delta, 0.0)
         a_r = a if same else a**ratio
         one_ar = 1.0 - a_r
         # one-step prediction with the fast R and the offset: y = a x + (1-a) (R p - delta)
         residual = y - a_r * x
         residual -= one_ar * (s[ivfit.RF] * p - delta)
-        if isinstance(fit, slice):
-            self._residual_k[fit] = residual
+        lam_s: float | FloatArray = self.forgetting
+        lam_f: float | FloatArray = self.fast_forgetting
+        lam_sig = lam_f
+        if live is not None:
+            residual = np.where(live, residual, 0.0)
+            self._residual_k[fit] = np.where(live, residual, self._residual_k[fit])
+            lam_s = np.where(live, lam_s, 1.0)
+            lam_f = np.where(live, lam_f, 1.0)
+            lam_sig = lam_f
         else:
             self._residual_k[fit] = residual
-        s[ivfit.SIG2] *= self.fast_forgetting
-        s[ivfit.SIG2] += (1.0 - self.fast_forgetting) * residual * residual
+        s[ivfit.SIG2] *= lam_sig
+        s[ivfit.SIG2] += (1.0 - lam_sig) * residual * residual
         # low-pass regressions of x on the filtered power (before this step's power)
         # the die is the low-pass of coolant and power: x_lp = die - cf, pf through the same
         # filter (before this step's inputs), so coolant swings do not leak into R
@@ -428,6 +469,8 @@ class ThermalEstimator:
         cf = s[ivfit.CF]
         z0 = self._prev_x_k[fit]
         usable = np.isfinite(z0)
+        if live is not None:
+            usable |= ~live  # (masked columns: their filters are kept below)
         if not usable.all():
             # a fresh series or the first step after a gap: the filters' states are unknown
             # or stale; the die itself is the low-pass of its inputs, so start from it
@@ -435,8 +478,12 @@ class ThermalEstimator:
             with np.errstate(invalid="ignore", divide="ignore"):
                 from_die = (prev_die - cf + delta) / s[ivfit.RF]
             pf = s[ivfit.PF] = np.where(usable, pf, np.where(np.isfinite(from_die), from_die, p))
+        one: float | FloatArray = 1.0
+        if live is not None:
+            pf = np.where(live, pf, 0.0)
+            cf = np.where(live, cf, 0.0)
+            one = live.astype(np.float64)
         x_lp = prev_die - cf
-        lam_s, lam_f = self.forgetting, self.fast_forgetting
         s[ivfit.FAST_ROWS] *= lam_f
         pfx = pf * x_lp
         pfpf = pf * pf
@@ -444,15 +491,22 @@ class ThermalEstimator:
         s[ivfit.FPP] += pfpf
         s[ivfit.FPX] += pfx
         s[ivfit.L1 : ivfit.LPX + 1] *= lam_s
-        s[ivfit.L1] += 1.0
+        s[ivfit.L1] += one
         s[ivfit.LX] += x_lp
         s[ivfit.LP] += pf
         s[ivfit.LPP] += pfpf
         s[ivfit.LPX] += pfx
-        s[ivfit.PF] = a_r * pf + one_ar * p
-        s[ivfit.CF] = a_r * cf + one_ar * c_prev
+        new_pf = a_r * pf + one_ar * p
+        new_cf = a_r * cf + one_ar * c_prev
+        if live is not None:
+            new_pf = np.where(live, new_pf, s[ivfit.PF])
+            new_cf = np.where(live, new_cf, s[ivfit.CF])
+        s[ivfit.PF] = new_pf
+        s[ivfit.CF] = new_cf
         # the slow IV moments, at the reference step: y moved to what a reference step gives
         y_ref = y if same else y + (a - a_r) * (x - (s[ivfit.T] / (1.0 - a) * p - delta))
+        if live is not None:
+            usable &= live & np.isfinite(z0)
         if usable.all():
             ivfit.accumulate(s, (z0, p, 1.0), x, p, y_ref, lam_s, self.power_noise_rel)
         else:
@@ -466,8 +520,10 @@ class ThermalEstimator:
                 np.where(usable, lam_s, 1.0),
                 self.power_noise_rel,
             )
-        self._n_updates[fit] += 1
+        self._n_updates[fit] += 1 if live is None else live
         due = self._n_updates[fit] % self.solve_every == 0
+        if live is not None:
+            due &= live
         if due.any():
             self._solve(s, due, grp)
         if not whole:

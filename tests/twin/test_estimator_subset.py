@@ -90,3 +90,21 @@ def test_pooled_offsets_of_racks_in_one_estimator_match_one_estimator_per_rack()
     _same(pool.take(slot1), r1)
     _same(pool.take(slot2), r2)
     assert np.isfinite(pool.coolant_offset_k).all()
+
+
+def test_dense_and_sparse_subsets_update_only_their_series() -> None:
+    # a dense subset (half its span or more) is updated in place with the rest masked out; a
+    # sparse one is gathered: both must equal the series on their own, the rest untouched
+    pool = ThermalEstimator(40)
+    dense, sparse = np.array([8, 9, 11, 12]), np.array([0, 21, 30, 39])
+    alone_d, alone_s = ThermalEstimator(4), ThermalEstimator(4)
+    sd, ss = _samples(4, 80, seed=5), _samples(4, 80, seed=6)
+    for k in range(80):
+        pool.update_at(dense, *sd[k], group=np.zeros(4, dtype=np.intp))
+        alone_d.update(*sd[k], group=np.zeros(4, dtype=np.intp))
+        pool.update_at(sparse, *ss[k])
+        alone_s.update(*ss[k])
+    _same(pool.take(dense), alone_d)
+    _same(pool.take(sparse), alone_s)
+    rest = np.setdiff1d(np.arange(40), np.r_[dense, sparse])
+    _same(pool.take(rest), ThermalEstimator(rest.size))
