@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pipeline.py [--racks 64,1250] [--frames 40000]
         [--latency-seconds 60] [--broker tansu|kafka] [--gpus-per-frame 72|4]
+        [--workers 1|2] [--partitions N]
 
 For each site size, in one run on one machine (broker, worker and this script share it):
 
@@ -15,11 +16,19 @@ For each site size, in one run on one machine (broker, worker and this script sh
    state); then a real ``twin worker`` subprocess consumes all of it (decode, validate,
    state, thermal fits, facility model, checkpoints, twin.state) and its counter of GPU
    samples (GET /healthz) is polled until it has taken them all. The ratio of the two
-   rates is the pipeline's overhead.
-2. Latency. GPU frames stamped with the wall clock are published at 1 Hz for every rack,
-   as a live site would; a poller reads /api/racks/{rack} of 4 racks round-robin every 20 ms and
-   records, each time a rack's newest sample changes, now minus that sample's timestamp:
-   the time from measurement to visible in the API. p50 and p99 are printed.
+   rates is the pipeline's overhead. With ``--workers 2`` two worker processes in one
+   consumer group share the site (scale-out, docs/scaling.md): the throughput and the CPU
+   are counted from the moment the group has settled (every worker holds partitions and the
+   split has not changed for at least 2 s) to the last sample, the CPU-seconds summed over both
+   workers; samples taken before that (the first worker alone, the rebalance) are left out.
+   Samples a rebalance makes a worker take again (at most the last commit interval, 1 s)
+   count twice, so the throughput of two workers is an upper bound by that much.
+2. Latency (one worker only: with two, a rack's API view on the other worker is as old as
+   its last twin.state publication). GPU frames stamped with the wall clock are published
+   at 1 Hz for every rack, as a live site would; a poller reads /api/racks/{rack} of 4
+   racks round-robin every 20 ms and records, each time a rack's newest sample changes, now
+   minus that sample's timestamp: the time from measurement to visible in the API. p50 and
+   p99 are printed.
 
 Prints figures; asserts nothing.
 """
@@ -50,7 +59,7 @@ from streams.brokers.ports import free_port
 from streams.codec import encode_frame, gpu_batch
 from streams.producer import FramePublisher
 from streams.settings import Topics
-from streams.topics_admin import ensure_topics
+from streams.topics_admin import ensure_topics, resolve_partitions
 
 GPUS = 72
 
@@ -158,27 +167,40 @@ async def raw_consume(bootstrap: str, topic: str, expected: int, partitions: int
         await consumer.stop()
 
 
-def samples_in(api: str) -> int:
+def healthz(api: str) -> dict[str, object]:
     # /healthz carries the counters and costs nothing; /metrics renders every rack.
     try:
         with urllib.request.urlopen(api + "/healthz", timeout=5) as r:
-            return int(json.loads(r.read()).get("gpu_samples_in", 0))
+            doc = json.loads(r.read())
+            return doc if isinstance(doc, dict) else {}
     except (OSError, ValueError):
-        return 0
+        return {}
+
+
+def samples_in(api: str) -> int:
+    return int(healthz(api).get("gpu_samples_in", 0))  # type: ignore[call-overload]
+
+
+def assigned(api: str) -> int:
+    """Topic partitions the worker holds now (0 while it has none, or is rebalancing)."""
+    return int(healthz(api).get("assigned_partitions", 0))  # type: ignore[call-overload]
 
 
 def start_worker(
-    url: str, prefix: str, port: int, racks: int, state: Path
+    url: str, prefix: str, port: int, racks: int, state: Path, partitions: int
 ) -> subprocess.Popen[bytes]:
+    """One ``twin worker``; workers of one ``prefix`` share its consumer group."""
+    state.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable, "-m", "streams", "worker", "--broker", url, "--web-port", str(port),
         "--topic-prefix", prefix, "--app-id", f"{prefix}twin", "--state-dir", str(state),
         "--data-dir", str(state / "history"), "--racks", str(racks),
+        "--partitions", str(partitions),
     ]  # fmt: skip
     profile = os.environ.get("BENCH_PROFILE_DIR")
     if profile:
         # py-spy's collapsed stacks of the worker, to see where its time goes
-        out = Path(profile) / f"worker-{racks}.txt"
+        out = Path(profile) / f"worker-{racks}-{port}.txt"
         argv = [
             str(Path(sys.executable).with_name("py-spy")),
             "record",
@@ -272,8 +294,22 @@ def poll_latency(api: str, racks: list[str], stop: threading.Event, out: list[fl
         time.sleep(0.02)  # 50 API reads a second: the reads cost the worker CPU too
 
 
+def settled(apis: list[str], split: list[tuple[int, ...]]) -> bool:
+    """Every worker holds partitions and the split has not changed for 20 polls in a row
+    (at least 2 s: ``split`` keeps the last 20 observations)."""
+    split.append(tuple(assigned(a) for a in apis))
+    del split[:-20]
+    return len(split) == 20 and len(set(split)) == 1 and min(split[0]) > 0
+
+
 def run_size(
-    broker: object, n_racks: int, seconds: int, latency_s: int, partitions: int, per_frame: int
+    broker: object,
+    n_racks: int,
+    seconds: int,
+    latency_s: int,
+    partitions: int,
+    per_frame: int,
+    n_workers: int = 1,
 ) -> dict[str, float]:
     bootstrap: str = broker.bootstrap  # type: ignore[attr-defined]
     url: str = broker.url  # type: ignore[attr-defined]
@@ -287,48 +323,80 @@ def run_size(
     samples = seconds * n_racks * GPUS
     raw_s = asyncio.run(raw_consume(bootstrap, topics.gpu, frames, partitions))
     state = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    worker = start_worker(url, prefix, port, n_racks, state)
+    ports = [free_port() for _ in range(n_workers)]
+    apis = [f"http://127.0.0.1:{port}" for port in ports]
+    workers = [
+        start_worker(url, prefix, port, n_racks, state / f"w{i}", partitions)
+        for i, port in enumerate(ports)
+    ]
+    pids: list[int] = []
+
+    def cpu_all() -> float:
+        return sum(cpu_s(pid) for pid in pids)
+
+    def got_all() -> int:
+        return sum(samples_in(a) for a in apis)
+
     try:
-        wait_healthy(api)
-        pid = worker_pid(worker)
+        for api in apis:
+            wait_healthy(api)
+        pids = [worker_pid(w) for w in workers]
         t_first = t_last = None
         deadline = time.monotonic() + 600
         last_got, last_change = -1, time.monotonic()
+        split: list[tuple[int, ...]] = []
+        next_note = time.monotonic() + 10
         while time.monotonic() < deadline:
-            got = samples_in(api)
+            got = got_all()
             t = time.perf_counter()
+            if n_workers > 1 and time.monotonic() > next_note:
+                # progress of a group run: samples and partitions per worker
+                docs = [healthz(a) for a in apis]
+                each = [(d.get("gpu_samples_in"), d.get("assigned_partitions")) for d in docs]
+                print(f"  {got:,} of {samples:,} samples; (samples, partitions) {each}", flush=True)
+                next_note += 10
             if got != last_got:
                 last_got, last_change = got, time.monotonic()
             elif time.monotonic() - last_change > 60:
-                raise SystemExit(f"worker stalled at {got} of {samples} samples (log: {state})")
-            if got > 0 and t_first is None:
-                t_first, first_n, cpu_first = t, got, cpu_s(pid)
+                raise SystemExit(f"workers stalled at {got} of {samples} samples (log: {state})")
+            # one worker: from its first sample; several: from the settled group on
+            ready = got > 0 if n_workers == 1 else settled(apis, split)
+            if ready and t_first is None:
+                t_first, first_n, cpu_first = t, got, cpu_all()
             if got >= samples:
-                t_last, cpu_last = t, cpu_s(pid)
+                t_last, cpu_last = t, cpu_all()
                 break
             time.sleep(0.1)
+        if t_first is None and t_last is not None:
+            raise SystemExit("the backlog was taken before the group settled: more --frames")
         if t_first is None or t_last is None:
-            raise SystemExit(f"worker did not take all {samples} samples (log: {state})")
+            raise SystemExit(f"workers did not take all {samples} samples (log: {state})")
+        if samples - first_n < samples // 4:
+            print(f"  note: only {samples - first_n} of {samples} samples after the group settled")
         pipe_rate = (samples - first_n) / max(t_last - t_first, 1e-9)
-        # Samples per CPU-second of the worker: what one core given to the worker alone
-        # would take, whatever else shares this machine (broker, load, other jobs).
+        # Samples per CPU-second of the workers (summed): what one core given to the
+        # workers alone would take, whatever else shares this machine (broker, load, jobs).
         cpu_rate = (samples - first_n) / max(cpu_last - cpu_first, 1e-9)
         lat: list[float] = []
         stop = threading.Event()
-        poller = threading.Thread(target=poll_latency, args=(api, racks[:4], stop, lat))
-        poller.start()
-        cpu0, t0 = cpu_s(pid), time.perf_counter()
+        poller = threading.Thread(target=poll_latency, args=(apis[0], racks[:4], stop, lat))
+        if n_workers == 1:
+            poller.start()
+        cpu0, t0 = cpu_all(), time.perf_counter()
         load_lag_s = asyncio.run(live_load(bootstrap, topics, racks, latency_s, per_frame))
-        # Share of one core the worker used while the site streamed live at 1 Hz (the
+        # Share of one core the workers used while the site streamed live at 1 Hz (the
         # poller's API reads included): 1 / this is the headroom on a core of its own.
-        live_cpu = (cpu_s(pid) - cpu0) / (time.perf_counter() - t0)
-        time.sleep(2)
-        stop.set()
-        poller.join()
+        live_cpu = (cpu_all() - cpu0) / (time.perf_counter() - t0)
+        if n_workers == 1:
+            time.sleep(2)
+            stop.set()
+            poller.join()
         lat_arr = np.array(lat[5:] or [np.nan])
         return {
+            "workers": n_workers,
+            "partitions": partitions,
+            "samples_measured": samples - first_n,
+            "cpu_us_per_sample": 1e6 / cpu_rate,
             "racks": n_racks,
             "frames": frames,
             "samples": samples,
@@ -346,11 +414,13 @@ def run_size(
             "lat_p99_ms": float(np.percentile(lat_arr, 99)),
         }
     finally:
-        if os.environ.get("BENCH_PROFILE_DIR"):
-            worker.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
-        else:
-            worker.terminate()
-        worker.wait(60)
+        for worker in workers:
+            if os.environ.get("BENCH_PROFILE_DIR"):
+                worker.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            else:
+                worker.terminate()
+        for worker in workers:
+            worker.wait(60)
 
 
 def main() -> None:
@@ -364,7 +434,19 @@ def main() -> None:
     )
     ap.add_argument("--latency-seconds", type=int, default=60)
     ap.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
-    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="partitions of the keyed topics (default: the shipped site file's, 24)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="worker processes in one consumer group sharing the site (2: scale-out)",
+    )
     ap.add_argument(
         "--gpus-per-frame",
         type=int,
@@ -373,6 +455,7 @@ def main() -> None:
         help="GPUs per telemetry.gpu message: 72 (one per rack) or 4 (one per compute tray)",
     )
     args = ap.parse_args()
+    partitions = resolve_partitions(args.partitions)
     broker = start_broker(args.broker)
     try:
         rows = [
@@ -381,21 +464,26 @@ def main() -> None:
                 int(r),
                 -(-args.frames // int(r)),
                 args.latency_seconds,
-                args.partitions,
+                partitions,
                 args.gpus_per_frame,
+                args.workers,
             )
             for r in args.racks.split(",")
         ]
     finally:
         broker.stop()
+    load1, load5, _ = os.getloadavg()
+    who = "one worker" if args.workers == 1 else f"{args.workers} workers in one group"
     print(
-        f"\npipeline on {args.broker}, {args.gpus_per_frame} GPUs a message, one worker, 2-core "
-        "machine shared by broker, worker and load generator"
+        f"\npipeline on {args.broker}, {args.gpus_per_frame} GPUs a message, {who}, "
+        f"{partitions} partitions, {os.cpu_count()}-core machine shared by broker, workers and "
+        f"load generator (load average {load1:.1f} / {load5:.1f} at the end, 1 / 5 min)"
     )
     print(
         f"{'racks':>6} {'samples':>10} {'raw consume/s':>14} {'pipeline/s':>12} {'ratio':>6} "
         f"{'live need/s':>12} {'msgs/s':>7} {'headroom':>9} {'per cpu-s':>10} {'cpu head':>8} "
-        f"{'live cpu':>8} {'p50 ms':>7} {'p99 ms':>7} {'n':>5} {'load lag s':>10}"
+        f"{'live cpu':>8} {'p50 ms':>7} {'p99 ms':>7} {'n':>5} {'load lag s':>10} "
+        f"{'CPU us/sample':>13} {'measured':>9}"
     )
     for r in rows:
         print(
@@ -406,7 +494,8 @@ def main() -> None:
             f"{r['cpu_samples_s']:>10,.0f} {r['cpu_samples_s'] / r['live_samples_s']:>7.1f}x "
             f"{100 * r['live_cpu_share']:>7.0f}% "
             f"{r['lat_p50_ms']:>7.0f} {r['lat_p99_ms']:>7.0f} {r['lat_n']:>5.0f} "
-            f"{r['load_lag_s']:>10.1f}"
+            f"{r['load_lag_s']:>10.1f} {r['cpu_us_per_sample']:>13.2f} "
+            f"{r['samples_measured']:>9,.0f}"
         )
 
 
