@@ -40,6 +40,9 @@ from twin.errors import ConfigError
 META_OFFSETS: Final = b"twin.offsets"  # JSON {topic: {partition: [[first, last], ...]}}
 META_TABLE: Final = b"twin.table"
 META_REPLACES: Final = b"twin.replaces"  # JSON [file names] merged into this one (compaction)
+#: Set on a sealed partition's file: all rows of the partition then, in one sort order, with
+#: row groups cut at series boundaries (storage/compact.py, seal_partition).
+META_SEALED: Final = b"twin.sealed"
 
 TEMP_PREFIX: Final = ".tmp-"
 PART_SUFFIX: Final = ".parquet"

@@ -40,7 +40,8 @@ def run_maintenance(
     retention_overrides: Mapping[str, int] | None = None,
     options: WriterOptions | None = None,
 ) -> dict[str, int]:
-    """Compact small files, bring rollups up to date, apply retention; returns counts.
+    """Compact small files (seal finished partitions, see storage/compact.py), bring rollups
+    up to date, apply retention; returns counts. ``today`` is the UTC day (default: now).
 
     Each step runs even when an earlier one failed; then :class:`MaintenanceError` carries
     every failure (any exception type) with its cause.
@@ -52,7 +53,7 @@ def run_maintenance(
     failures: list[tuple[str, BaseException]] = []
     for tdef in tables.values():
         try:
-            counts["compacted"] += len(compact_table(tdef, data_dir, options))
+            counts["compacted"] += len(compact_table(tdef, data_dir, options, today=day))
         except Exception as exc:
             failures.append((f"compaction of {tdef.name}", exc))
     try:

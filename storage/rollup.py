@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.layout import TEMP_PREFIX, TableDef, date_dir, list_parts
+from storage.layout import META_REPLACES, TEMP_PREFIX, TableDef, date_dir, list_parts
 from storage.rollup_schema import (
     GPU_HEALTH,
     GPU_METRICS,
@@ -123,6 +123,18 @@ _HOUR_MS: Final = 3_600_000
 _FIRST_HOUR_MS: Final = 0
 _LAST_HOUR_MS: Final = 253_402_128_000_000  # 9999-12-30T00:00Z
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _merges_rolled_up(path: Path, data_dir: Path, done: set[str]) -> bool:
+    """Whether ``path`` only merges files already rolled up (compaction, sealing): its rows
+    are theirs, so its minutes need no recomputation (a sealed day is not redone)."""
+    try:
+        raw = (pq.read_metadata(path).metadata or {}).get(META_REPLACES)
+    except (OSError, ValueError):
+        return False
+    rel = path.parent.relative_to(data_dir)
+    names = [n for n in (raw or b"").decode().split(",") if n]
+    return bool(names) and all(str(rel / n) in done for n in names)
 
 
 def _minutes_of(path: Path) -> np.ndarray:
@@ -273,6 +285,7 @@ def update_rollups(data_dir: Path, sources: Iterable[str] = tuple(SOURCES)) -> l
             names = {str(p.relative_to(data_dir)) for p in parts}
             done = set(state.get(source, []))
             new = [p for p in parts if str(p.relative_to(data_dir)) not in done]
+            new = [p for p in new if not _merges_rolled_up(p, data_dir, done)]
             minutes = [_minutes_of(p) for p in new]
             spans = _dirty_spans(np.unique(np.concatenate(minutes))) if minutes else {}
             for hour_ms, span in sorted(spans.items()):

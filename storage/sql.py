@@ -197,6 +197,7 @@ class SqlService:
                 max_bytes=self.max_bytes,
                 check=False,
                 tables=tables,
+                checked_select=check,  # checked above: the engine's warm connection
             )
         finally:
             self._lock.release()

@@ -138,11 +138,19 @@ class SqlEngine:
             duckdb.connect(str(path)).close()
             self._db = duckdb.connect(str(path), read_only=True, config=config)
         self._check = StatementCheck()
+        self._warm: duckdb.DuckDBPyConnection | None = None
+        self._warm_sources: dict[str, pa.Table | ds.Dataset] = {}
+        self._warm_rack = False
         self._db.execute("SET TimeZone = 'UTC'")
+        # A pyarrow dataset gives the planner no row count (it guesses 1 row), so DuckDB
+        # would turn every ASOF join into a nested loop over both inputs: 8 s instead of
+        # milliseconds for one GPU's day beside its CDU (bench/bench_sql.py).
+        self._db.execute("SET GLOBAL asof_loop_join_threshold = 0")
         self._db.execute("SET enable_external_access = false")
         self._db.execute("SET lock_configuration = true")
 
     def close(self) -> None:
+        self._drop_warm()
         self._db.close()
         self._check.close()
 
@@ -152,18 +160,53 @@ class SqlEngine:
     def _connect(self, tables: frozenset[str] | None) -> duckdb.DuckDBPyConnection:
         """A fresh connection with the views ``tables`` reads (all of them if None)."""
         cur = self._db.cursor()
+        names = self._view_names(tables)
+        for name in names & set(self.datasets.tables):
+            cur.register(name, self.datasets.get(name))
+        if "gpu" in names:
+            cur.execute(self._rack_view_sql())
+        return cur
+
+    def _view_names(self, tables: frozenset[str] | None) -> set[str]:
         names = set(self.datasets.tables) if tables is None else set(tables)
         if "rack" in names:
             names.add("gpu")
-        for name in names & set(self.datasets.tables):
-            cur.register(name, self.datasets.get(name))
-        if "gpu" not in names:
-            return cur
+        return names
+
+    @staticmethod
+    def _rack_view_sql() -> str:
         aggs = ", ".join(f"{sql} AS {name}" for name, sql in RACK_METRICS.items())
-        cur.execute(
+        return (
             "CREATE TEMP VIEW rack AS SELECT ts, date, rack, count(*) AS n_gpus, "
             f"{aggs}, sum(energy_mj) AS energy_mj FROM gpu GROUP BY ts, date, rack"
         )
+
+    def _drop_warm(self) -> None:
+        if self._warm is not None:
+            self._warm.close()
+        self._warm, self._warm_sources, self._warm_rack = None, {}, False
+
+    def _warm_connection(self, tables: frozenset[str] | None) -> duckdb.DuckDBPyConnection:
+        """The engine's one long-lived connection, its views brought up to date.
+
+        Only for statements the check passed (a single SELECT cannot create or replace a
+        view), so nothing a query does outlives it. Registering the views and planning the
+        rack view once instead of per query saves most of a small query's time; a view is
+        registered again only when its table's dataset changed (files came or went).
+        """
+        if self._warm is None:
+            self._warm = self._db.cursor()
+            self._warm_sources = {}
+        cur = self._warm
+        names = self._view_names(tables) & set(self.datasets.tables)
+        for name in sorted(names):
+            src = self.datasets.get(name)
+            if self._warm_sources.get(name) is not src:
+                cur.register(name, src)
+                self._warm_sources[name] = src
+        if "gpu" in names and not self._warm_rack:
+            cur.execute(self._rack_view_sql())
+            self._warm_rack = True
         return cur
 
     def run(
@@ -175,24 +218,27 @@ class SqlEngine:
         max_bytes: int = 64 << 20,
         check: bool = True,
         tables: frozenset[str] | None = None,
+        checked_select: bool = False,
     ) -> pa.Table:
         """Run one query within timeout_s [s]; raise SqlRefused on any refusal or failure.
 
         ``check=False`` skips the statement check (tests prove the sandbox holds without
         it); ``tables`` then names the views to register, if a check already found them
-        (None: every view).
+        (None: every view). ``checked_select=True`` says the caller's check passed it: it
+        then runs on the warm connection; unchecked text gets a fresh one.
         """
         if check:
             checked = self._check(sql)
             text, tables = checked.sql, checked.tables
         else:
             text = check_text(sql)
+        warm = check or checked_select
         try:
-            return self._run(text, tables, timeout_s, max_rows, max_bytes)
+            return self._run(text, tables, timeout_s, max_rows, max_bytes, warm)
         except _Vanished:
             # compaction or retention removed a file between discovery and scan: rediscover
             self.datasets.forget()
-            return self._run(text, tables, timeout_s, max_rows, max_bytes)
+            return self._run(text, tables, timeout_s, max_rows, max_bytes, warm)
 
     def _run(
         self,
@@ -201,9 +247,16 @@ class SqlEngine:
         timeout_s: float,
         max_rows: int,
         max_bytes: int,
+        warm: bool,
     ) -> pa.Table:
-        cur = self._connect(tables)
-        timer = threading.Timer(max(timeout_s, 0.0), cur.interrupt)
+        cur = self._warm_connection(tables) if warm else self._connect(tables)
+        fired = threading.Event()
+
+        def stop() -> None:
+            fired.set()
+            cur.interrupt()
+
+        timer = threading.Timer(max(timeout_s, 0.0), stop)
         timer.start()
         try:
             rel = cur.sql(sql)
@@ -247,7 +300,12 @@ class SqlEngine:
             raise SqlRefused("query failed: " + _one_line(exc)) from exc
         finally:
             timer.cancel()
-            cur.close()
+            if not warm:
+                cur.close()
+            elif fired.is_set():
+                # an interrupt that lands as the query ends would stop the connection's
+                # next query: a connection that was interrupted is not used again
+                self._drop_warm()
 
 
 class _Vanished(Exception):

@@ -100,6 +100,84 @@ def sort_rows(tdef: TableDef, table: pa.Table) -> pa.Table:
     return table.sort_by([(k, "ascending") for k in tdef.sort_keys])
 
 
+def file_metadata(
+    tdef: TableDef,
+    offsets: Mapping[TopicPartition, RangeSet] | None = None,
+    replaces: Iterable[str] = (),
+    extra: Mapping[bytes, bytes] | None = None,
+) -> dict[bytes, bytes]:
+    """Footer key-value metadata of a new file of ``tdef`` (table, offsets, replaced files)."""
+    meta = dict(tdef.schema.metadata or {})
+    meta[META_TABLE] = tdef.name.encode()
+    if offsets:
+        meta[META_OFFSETS] = encode_offsets(offsets)
+    replaces = list(replaces)
+    if replaces:
+        meta[META_REPLACES] = ",".join(replaces).encode()
+    meta.update(extra or {})
+    return meta
+
+
+def balanced_row_groups(rows: int, target: int) -> int:
+    """Rows per row group that split ``rows`` into equal groups of at most ``target``.
+
+    A plain ``target`` leaves a small trailing group (531k rows -> 500k + 31k); equal
+    groups (2 x 265.5k) keep every group in DuckDB's 100k-1M range and compress alike.
+    """
+    if rows <= target:
+        return max(rows, 1)
+    groups = -(-rows // target)
+    return -(-rows // groups)
+
+
+def open_parquet_writer(
+    tdef: TableDef, path: Path, meta: Mapping[bytes, bytes], opts: WriterOptions
+) -> pq.ParquetWriter:
+    """A ParquetWriter with the store's encodings (see docs/storage.md, Encoding)."""
+    schema = tdef.schema.with_metadata(dict(meta))
+    return pq.ParquetWriter(
+        path,
+        schema,
+        compression="zstd",
+        compression_level=opts.compression_level,
+        use_dictionary=list(tdef.tag_columns),
+        column_encoding=tdef.column_encodings(),
+        write_statistics=True,
+        write_page_index=opts.write_page_index,
+        sorting_columns=[pq.SortingColumn(schema.get_field_index(k)) for k in tdef.sort_keys],
+    )
+
+
+def write_durably(directory: Path, name: str, fill: Callable[[Path], None]) -> Path:
+    """Create ``directory/name`` with ``fill(temp_path)``: the file appears under its final
+    name only once its bytes are on disk (temp file, fsync, rename, fsync of the directory).
+
+    Raises :class:`StoreUnavailable` on full disk, read-only or permission errors, leaving
+    no file behind; any other error also removes the temp file and propagates.
+    """
+    final = directory / name
+    tmp = directory / f"{TEMP_PREFIX}{final.name}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fill(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        fsync_dir(directory)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _unavailable("write", final, exc) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return final
+
+
 def write_file(
     tdef: TableDef,
     table: pa.Table,
@@ -115,48 +193,23 @@ def write_file(
 
     The file appears under its final name only once its bytes are on disk: temp file,
     fsync, rename, fsync of the directory. Raises :class:`StoreUnavailable` on full disk,
-    read-only or permission errors, leaving no file behind.
+    read-only or permission errors, leaving no file behind. Row groups are of equal size,
+    at most ``options.row_group_rows``.
     """
     opts = options or WriterOptions()
     table = conform(tdef, table)
     if sort:
         table = sort_rows(tdef, table)
-    meta = dict(tdef.schema.metadata or {})
-    meta[META_TABLE] = tdef.name.encode()
-    if offsets:
-        meta[META_OFFSETS] = encode_offsets(offsets)
-    replaces = list(replaces)
-    if replaces:
-        meta[META_REPLACES] = ",".join(replaces).encode()
-    schema = tdef.schema.with_metadata(meta)
-    final = directory / (name or new_part_name())
-    tmp = directory / f"{TEMP_PREFIX}{final.name}"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with pq.ParquetWriter(
-            tmp,
-            schema,
-            compression="zstd",
-            compression_level=opts.compression_level,
-            use_dictionary=list(tdef.tag_columns),
-            column_encoding=tdef.column_encodings(),
-            write_statistics=True,
-            write_page_index=opts.write_page_index,
-            sorting_columns=[pq.SortingColumn(schema.get_field_index(k)) for k in tdef.sort_keys],
-        ) as w:
-            w.write_table(table.replace_schema_metadata(meta), row_group_size=opts.row_group_rows)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        fsync_dir(directory)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise _unavailable("write", final, exc) from exc
-    return final
+    meta = file_metadata(tdef, offsets, replaces)
+
+    def fill(tmp: Path) -> None:
+        with open_parquet_writer(tdef, tmp, meta, opts) as w:
+            w.write_table(
+                table.replace_schema_metadata(meta),
+                row_group_size=balanced_row_groups(table.num_rows, opts.row_group_rows),
+            )
+
+    return write_durably(directory, name or new_part_name(), fill)
 
 
 @dataclass
