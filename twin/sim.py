@@ -42,6 +42,8 @@ __all__ = ["SimFrame", "Simulator", "parse_fault"]
 _NOISE_ABS = {"_temp_c": 0.05}
 _NOISE_REL = {"_kg_s": 0.005, "_w": 0.002}
 WARMUP_STEPS = 30  # 30 x 60 s brings every loop to its operating point before t = 0
+_TWO52 = 2.0**52
+_TWO52_BITS = np.float64(_TWO52).view(np.uint64)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,9 @@ class Simulator:
             a.setflags(write=False)
         # energy counters count from driver load, some time before the simulation (sources.md S7)
         self._energy0_mj = self._rng.integers(10**9, 10**12, size=shape, dtype=np.uint64)
+        # the same as float64 plus 2^52 (exact: below 2^53 every integer is a float64), for
+        # the counter's fast conversion in _gpu_readings
+        self._energy0_2p52 = self._energy0_mj.astype(np.float64) + _TWO52
         self._faults = [resolve(f, site) for f in faults]
         # start times [s] of the faults that act on the physics, and of those that write
         # into the GPU readings (fleet GPU faults, sensor faults on a GPU field)
@@ -302,9 +307,7 @@ class Simulator:
         mem_c = np.rint(mem, out=np.empty(shape, f32), casting="same_kind")
         np.rint(pw, out=pw)
         power_w = np.divide(pw, 1000.0, out=np.empty(shape, f32), casting="same_kind")
-        e = np.multiply(st.gpu_energy_j, 1000.0, out=w1)
-        energy_mj = np.floor(e, out=np.empty(shape, np.uint64), casting="unsafe")
-        energy_mj += self._energy0_mj
+        energy_mj = self._energy_counter_mj(st)
         clock = sm_clock_mhz(st.gpu_clock_frac, st.gpu_util, site.gpu, out=w0)
         clock /= 15.0
         np.rint(clock, out=clock)
@@ -346,6 +349,22 @@ class Simulator:
         if shared:
             gpu |= {name: const[name] for name in fleet_faults.V2_COUNTERS}
         return gpu
+
+    def _energy_counter_mj(self, st: FacilityState) -> NDArray[np.uint64]:
+        """NVML's energy counter [mJ]: energy0 + floor(energy [J] * 1000), as uint64."""
+        e = np.multiply(st.gpu_energy_j, 1000.0, out=np.empty(st.gpu_energy_j.shape))
+        np.floor(e, out=e)
+        # a GPU draws at most its TDP, so below this bound every counter is < 2^52 - 1: a
+        # float64 2^52 + n then holds n in its mantissa bits, and its bits less those of
+        # 2^52 are n as an integer (exact, and ~2x cheaper than numpy's float -> uint64)
+        if 2.0 * self.site.gpu.tdp_w * 1000.0 * max(st.t_s, 0.0) < _TWO52 - 2.0 * 10**12:
+            e += self._energy0_2p52
+            counter = e.view(np.uint64)
+            counter -= _TWO52_BITS
+            return counter
+        counter = e.astype(np.uint64)
+        counter += self._energy0_mj
+        return counter
 
     def _plant_readings(self, st: FacilityState) -> list[PlantGroup]:
         """Every plant point, by group of like units (sensors.point_groups' order), with
