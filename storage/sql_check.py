@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -157,6 +158,10 @@ def _explain_target(sql: str) -> str:
     return sql[tokens[1][0] :]
 
 
+#: Accepted statements remembered per StatementCheck (least recently used dropped first).
+ACCEPTED_CACHE = 256
+
+
 class StatementCheck:
     """:func:`check_statement` with its own parser connection, reused (thread-safe)."""
 
@@ -165,15 +170,27 @@ class StatementCheck:
         self._con = duckdb.connect(":memory:", config={"enable_external_access": False})
         self._con.execute("SET lock_configuration = true")
         self._lock = threading.Lock()
+        # The verdict depends on the text alone: dashboards repeat the same queries, and a
+        # parse costs a few ms of a small query's time (bench/bench_sql.py).
+        self._accepted: OrderedDict[str, CheckedQuery] = OrderedDict()
 
     def __call__(self, sql: object) -> CheckedQuery:
         """Accept one SELECT (or EXPLAIN of one SELECT); raise SqlRefused naming the rule."""
         text = check_text(sql)
         with self._lock:
+            hit = self._accepted.get(text)
+            if hit is not None:
+                self._accepted.move_to_end(text)
+                return hit
             if _statement_type(text) == duckdb.StatementType.EXPLAIN:
                 inner = _check_select(self._con, _explain_target(text))
-                return CheckedQuery("EXPLAIN " + inner.sql, inner.tables)
-            return _check_select(self._con, text)
+                checked = CheckedQuery("EXPLAIN " + inner.sql, inner.tables)
+            else:
+                checked = _check_select(self._con, text)
+            self._accepted[text] = checked
+            if len(self._accepted) > ACCEPTED_CACHE:
+                self._accepted.popitem(last=False)
+            return checked
 
     def close(self) -> None:
         self._con.close()
