@@ -87,6 +87,7 @@ _PER_SERIES = (
     "prev_power_w",
     "prev_x_k",
     "residual_k",
+    "steady_residual_k",
     "n_updates",
 )
 _SETTINGS = (
@@ -185,6 +186,7 @@ class ThermalEstimator:
         self._prev_power_w = np.full(n_series, np.nan)
         self._prev_x_k = np.full(n_series, np.nan)  # x of the last step: the next instrument
         self._residual_k = np.full(n_series, np.nan)
+        self._steady_residual_k = np.full(n_series, np.nan)
         self._n_updates = np.zeros(n_series, dtype=np.int64)
 
     def _settings(self) -> dict[str, object]:
@@ -351,6 +353,7 @@ class ThermalEstimator:
         prev_die = self._prev_die_c[sel]
         can_fit = valid & np.isfinite(prev_die) & (dt > 0.0) & np.isfinite(dt)
         self._residual_k[sel] = np.nan
+        self._steady_residual_k[sel] = np.nan
         # every series can be fitted (the usual frame): slices keep every access a view
         sub: IntArray | slice = slice(None) if can_fit.all() else np.flatnonzero(can_fit)
         if isinstance(sub, slice):
@@ -446,7 +449,7 @@ class ThermalEstimator:
             delta = np.where(live, delta, 0.0)
         a_r = a if same else a**ratio
         one_ar = 1.0 - a_r
-        # one-step prediction with the fast R and the offset: y = a x + (1-a) (R p - delta)
+        # one-step prediction with the baseline R and the offset: y = a x + (1-a) (R p - delta)
         residual = y - a_r * x
         residual -= one_ar * (s[ivfit.RF] * p - delta)
         lam_s: float | FloatArray = self.forgetting
@@ -503,6 +506,12 @@ class ThermalEstimator:
             new_cf = np.where(live, new_cf, s[ivfit.CF])
         s[ivfit.PF] = new_pf
         s[ivfit.CF] = new_cf
+        # the die against the baseline model run through its own low-pass: a reference or
+        # plate that moves shows in full after a few tau (the one-step residual sees 1 - a)
+        steady = t_die - new_cf + delta - s[ivfit.RF] * new_pf
+        if live is not None:
+            steady = np.where(live, steady, self._steady_residual_k[fit])
+        self._steady_residual_k[fit] = steady
         # the slow IV moments, at the reference step: y moved to what a reference step gives
         y_ref = y if same else y + (a - a_r) * (x - (s[ivfit.T] / (1.0 - a) * p - delta))
         if live is not None:
@@ -573,6 +582,14 @@ class ThermalEstimator:
     def residual_k(self) -> FloatArray:
         """Last measured minus one-step-ahead predicted die temperature [K] (NaN where skipped)."""
         return self._residual_k.copy()
+
+    @property
+    def steady_residual_k(self) -> FloatArray:
+        """Last die reading minus the baseline model's die [K]: the coolant reference less the
+        offset, and the baseline ``R`` times the power, both through the die's low-pass. A
+        coolant or reference change of D shows as -D here within a few ``tau`` (in
+        :attr:`residual_k`, one step ahead, only as ``-(1 - a) * D``); NaN where skipped."""
+        return self._steady_residual_k.copy()
 
     @property
     def n_updates(self) -> npt.NDArray[np.int64]:

@@ -43,7 +43,7 @@ SIG2 = 21  # exponentially weighted mean squared one-step residual [K^2]
 A, T, DELTA = 22, 23, 24  # the current estimate (a, t = b / R_prior, delta [K])
 INFO_D = 25  # information on the group's delta [1/K^2]
 VAR_A = 26  # variance of a [1]
-RF = 27  # fast R / R_prior at the last solve (for the one-step prediction)
+RF = 27  # slow (baseline) R / R_prior at the last solve (for the one-step prediction)
 CF = 28  # coolant reference through the same low-pass as PF [C]
 N_ROWS = 29
 
@@ -209,5 +209,7 @@ def solve(s: FloatArray, group: npt.NDArray[np.intp] | None, p_noise_rel: float)
     s[DELTA] = d_new
     s[INFO_D] = info
     with np.errstate(invalid="ignore", divide="ignore"):
-        rf = (s[FPX] + d_new * s[FP]) / s[FPP]
+        # the one-step prediction is the baseline model's: a fault shows in the residual for
+        # the slow fit's memory (~30 min), while the fast R follows it
+        rf = (s[LPX] + d_new * s[LP]) / s[LPP]
     s[RF] = np.where(np.isfinite(rf) & (rf > 0.0), rf, s[RF])

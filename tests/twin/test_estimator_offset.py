@@ -199,3 +199,16 @@ def test_plate_coolant_reference_is_the_supply_plus_half_the_rise() -> None:
     # a load step reaches the plates with the coolant's transit (0.06 m3 at 5 kg/s: ~12 s)
     later = plate_coolant_rise_step(rise, 0.0, 12.08, 5.0)
     assert_allclose(later, rise * np.exp(-1.0), rtol=1e-3)
+
+
+def test_a_reference_step_shows_in_full_in_the_steady_residual() -> None:
+    die, cool, power, _ = _racks(1500, seed=7)
+    ref = cool.copy()
+    ref[-60:, GROUP == 1] += 1.5  # rack 1's sensor jumps 1.5 K for the last minute
+    est = ThermalEstimator(RACKS * GPUS)
+    _fit(est, die, ref, power)
+    steady = est.steady_residual_k
+    assert abs(np.median(steady[GROUP == 1]) + 1.5) < 0.4
+    assert abs(np.median(steady[GROUP == 0])) < 0.4
+    # one step ahead, the same jump is only (1 - a) of it: tau 13.75 s, 7 %
+    assert abs(np.median(est.residual_k[GROUP == 1])) < 0.4
