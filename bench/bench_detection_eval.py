@@ -12,14 +12,16 @@ its band, UPS on battery, an XID in the critical class). Fault-free runs of simu
 (jobs starting and stopping at their checkpoints, inference following the daily cycle)
 give false alerts per 1,000 GPU-hours.
 
-    python bench/bench_detection_eval.py                 # default (~10 min on 2 cores)
+    python bench/bench_detection_eval.py                 # default sizes (docs/detection.md)
     python bench/bench_detection_eval.py --quick         # one seed, short runs
+    python bench/bench_detection_eval.py --only none --free-days 0.25   # fault-free only
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -68,11 +70,57 @@ NEW_CASES: dict[str, str] = {
     "fail_slow": "fail_slow:R0002/G11@{at}",
     "leak": "leak:CDU01@{at}",
     "cascade": "cascade:UPS01@{at}",
+    "ups_degrade": "ups_degrade:UPS01@{at}",
 }
 #: Faults whose detectors compare with hours of history (fitted R, power): these runs learn
 #: for --long-warm-s first (at 5 s steps, 1 s from 2 min before the onset).
 LONG_WARM = {"fouling", "fail_slow"}
-SLOW = {"fouling", "pump_degrade", "sensor_drift", "sensor_drift_cdu", "hbm_decay", "fail_slow"}
+SLOW = {
+    "fouling",
+    "pump_degrade",
+    "sensor_drift",
+    "sensor_drift_cdu",
+    "hbm_decay",
+    "fail_slow",
+    "ups_degrade",
+}
+
+
+class JobChurn:
+    """Training jobs end and new ones start, as a cluster scheduler runs them: each job (the
+    racks of the plan sharing a job number) runs for a random 2-8 h, its racks then idle
+    for 10-40 min (drain, the next job's launch), and the next job starts with a new
+    checkpoint phase. Inference racks follow the plan's daily cycle (twin/workload.py);
+    within a job, checkpoint dips every ~30 min. Drawn from ``seed``, so runs repeat."""
+
+    def __init__(self, sim: Any, seed: int) -> None:
+        from twin.workload import IDLE, TRAINING
+
+        self.sim = sim
+        self.rng = np.random.default_rng([seed, 77])
+        plan = sim._plan  # the simulator's workload plan (arrays edited in place)
+        self.idle, self.training = IDLE, TRAINING
+        self.jobs = {int(j): np.flatnonzero(plan.job == j) for j in np.unique(plan.job) if j >= 0}
+        # each job is somewhere in its run at the start
+        self.next_s = {j: float(self.rng.uniform(0.0, 8 * 3600.0)) for j in self.jobs}
+        self.running = dict.fromkeys(self.jobs, True)
+        self.changes = 0
+
+    def step(self, t_s: float) -> None:
+        plan = self.sim._plan
+        for j, racks in self.jobs.items():
+            if t_s < self.next_s[j]:
+                continue
+            if self.running[j]:
+                plan.kind[racks] = self.idle
+                self.next_s[j] = t_s + float(self.rng.uniform(600.0, 2400.0))
+            else:
+                plan.kind[racks] = self.training
+                period = float(plan.period_s[racks[0]])
+                plan.phase_s[racks] = float(self.rng.uniform(0.0, period))
+                self.next_s[j] = t_s + float(self.rng.uniform(2 * 3600.0, 8 * 3600.0))
+            self.running[j] = not self.running[j]
+            self.changes += 1
 
 
 @dataclass
@@ -85,6 +133,7 @@ class Run:
     gpu_hours: float = 0.0
     steps: int = 0
     wall_s: float = 0.0
+    job_changes: int = 0
 
 
 def _frames(sim_frame: Any, plant: bool) -> tuple[list[GpuMessage], list[tuple[str, bytes]]]:
@@ -112,6 +161,7 @@ def simulate(
     fine_from_s: float = math.inf,
     plant_dt_s: float = 5.0,
     model_dt_s: float = 10.0,
+    churn: bool = False,
 ) -> Run:
     """One run; ``dt_s`` per step, 1 s from ``fine_from_s`` on (around a fault)."""
     site = load_site(None, racks=racks)
@@ -130,6 +180,7 @@ def simulate(
     slowdown = float(site.gpu.slowdown_c)
     ups_units = set(site.ups_ids)
     cdu_units = set(site.cdu_ids)
+    jobs = JobChurn(sim, seed) if churn else None
     fired: set[tuple[str, str]] = set()
     t, next_plant, next_model = 0.0, 0.0, 0.0
     seen = 0
@@ -137,6 +188,8 @@ def simulate(
     n_gpu = site.n_racks * site.n_gpus
     while t < duration_s:
         step = 1.0 if t >= fine_from_s else dt_s
+        if jobs is not None:
+            jobs.step(t)
         frame = sim.step(step)
         t += step
         clock["ms"] = frame.ts_ms
@@ -170,9 +223,10 @@ def simulate(
         changed, _ = engine.take_changes()
         new_total = engine.raised_total
         if new_total > seen:
+            # every raise an operator sees (a re-raise of the same alert counts again)
             for a in changed:
-                key = (a.rule, a.entity)
-                if key not in fired and a.visible(now_s):
+                key = (a.id, str(a.raised_s))
+                if a.active and a.raised_s == now_s and key not in fired and a.visible(now_s):
                     fired.add(key)
                     run.alerts.append((t, a.rule, a.entity, a.owner))
             seen = new_total
@@ -205,6 +259,7 @@ def simulate(
         run.gpu_hours += n_gpu * step / 3600.0
         run.steps += 1
     run.wall_s = time.perf_counter() - t0
+    run.job_changes = jobs.changes if jobs is not None else 0
     return run
 
 
@@ -248,101 +303,131 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
+def _fault_job(job: tuple[str, str, int, float, float, int]) -> dict[str, Any]:
+    """One fault run (a worker process): first alert and baseline alarm after the onset."""
+    name, spec, seed, at, after, racks = job
+    site = load_site(None, racks=racks)
+    target = spec.split(":", 1)[1].split("@")[0]
+    ents = related(site, target)
+    run = simulate(
+        racks, seed, [spec], at + after, 5.0 if name in LONG_WARM else 1.0, fine_from_s=at - 120.0
+    )
+    d = first_after(run.alerts, ents, at)
+    rule = None
+    if d is not None:
+        rule = next(r for t, r, e, o in run.alerts if t - at == d and (e in ents or o in ents))
+    b = first_after([(t, e, e) for t, _r, e in run.baseline], ents, at)
+    pre = [x for x in run.alerts if x[0] < at]
+    return {"name": name, "seed": seed, "delay": d, "rule": rule, "base": b, "pre": pre,
+            "wall": run.wall_s}  # fmt: skip
+
+
+def _free_job(job: tuple[int, int, float, float]) -> dict[str, Any]:
+    """One fault-free run (a worker process) with job churn and the daily cycle."""
+    racks, seed, days, dt = job
+    run = simulate(racks, seed, [], days * 86_400.0, dt, churn=True)
+    # the first hour is learning (min_samples of every detector): not scored
+    scored = [x for x in run.alerts if x[0] >= 3600.0]
+    hours = run.gpu_hours * max(0.0, 1.0 - 3600.0 / max(days * 86_400.0, 1.0))
+    return {"seed": seed, "alerts": scored, "baseline": run.baseline, "gpu_hours": hours,
+            "wall": run.wall_s, "job_changes": run.job_changes}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--racks", type=int, default=4, help="racks of the fault runs")
-    ap.add_argument("--free-racks", type=int, default=8, help="racks of the fault-free runs")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--free-racks", type=int, default=4, help="racks of the fault-free runs")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per fault kind")
     ap.add_argument("--warm-s", type=float, default=600.0, help="learning time before a fault")
     ap.add_argument("--after-s", type=float, default=900.0, help="time after a fault onset")
     ap.add_argument(
         "--slow-after-s", type=float, default=1500.0, help="time after a slow fault's onset"
     )
     ap.add_argument("--long-warm-s", type=float, default=3600.0, help="warm-up of LONG_WARM")
-    ap.add_argument("--free-days", type=float, default=1.0, help="fault-free simulated days")
-    ap.add_argument("--free-seeds", type=int, default=1)
-    ap.add_argument("--free-dt-s", type=float, default=10.0)
+    ap.add_argument("--free-days", type=float, default=2.0, help="days of each fault-free run")
+    ap.add_argument("--free-seeds", type=int, default=2)
+    ap.add_argument("--free-dt-s", type=float, default=1.0)
+    ap.add_argument("--procs", type=int, default=2, help="worker processes")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated fault cases")
+    ap.add_argument("--only", default="", help="comma-separated fault cases ('none': no faults)")
     a = ap.parse_args(argv)
+    for flag in ("racks", "free_racks", "seeds", "free_seeds", "procs"):
+        if getattr(a, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be >= 1")
     if a.quick:
         a.seeds, a.after_s, a.slow_after_s, a.free_days = 1, 600.0, 900.0, 0.25
     site = load_site(None, racks=a.racks)
     cases = dict(CASES)
     cases.update({k: v for k, v in NEW_CASES.items() if k in FAULT_KINDS})
-    if a.only:
-        cases = {k: v for k, v in cases.items() if k in a.only.split(",")}
+    only = [c for c in a.only.split(",") if c]
+    unknown = sorted(set(only) - set(cases) - {"none"})
+    if unknown:
+        ap.error(f"--only: unknown cases {unknown}; expected some of {sorted(cases)} or none")
+    if only:
+        cases = {k: v for k, v in cases.items() if k in only}
+    free = not only or "none" in only
     print(
-        f"# bench_detection_eval: {a.racks} racks x {site.n_gpus} GPUs, seeds {a.seeds}, "
-        f"warm {a.warm_s:.0f} s, after onset {a.after_s:.0f} s (slow faults "
-        f"{a.slow_after_s:.0f} s), dt 1 s; {os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}"
+        f"# bench_detection_eval: faults on {a.racks} racks x {site.n_gpus} GPUs, "
+        f"{a.seeds} seeds each, warm {a.warm_s:.0f} s, after onset {a.after_s:.0f} s (slow "
+        f"faults {a.slow_after_s:.0f} s), dt 1 s; fault-free {a.free_seeds} x "
+        f"{a.free_days:g} days of {a.free_racks} racks at dt {a.free_dt_s:g} s with job churn; "
+        f"{a.procs} processes on {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}",
+        flush=True,
     )
-    missing = sorted(set(NEW_CASES) - set(FAULT_KINDS))
-    if missing:
-        print(f"# simulator lacks fault kinds {missing}: not evaluated")
+    jobs = []
+    for name, tmpl in cases.items():
+        at = a.long_warm_s if name in LONG_WARM else a.warm_s
+        after = a.slow_after_s if name in SLOW else a.after_s
+        for seed in range(a.seeds):
+            jobs.append((name, tmpl.format(at=int(at)), seed, at, after, a.racks))
+    free_jobs = [(a.free_racks, 100 + i, a.free_days, a.free_dt_s) for i in range(a.free_seeds)]
+    t0 = time.perf_counter()
+    ctx = mp.get_context("fork")
+    with ctx.Pool(a.procs) as pool:
+        # the long fault-free runs first, so they overlap the many short fault runs
+        free_res = pool.map_async(_free_job, free_jobs if free else [])
+        fault_res = pool.map(_fault_job, jobs, chunksize=1)
+        free_out = free_res.get()
+    wall = time.perf_counter() - t0
     print(
-        "| fault | detected | delay median [s] | delay max [s] | first rule | "
+        "\n| fault | detected | delay median [s] | delay max [s] | first rule | "
         "baseline detected | baseline delay median [s] |"
     )
     print("|---|---|---|---|---|---|---|")
-    for name, tmpl in cases.items():
-        at = a.long_warm_s if name in LONG_WARM else a.warm_s
-        spec = tmpl.format(at=int(at))
-        target = spec.split(":", 1)[1].split("@")[0]
-        ents = related(site, target)
-        delays: list[float] = []
-        base: list[float] = []
-        rules: list[str] = []
-        for seed in range(a.seeds):
-            after = a.slow_after_s if name in SLOW else a.after_s
-            # 1 s steps throughout: the detectors learn at the rate the worker sees
-            run = simulate(
-                a.racks,
-                seed,
-                [spec],
-                at + after,
-                5.0 if name in LONG_WARM else 1.0,
-                fine_from_s=at - 120.0,
-            )
-            d = first_after(run.alerts, ents, at)
-            if d is not None:
-                delays.append(d)
-                rules.append(
-                    next(r for t, r, e, o in run.alerts if t - at == d and (e in ents or o in ents))
-                )
-            b = first_after([(t, e, e) for t, _r, e in run.baseline], ents, at)
-            if b is not None:
-                base.append(b)
-            pre = [x for x in run.alerts if x[0] < at]
-            if pre:
-                print(f"#   {name} seed {seed}: {len(pre)} alerts before onset: {pre[:3]}")
+    for name in cases:
+        rows = [r for r in fault_res if r["name"] == name]
+        delays = [r["delay"] for r in rows if r["delay"] is not None]
+        base = [r["base"] for r in rows if r["base"] is not None]
+        rules = sorted({r["rule"] for r in rows if r["rule"]})
         print(
-            f"| {name} | {len(delays)}/{a.seeds} | "
+            f"| {name} | {len(delays)}/{len(rows)} | "
             f"{fmt(float(np.median(delays)) if delays else None)} | "
-            f"{fmt(max(delays) if delays else None)} | {rules[0] if rules else '-'} | "
-            f"{len(base)}/{a.seeds} | {fmt(float(np.median(base)) if base else None)} |",
-            flush=True,
+            f"{fmt(max(delays) if delays else None)} | {', '.join(rules) or '-'} | "
+            f"{len(base)}/{len(rows)} | {fmt(float(np.median(base)) if base else None)} |"
         )
-    total_alerts, total_base, hours, wall = 0, 0, 0.0, 0.0
-    by_rule: dict[str, int] = {}
-    for seed in range(a.free_seeds):
-        run = simulate(a.free_racks, 100 + seed, [], a.free_days * 86_400.0, a.free_dt_s)
-        # the first hour is learning (min_samples of every detector): not scored
-        scored = [x for x in run.alerts if x[0] >= 3600.0]
-        total_alerts += len(scored)
-        total_base += len(run.baseline)
-        for x in scored:
+    for r in fault_res:
+        if r["pre"]:
+            print(f"#   {r['name']} seed {r['seed']}: {len(r['pre'])} alerts before onset: "
+                  f"{r['pre'][:3]}")  # fmt: skip
+    if free_out:
+        hours = sum(r["gpu_hours"] for r in free_out)
+        alerts = [x for r in free_out for x in r["alerts"]]
+        base = [x for r in free_out for x in r["baseline"]]
+        by_rule: dict[str, int] = {}
+        for x in alerts:
             by_rule[x[1]] = by_rule.get(x[1], 0) + 1
-        hours += run.gpu_hours * max(0.0, 1.0 - 3600.0 / max(a.free_days * 86_400.0, 1.0))
-        wall += run.wall_s
-    per_k = 1000.0 * total_alerts / hours if hours else float("nan")
-    print(
-        f"\nfault-free: {a.free_seeds} x {a.free_days:g} days at dt {a.free_dt_s:g} s, "
-        f"{hours:,.0f} GPU-hours scored: {total_alerts} alerts = {per_k:.2f} per 1,000 "
-        f"GPU-hours (by rule: {by_rule or 'none'}); baseline alarms {total_base}; "
-        f"wall {wall:.0f} s"
-    )
+        print(
+            f"\nfault-free: {len(free_out)} x {a.free_days:g} days of {a.free_racks} racks at dt "
+            f"{a.free_dt_s:g} s, {sum(r['job_changes'] for r in free_out)} job starts/stops, "
+            f"{hours:,.0f} GPU-hours scored (first hour of each run not scored): "
+            f"{len(alerts)} alerts = {1000.0 * len(alerts) / hours:.2f} per 1,000 GPU-hours "
+            f"(by rule: {by_rule or 'none'}); baseline alarms {len(base)} = "
+            f"{1000.0 * len(base) / hours:.2f} per 1,000 GPU-hours"
+        )
+        for x in alerts[:20]:
+            print(f"#   false alert {x}")
+    print(f"\nwall {wall:.0f} s")
     return 0
 
 

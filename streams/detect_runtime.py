@@ -75,9 +75,10 @@ GPU_SCORES: tuple[str, ...] = (
     "hw_slowdown",
     "hbm",
 )
-#: Per-GPU state of the HBM decay check besides the scores: last corrected-ECC count, its
-#: exponentially weighted rate [1/s], and the sample time [s] of that count.
-GPU_STATE: tuple[str, ...] = ("ecc_last", "ecc_rate", "ecc_t")
+#: Per-GPU state besides the scores: of the HBM decay check the last corrected-ECC count,
+#: its exponentially weighted rate [1/s] and the sample time [s] of that count; 1 once the
+#: estimator has identified the GPU's R (the R trend watches it from then on).
+GPU_STATE: tuple[str, ...] = ("ecc_last", "ecc_rate", "ecc_t", "r_ident")
 #: XIDs that take a GPU out (issue 9; NVIDIA XID catalogue) and those to trend.
 XID_CRITICAL = (48, 64, 74, 79, 94, 95)
 XID_WARNING = (63, 92)
@@ -100,6 +101,10 @@ HOT_HOLD_S = 900.0
 #: At the campus the unit detectors' checkpoint was 4.5 MB in format 1 (the z-score's unused
 #: 24-hour profile alone 2.8 MB, keys 0.8 MB as fixed-width UTF-32): over Kafka's 1 MB.
 CHECKPOINT_FORMAT = 2
+
+
+#: Fields added after format 1: absent from a format-1 pack, they start at their default.
+_ADDED_SINCE_V1 = frozenset({"score.r_ident"})
 
 
 def _put_compact(out: dict[str, np.ndarray], name: str, v: np.ndarray, default: float) -> None:
@@ -129,7 +134,7 @@ def _get_compact(
         if one.shape != (1, *shape[1:]):
             raise ValueError(f"{name}@1: shape {one.shape}, expected {(1, *shape[1:])}")
         return np.broadcast_to(one, shape).copy()
-    if int(np.asarray(arrays.get("format", [1]))[0]) < 2:
+    if int(np.asarray(arrays.get("format", [1]))[0]) < 2 and name not in _ADDED_SINCE_V1:
         raise KeyError(name)
     return np.full(shape, default)
 
@@ -343,6 +348,16 @@ class DetectRuntime:
             r_fit[dst] = est.r_k_w[src]
             t_fit[dst] = pool.last_ts_ms[src] / 1000.0
             fitted = est.n_updates[src] > 0
+            ident = getattr(est, "r_identified", None)
+            if ident is not None:
+                # R is watched once the estimator has identified it (known to 1 %, which
+                # takes power changes): before, it is the prior's and moves as the fit
+                # converges (a false R trend on every GPU of a new rack). Sticky: a GPU
+                # that was identified stays watched while its power holds.
+                seen = self.gpu_score["r_ident"]
+                gi = idx[dst]
+                seen[gi] = np.maximum(seen[gi], np.asarray(ident, dtype=np.float64)[src])
+                fitted &= seen[gi] > 0.0
             r_fit[dst[~fitted]] = np.nan
         sc = self.gpu_score
         d = self.gpu
