@@ -2,14 +2,19 @@
 
     .venv/bin/python bench/bench_storage.py [--racks 8] [--gpus 72] [--seconds 900]
 
-A sample is one value of one metric of one device at one instant (Prometheus' unit); a GPU
-row carries 9 metric values (everything but ts, rack, gpu). Data is synthetic at NVML
-resolution (storage/synth.py). Prints figures; asserts nothing.
+A sample is one value of one metric of one device at one instant (Prometheus' unit). Bytes
+are reported per sensor sample: the 6 sensor columns of a GPU row (power, energy, two
+temperatures, SM clock, utilisation), whose bytes are counted alone; the near-constant
+columns (throttle bits, XID, power limit, the v2 health counters) cost a few hundredths of a
+byte per row and are listed apart. Figures for the files as the sink writes them and after
+sealing (storage/compact.py). Data is synthetic at NVML resolution (storage/synth.py).
+Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import re
 import sys
 import tempfile
@@ -18,7 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pyarrow.parquet as pq
+
 from storage import synth
+from storage.compact import compact_table
 from storage.decode import decode_message
 from storage.layout import date_dir, day_of_ms, default_tables
 from storage.rollup import update_rollups
@@ -27,7 +35,33 @@ from storage.sql import SqlService
 from storage.writer import BufferedWriter, WriterOptions
 
 START_MS = 1_789_999_200_000
-METRICS_PER_GPU_ROW = 9
+SENSOR_COLUMNS = ("power_w", "energy_mj", "temp_gpu_c", "temp_mem_c", "sm_clock_mhz", "util_pct")
+
+
+def column_bytes(table_dir: Path) -> dict[str, int]:
+    """Compressed bytes per column over every file of ``table_dir``."""
+    acc: dict[str, int] = {}
+    for p in table_dir.rglob("[!.]*.parquet"):
+        md = pq.read_metadata(p)
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            for c in range(rg.num_columns):
+                col = rg.column(c)
+                acc[col.path_in_schema] = acc.get(col.path_in_schema, 0) + col.total_compressed_size
+    return acc
+
+
+def report_bytes(label: str, table_dir: Path, rows: int) -> None:
+    files = list(table_dir.rglob("[!.]*.parquet"))
+    size = sum(p.stat().st_size for p in files)
+    cols = column_bytes(table_dir)
+    sensor = sum(cols[c] for c in SENSOR_COLUMNS)
+    print(
+        f"{label}: {size / 1e6:.1f} MB in {len(files)} files, {size / rows:.2f} B/row; "
+        f"sensor columns {sensor / rows / len(SENSOR_COLUMNS):.3f} B/sensor sample, "
+        f"whole file {size / rows / len(SENSOR_COLUMNS):.3f} B/sensor sample"
+    )
+    print("  B/row by column: " + ", ".join(f"{k} {v / rows:.3f}" for k, v in cols.items()))
 
 
 def main() -> None:
@@ -51,25 +85,28 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        w = BufferedWriter(d, WriterOptions(row_group_rows=args.row_group))
+        # the sink's flushes: at the row-group target or every 60 s of the frames' own clock
+        sim_now = [START_MS / 1000.0]
+        w = BufferedWriter(
+            d, WriterOptions(row_group_rows=args.row_group), clock=lambda: sim_now[0]
+        )
         day = day_of_ms(START_MS)
         t0 = time.perf_counter()
         for i, t in enumerate(decoded):
+            sim_now[0] = t.column("ts")[0].value / 1000.0
             w.add(gdef, day, t, ("telemetry.gpu", 0), i)
             w.flush_due()
         w.flush_all()
         dt_w = time.perf_counter() - t0
-        files = list((d / "gpu").rglob("*.parquet"))
-        size = sum(p.stat().st_size for p in files)
-        samples = gpu.num_rows * METRICS_PER_GPU_ROW
         print(
             f"writer (buffer, sort, encode, fsync, rename): {gpu.num_rows / dt_w:,.0f} rows/s, "
             f"{gpu.num_rows / (dt_w + dt_dec):,.0f} rows/s with decode"
         )
-        print(
-            f"on disk: {size / 1e6:.1f} MB in {len(files)} files, {size / gpu.num_rows:.2f} B/row, "
-            f"{size / samples:.3f} B/sample ({samples:,} samples)"
-        )
+        report_bytes("on disk as flushed", d / "gpu", gpu.num_rows)
+        t0 = time.perf_counter()
+        compact_table(gdef, d, today=day + dt.timedelta(days=1))
+        print(f"sealed in {time.perf_counter() - t0:.1f} s")
+        report_bytes("on disk sealed", d / "gpu", gpu.num_rows)
         # Plant, power, residual and site tables for the documented queries.
         steps = args.seconds // 30
         plant = synth.points_table(

@@ -31,6 +31,7 @@ from typing import Final
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from storage.layout import SITE_RACKS_SCHEMA, TableDef, default_tables
 from storage.rollup_schema import RACK_METRICS, rollup_tables
@@ -58,6 +59,27 @@ def _dir_signature(d: Path) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(out))
 
 
+#: A table whose files decode to at most this many bytes is read into memory once per change
+#: of its files (and at most IN_MEMORY_TOTAL_BYTES in all): PUE over the power rows or a
+#: residual trend then scans Arrow in memory instead of opening and decoding Parquet on
+#: every query. The total stays well under an SQL worker's recycling margin (100 MiB).
+IN_MEMORY_TABLE_BYTES: Final = 16 << 20
+IN_MEMORY_TOTAL_BYTES: Final = 48 << 20
+
+
+def _decoded_bytes(files: list[str], limit: int) -> int | None:
+    """Uncompressed size of ``files`` [bytes] from their footers, or None above ``limit``."""
+    if sum(os.stat(f).st_size for f in files) > limit:
+        return None  # compressed already larger: no footer read needed
+    total = 0
+    for f in files:
+        md = pq.read_metadata(f)
+        total += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+        if total > limit:
+            return None
+    return total
+
+
 class StoreDatasets:
     """pyarrow datasets over the store's tables, rediscovered when their directories change."""
 
@@ -65,6 +87,10 @@ class StoreDatasets:
         self.data_dir = data_dir
         self.tables = tables
         self._cache: dict[str, tuple[tuple[tuple[str, int], ...], pa.Table | ds.Dataset]] = {}
+        self._in_memory: dict[str, int] = {}  # table -> bytes held in memory
+
+    def _memory_used(self) -> int:
+        return sum(self._in_memory.values())
 
     def _schema(self, tdef: TableDef) -> pa.Schema:
         schema = tdef.schema.remove_metadata()
@@ -94,8 +120,18 @@ class StoreDatasets:
             src = ds.dataset(
                 files, schema=schema, format="parquet", partitioning=part, partition_base_dir=str(d)
             )
+            size = _decoded_bytes(files, IN_MEMORY_TABLE_BYTES)
+            held = self._in_memory.get(name, 0)
+            if size is not None and self._memory_used() - held + size <= IN_MEMORY_TOTAL_BYTES:
+                # small (PUE's power rows, residuals, plant points): scanned from memory
+                # instead of opening and decoding Parquet on every query
+                src = src.to_table()
+                self._in_memory[name] = src.nbytes
+            else:
+                self._in_memory.pop(name, None)
         else:
             src = schema.empty_table()
+            self._in_memory.pop(name, None)
         # A directory changed within the last second may change again within the same
         # timestamp tick (file times are coarse): such a listing is used but not cached.
         newest_ns = max((m for _, m in sig), default=0)
@@ -105,6 +141,7 @@ class StoreDatasets:
 
     def forget(self) -> None:
         self._cache.clear()
+        self._in_memory.clear()
 
 
 class SqlEngine:

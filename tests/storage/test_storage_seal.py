@@ -38,8 +38,12 @@ def _flushes(d: Path, n_files: int = 4, seconds: int = 30) -> pa.Table:
 
 
 def _sql(store: Path, sql: str) -> list[dict[str, object]]:
+    """Rows of ``sql``, floats to 12 digits (parallel sums may add in another order)."""
     with SqlService(store, timeout_s=30, max_rows=100_000) as svc:
-        return svc.query(sql).to_pylist()
+        rows = svc.query(sql).to_pylist()
+    return [
+        {k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in r.items()} for r in rows
+    ]
 
 
 def test_seal_sorts_all_rows_into_one_file_with_series_row_groups(tmp_path: Path) -> None:
