@@ -3,7 +3,8 @@ changelogs that exist with another count (it would look for keys in the wrong pa
 
 Before this check a worker started with --partitions 4 over 2-partition topics ran without a
 word: one worker alone consumed everything, but it wrote its table checkpoints to changelog
-partitions computed for 4, which a restarted or second worker recovers for other racks.
+partitions computed for 4, which a restarted or second worker recovers for other racks (or,
+for partitions 2 and 3, not at all).
 """
 
 from __future__ import annotations
