@@ -137,8 +137,8 @@ def _headers(message: Any) -> dict[str, bytes]:
     return {str(k): bytes(v) if v is not None else b"" for k, v in items}
 
 
-def _faust_app(settings: Settings) -> faust.App:
-    return TwinFaustApp(
+def _faust_app(settings: Settings) -> TwinFaustApp:
+    app = TwinFaustApp(
         settings.app_id,
         broker=settings.broker,
         store="memory://",
@@ -175,6 +175,10 @@ def _faust_app(settings: Settings) -> faust.App:
         web_router_enabled=settings.expose_faust_views,
         web_tables_enabled=settings.expose_faust_views,
     )
+    # before anything asks the app for its transport (topics, tables and agents do)
+    app.delivery = settings.delivery
+    app.batch_max = settings.batch_max
+    return app
 
 
 def new_runtime(settings: Settings, site: Site) -> TwinRuntime:
@@ -226,8 +230,10 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
     background.inject = parse_fail_plan(os.environ.get(TEST_FAIL_TASK_ENV, ""))
 
     async def dead_letter(ev: EventT, code: str, detail: str) -> None:
+        await dead_letter_message(ev.message, code, detail)
+
+    async def dead_letter_message(msg: Any, code: str, detail: str) -> None:
         # code: one of the fixed DLQ reasons (bounded /metrics label); detail: free text.
-        msg = ev.message
         code = code if code in DLQ_REASONS else DlqReason.INVALID.value
         rt.counters.dead_letter(code)
         log.warning(
@@ -384,7 +390,28 @@ def build_worker(settings: Settings, runtime: TwinRuntime | None = None) -> Twin
 
     @app.agent(gpu_topic, name="gpu-frames")
     async def gpu_frames(stream: Any) -> None:
+        # With batch delivery the consumer hands GPU frames to gpu_batch below and this
+        # stream stays empty; the agent is what subscribes the topic and assigns it.
         await consume_frames(stream, apply_gpu, "gpu-frames")
+
+    # the stream path's note file: a crash note survives a switch of --delivery
+    gpu_guard = _TolerantGuard(guard_dir / "gpu-frames.json")
+
+    async def gpu_batch(msgs: list[Any]) -> None:
+        # Called from the consumer's fetch loop (streams/faust_batch.py): it must not raise.
+        try:
+            sync_tables_now()
+            refused = apply_guarded(msgs, rt.clock_ms(), apply_gpu, gpu_guard)
+        except Exception as exc:  # apply_guarded already isolates messages; belt and braces
+            log.error("GPU batch of %d failed", len(msgs), exc_info=True)
+            detail = f"{type(exc).__name__}: {exc}"
+            refused = [DecodeError(detail, DlqReason.INTERNAL_ERROR)] * len(msgs)
+        for msg, error in zip(msgs, refused, strict=True):
+            if error is not None:
+                await dead_letter_message(msg, error.code, error.reason)
+            rt.record_position(msg.topic, msg.partition, msg.offset)
+
+    app.batch_handlers = {names.gpu: gpu_batch} if settings.delivery == "batch" else {}
 
     @app.agent(thermal_topic, name="thermal-frames")
     async def thermal_frames(stream: Any) -> None:

@@ -171,6 +171,14 @@ def add_common_worker_flags(p: argparse.ArgumentParser) -> None:
         help="telemetry frames an agent takes at once; the stream buffers 4x that",
     )
     p.add_argument(
+        "--delivery",
+        choices=["stream", "batch"],
+        default="stream",
+        help="how GPU frames reach the worker: Faust's stream, one message at a time, or "
+        "batch: each fetch handed over whole (fewer CPU-seconds a frame; opt-in while it is "
+        "proven on long backlogs, docs/worker.md)",
+    )
+    p.add_argument(
         "--max-message-bytes",
         type=int,
         default=1 << 20,

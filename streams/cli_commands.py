@@ -55,6 +55,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         racks=getattr(args, "racks", None),
         checkpoint_interval_s=args.checkpoint_interval,
         batch_max=args.batch_max,
+        delivery=args.delivery,
         log_level=args.log_level,
         limits=Limits(max_message_bytes=args.max_message_bytes),
         ingest_map_path=getattr(args, "ingest_map", None),

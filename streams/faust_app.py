@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import faust
@@ -101,7 +101,17 @@ class TwinFaustApp(faust.App):
     flush that never returned), while 2 runs without it were clean; the cause is not found.
     """
 
+    #: "stream": Faust's delivery; "batch": streams/faust_batch.py, with ``batch_handlers``
+    #: (topic name -> async handler of a list of messages) and ``batch_max``.
+    delivery: str = "stream"
+    batch_max: int = 4096
+    batch_handlers: dict[str, Callable[[list[Any]], Awaitable[None]]]
+
     def _new_transport(self) -> TransportT:
+        if self.delivery == "batch":
+            from streams.faust_batch import BatchDeliveryTransport
+
+            return BatchDeliveryTransport(self.conf.broker_consumer, self)
         if os.environ.get("TWIN_FAST_DELIVERY", "0") == "1":
             return FastDeliveryTransport(self.conf.broker_consumer, self)
         return super()._new_transport()

@@ -137,6 +137,9 @@ class Settings:
     model_interval_s: float = 5.0
     batch_max: int = 4096
     batch_window_s: float = 0.05
+    #: How GPU frames reach the agent: "stream" (Faust's per-message delivery) or "batch"
+    #: (each fetch handed over whole, streams/faust_batch.py).
+    delivery: str = "stream"
     #: Short group timeouts: the embedded broker holds JoinGroup for about half of them.
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 10.0
