@@ -90,9 +90,14 @@ def _expected_rack(rack: str, ts: int, seed: int) -> dict:
     return {k: v.tolist() for k, v in cols.items()}
 
 
-def test_state_equals_frames_dlq_and_survives_sigkill(spine: tuple[Broker, Topics, Path]) -> None:
+@pytest.mark.parametrize("delivery", ["stream", "batch"])
+def test_state_equals_frames_dlq_and_survives_sigkill(
+    spine: tuple[Broker, Topics, Path], delivery: str
+) -> None:
+    """Faust's stream delivery and the batch delivery (streams/faust_batch.py) alike."""
     broker, topics, tmp = spine
-    worker = WorkerProcess(broker.url, topics.prefix, tmp)
+    flags = ("--delivery", delivery)
+    worker = WorkerProcess(broker.url, topics.prefix, tmp, extra=flags)
     try:
         worker.wait_healthy()
         t = now_ms()
@@ -207,7 +212,7 @@ def test_state_equals_frames_dlq_and_survives_sigkill(spine: tuple[Broker, Topic
         before = {r: _gpus(worker, r) for r in RACKS}
         time.sleep(1.5)  # > checkpoint interval: every rack is in its table's changelog
         worker.kill()
-        worker = WorkerProcess(broker.url, topics.prefix, tmp)
+        worker = WorkerProcess(broker.url, topics.prefix, tmp, extra=flags)
         worker.wait_healthy()
         worker.wait_for(lambda d: len(d["racks"]) >= len(RACKS), what="state after SIGKILL")
         for rack in RACKS:
