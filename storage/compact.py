@@ -162,6 +162,8 @@ SEAL_BATCH_ROWS = 8_192
 SEAL_MAX_ROWS = 1_000_000_000
 #: A sealed partition is sealed again when its later files hold this share of its rows.
 RESEAL_FRACTION = 0.01
+#: File name prefix of a sealed file (its footer says so too: META_SEALED).
+SEALED_PREFIX = "sealed-"
 
 
 def _data_files(part_dir: Path) -> list[Path]:
@@ -331,7 +333,7 @@ def seal_partition(
             stats["groups"] = out.groups
 
     t0 = time.monotonic()
-    sealed = write_durably(part_dir, new_part_name("sealed"), fill)
+    sealed = write_durably(part_dir, new_part_name(SEALED_PREFIX.rstrip("-")), fill)
     for p in files:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
@@ -355,7 +357,8 @@ def needs_seal(part_dir: Path, day: dt.date, today: dt.date, now_s: float) -> bo
     Not sealed: no sealed file, or files that came later hold RESEAL_FRACTION of its rows.
     """
     files = _data_files(part_dir)
-    if not files:
+    if not files or (len(files) == 1 and files[0].name.startswith(SEALED_PREFIX)):
+        # sealed and alone: decided without reading its footer (MBs for a hall's day)
         return False
     newest = max(p.stat().st_mtime for p in files)
     if day >= today and now_s - newest < SEAL_QUIET_S:
@@ -395,6 +398,6 @@ def compact_table(
         if needs_seal(d, dt.date.fromisoformat(m.group(1)), day_now, now):
             sealed = seal_partition(tdef, d, options)
             out += [sealed] if sealed is not None else []
-        else:
+        elif len(_data_files(d)) >= 2:  # a lone file has nothing to merge with
             out += compact_partition(tdef, d, options)
     return out
