@@ -104,6 +104,8 @@ class TwinRuntime:
     clock_ms: Callable[[], int] = wall_clock_ms
     rack_design_flow_kg_s: float = DEFAULT_RACK_DESIGN_FLOW_KG_S
     coolant_supply_c: float = DEFAULT_COOLANT_SUPPLY_C
+    #: Largest gap [s] between a GPU sample and the manifold reading it is fitted against.
+    coolant_max_skew_s: float = 30.0
     #: rack -> (sample time [ms], modelled outlet-over-inlet rise [K]) for racks without
     #: manifold sensors (twin/coolant_ref.py)
     coolant_rise_k: dict[str, tuple[int, float]] = field(default_factory=dict)
@@ -154,12 +156,14 @@ class TwinRuntime:
             if state is None:
                 state = self.racks[frame.rack] = RackState(frame.rack)
             state.apply(frame)
-            coolant = self._coolant_c(frame.rack)
+            ts_ms = int(frame.ts_ms.max())
+            coolant = self._coolant_c(frame.rack, ts_ms)
             if coolant is None:
                 # no manifold sensors: fit against a model of the plates' coolant; the
                 # estimator fits that reference's offset (twin/estimator.py)
-                coolant = self._modelled_coolant_c(frame.rack, state, int(frame.ts_ms.max()))
-            fits.append((frame, coolant))
+                coolant = self._modelled_coolant_c(frame.rack, state, ts_ms)
+            if np.isfinite(coolant):
+                fits.append((frame, coolant))
             self.dirty_checkpoint_racks.add(frame.rack)
             self.dirty_publish.add(f"rack/{frame.rack}")
             self.counters.samples_in += int(frame.ts_ms.size)
@@ -172,10 +176,18 @@ class TwinRuntime:
         if frames:
             self.last_latency_ms = float(self.clock_ms() - newest)
 
-    def _coolant_c(self, rack: str) -> float | None:
+    def _coolant_c(self, rack: str, ts_ms: int) -> float | None:
+        """The rack's plate coolant [C] from its manifold at a GPU sample of ``ts_ms``: None
+        without manifold sensors, NaN when the inlet reading is more than
+        ``coolant_max_skew_s`` from the sample (a backlog replayed after a restart reads the
+        two topics apart: a coolant from a minute off is not the coolant of that step, and the
+        fast R would take it in)."""
         unit = self.units.get(rack)
-        if unit is None:
-            return None  # no manifold sensors (yet): nothing to fit against
+        inlet = None if unit is None else unit.points.get("inlet_temp_c")
+        if unit is None or inlet is None:
+            return None  # no manifold sensors (yet): the modelled reference
+        if abs(inlet[0] - ts_ms) > self.coolant_max_skew_s * 1000.0:
+            return float("nan")
         return coolant_at_plates_c(unit.values(), self.rack_design_flow_kg_s)
 
     def _modelled_coolant_c(self, rack: str, state: RackState, ts_ms: int) -> float:
