@@ -21,6 +21,7 @@ tests/storage/test_sql_attacks.py runs every attack with the check switched off 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 import threading
@@ -32,13 +33,15 @@ from typing import Final
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from storage.layout import SITE_RACKS_SCHEMA, TableDef, default_tables
+from storage.layout import DATE_DIR_RE, SITE_RACKS_SCHEMA, TableDef, default_tables
 from storage.rollup_schema import RACK_METRICS, rollup_tables
 from storage.sql_check import SqlRefused, SqlTimeout, StatementCheck, check_text
 
-_HIVE: Final = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
+_PARQUET: Final = ds.ParquetFileFormat()
+_LOCAL_FS: Final = pafs.LocalFileSystem()
 
 
 def store_tables() -> dict[str, TableDef]:
@@ -89,6 +92,34 @@ class StoreDatasets:
         self.tables = tables
         self._cache: dict[str, tuple[tuple[tuple[str, int], ...], pa.Table | ds.Dataset]] = {}
         self._in_memory: dict[str, int] = {}  # table -> bytes held in memory
+        self._fragments: dict[str, tuple[tuple[int, int], ds.Fragment]] = {}
+
+    def _fragment(self, path: str, table: str) -> ds.Fragment:
+        """The file's fragment, the same object while the file is unchanged: pyarrow keeps a
+        fragment's footer once it has read it, so a table rediscovered because another
+        day's directory changed (the sink writes every minute) does not parse the footers
+        of its sealed days again (MBs each for a hall's day)."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError as exc:
+            raise _Vanished from exc
+        key = (st.st_mtime_ns, st.st_size)
+        hit = self._fragments.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        expr = None
+        m = DATE_DIR_RE.match(Path(path).parent.name)
+        if table != "site_racks" and m:  # outside a date= directory: date is NULL, as in hive
+            day = dt.date.fromisoformat(m.group(1))
+            expr = ds.field("date") == pa.scalar(day, pa.date32())
+        frag = _PARQUET.make_fragment(path, filesystem=_LOCAL_FS, partition_expression=expr)
+        self._fragments[path] = (key, frag)
+        return frag
+
+    def _forget_fragments(self, table_dir: Path, files: list[str]) -> None:
+        prefix, keep = f"{table_dir}{os.sep}", set(files)
+        for path in [p for p in self._fragments if p.startswith(prefix) and p not in keep]:
+            del self._fragments[path]
 
     def _memory_used(self) -> int:
         return sum(self._in_memory.values())
@@ -117,10 +148,13 @@ class StoreDatasets:
             if not any(part.startswith((".", "_")) for part in Path(f).relative_to(d).parts)
         ]
         if files:
-            part = None if name == "site_racks" else _HIVE
-            src = ds.dataset(
-                files, schema=schema, format="parquet", partitioning=part, partition_base_dir=str(d)
+            src = ds.FileSystemDataset(
+                [self._fragment(f, name) for f in files],
+                schema=schema,
+                format=_PARQUET,
+                filesystem=_LOCAL_FS,
             )
+            self._forget_fragments(d, files)
             size = _decoded_bytes(files, IN_MEMORY_TABLE_BYTES)
             held = self._in_memory.get(name, 0)
             if size is not None and self._memory_used() - held + size <= IN_MEMORY_TOTAL_BYTES:
@@ -143,6 +177,7 @@ class StoreDatasets:
     def forget(self) -> None:
         self._cache.clear()
         self._in_memory.clear()
+        self._fragments.clear()
 
 
 class SqlEngine:

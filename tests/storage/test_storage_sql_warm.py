@@ -83,3 +83,35 @@ def test_small_tables_are_held_in_memory_within_a_budget(
         engine = svc._engine
         assert engine is not None
         assert set(engine.datasets._in_memory) == {"plant"}  # gpu is read from its files
+
+
+def test_a_files_footer_is_kept_when_another_day_changes(store: Path) -> None:
+    """Rediscovering gpu because today's directory changed reuses the fragments (and the
+    footers pyarrow keeps in them) of unchanged files."""
+    import datetime as dt
+    import os
+    import time
+
+    old = next((store / "gpu").rglob("*.parquet"))
+    with SqlService(store, timeout_s=30, max_rows=1000) as svc:
+        engine = svc._engine
+        assert engine is not None
+        datasets = engine.datasets
+        datasets._in_memory.clear()
+        q = "SELECT count(*) AS n FROM gpu WHERE rack = 'R0001' AND gpu = 1"
+        assert svc.query(q).to_pylist() == [{"n": 60}]
+        frag = datasets._fragments[str(old)][1]
+        nxt = DAY + dt.timedelta(days=1)
+        write_file(
+            TABLES["gpu"],
+            synth.gpu_table(2, 4, 1, start_ms=START_MS + 86_400_000),
+            date_dir(store, "gpu", nxt),
+        )
+        future = time.time() + 5
+        os.utime(store / "gpu", (future, future))  # past the 1 s cache guard
+        assert svc.query(q).to_pylist() == [{"n": 61}]
+        assert datasets._fragments[str(old)][1] is frag
+        assert svc.query("SELECT DISTINCT date FROM gpu ORDER BY date").column(0).to_pylist() == [
+            DAY,
+            nxt,
+        ]
