@@ -11,9 +11,10 @@ with ``tau = V * rho / m_dot`` the transit of the rack's coolant volume (the mix
 ``twin.rack.coolant_step``), so that a load step reaches the plates as it does in the rack.
 
 ``T_supply`` is a guess (the loop's supply setpoint) and ``k`` (the rack's liquid heat per
-GPU watt) an estimate, so ``T_ref`` is off by a nearly constant amount: the estimator's fitted offset
-(``ThermalEstimator.coolant_offset_k``) takes that up. What it cannot take up is a wrong
-``m_dot``: the load term's error scales with power like ``R`` does (docs/estimator.md).
+GPU watt) an estimate, so ``T_ref`` is off by a nearly constant amount: the estimator's
+fitted offset (``ThermalEstimator.coolant_offset_k``) takes that up. What it cannot take up
+is a wrong ``m_dot`` or ``k``: that error scales with power like ``R`` does
+(docs/estimator.md).
 """
 
 from __future__ import annotations
