@@ -150,8 +150,9 @@ def compact_partition(
 #: A partition of today is sealed once no file has come for this long [s] (a replayed or
 #: backfilled day); a past day's partition is sealed at the next pass.
 SEAL_QUIET_S = 3600.0
-#: Row-group target of a sealed file: about 1.5 GPU-days at 1 Hz, so one GPU's hour is in
-#: one or two row groups (DuckDB's own row groups hold 122,880 rows, docs/sources.md E4).
+#: Row-group limit of a sealed file. Groups are cut where a series starts, so a GPU's day at
+#: 1 Hz (86,400 rows) is one group and one GPU's hour reads one group of one file
+#: (DuckDB's own row groups hold 122,880 rows, docs/sources.md E4).
 SEALED_ROW_GROUP_ROWS = 131_072
 #: Rows decoded per input file at a time while sealing: memory ~ files x this x ~60 B
 #: (143 files of a 64-rack day: ~70 MB), whatever the partition holds.
@@ -213,7 +214,6 @@ class _Cursor:
     """The rows of one input file in the table's sort order, as runs of one series each."""
 
     def __init__(self, tdef: TableDef, path: Path, batch_rows: int) -> None:
-        self.keys = tdef.sort_keys
         self.series_keys = tdef.sort_keys[:-1]
         pf = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
         self._batches: Iterator[pa.Table]
