@@ -20,7 +20,15 @@ from streams.api_format import PRECISIONS, age_s, api_json
 from streams.runtime import TwinRuntime
 
 #: Per-GPU model fields of a rack's fit (streams/modelpool.py view), arrays by GPU index.
-GPU_MODEL_KEYS = ("expected_temp_gpu_c", "residual_k", "r_k_w", "c_j_k", "tau_s", "updates")
+GPU_MODEL_KEYS = (
+    "expected_temp_gpu_c",
+    "residual_k",
+    "r_k_w",
+    "r_baseline_k_w",
+    "c_j_k",
+    "tau_s",
+    "updates",
+)
 #: Rack summary keys repeated in the list of racks.
 RACK_LIST_KEYS = (
     "gpus",

@@ -32,6 +32,7 @@ class _Derived:
     """Per-series figures computed once after an update, for every rack's reads."""
 
     r_k_w: np.ndarray
+    r_baseline_k_w: np.ndarray
     c_j_k: np.ndarray
     tau_s: np.ndarray
     residual_k: np.ndarray
@@ -238,6 +239,7 @@ class RackModels:
             tau = est.tau_s
             self._derived = _Derived(
                 r_k_w=r,
+                r_baseline_k_w=est.r_baseline_k_w,
                 c_j_k=tau / r,
                 tau_s=tau,
                 residual_k=est.residual_k,
@@ -308,6 +310,7 @@ class RackModels:
             "coolant_c": None if np.isnan(coolant) else coolant,
             "coolant_offset_k": float(offset[0]) if offset.size else None,
             "r_k_w": json_list(r),
+            "r_baseline_k_w": json_list(d.r_baseline_k_w[slot]),
             "c_j_k": json_list(d.c_j_k[slot]),
             "tau_s": json_list(d.tau_s[slot]),
             "residual_k": json_list(d.residual_k[slot]),

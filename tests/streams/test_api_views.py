@@ -139,7 +139,7 @@ async def test_rack_is_a_list_of_gpu_objects_with_units_in_the_keys(client: Any)
     assert g["sm_clock_mhz"] == int(cols["sm_clock_mhz"][1])
     assert g["clock_event_reasons"] == int(cols["clock_event_reasons"][1])
     assert set(g["model"]) == {
-        "expected_temp_gpu_c", "residual_k", "r_k_w", "c_j_k", "tau_s", "updates",
+        "expected_temp_gpu_c", "residual_k", "r_k_w", "r_baseline_k_w", "c_j_k", "tau_s", "updates",
     }  # fmt: skip
     assert g["model"]["updates"] >= 1
     # coolant: the manifold's points with their own ages; the flow is a minute old

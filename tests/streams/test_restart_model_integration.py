@@ -109,22 +109,24 @@ class SimFeed:
 
 @dataclass
 class Fit:
-    """One rack's fit per GPU: update counts, R [K/W], C [J/K]."""
+    """One rack's fit per GPU: update counts, R (fast and baseline) [K/W], C [J/K]."""
 
     updates: np.ndarray
     r_k_w: np.ndarray
+    r_baseline_k_w: np.ndarray
     c_j_k: np.ndarray
 
     @classmethod
     def of_model(cls, m: RackModel) -> Fit:
         e = m.estimator
-        return cls(e.n_updates, e.r_k_w, e.c_j_k)
+        return cls(e.n_updates, e.r_k_w, e.r_baseline_k_w, e.c_j_k)
 
     @classmethod
     def of_view(cls, doc: dict[str, Any]) -> Fit:
         return cls(
             np.array(doc["updates"]),
             np.array(doc["r_k_w"], dtype=float),
+            np.array(doc["r_baseline_k_w"], dtype=float),
             np.array(doc["c_j_k"], dtype=float),
         )
 
@@ -261,8 +263,11 @@ def test_fitted_models_survive_ten_random_sigkills(
                     f"{floor.updates[dropped].tolist()}\n{worker.log_tail()}"
                 )
                 _assert_fitted(got, f"kill {kill} {rack} after restart")
-                # what was checkpointed is what came back (plus what was applied since)
-                assert np.all(np.abs(got.r_k_w / floor.r_k_w - 1) < 0.05), rack
+                # what was checkpointed is what came back (plus what was applied since): the
+                # baseline R (memory ~2,000 samples) closely; the fast R follows the last ~100
+                # samples (twin/estimator.py), and the worker applied up to ~60 since
+                assert np.all(np.abs(got.r_baseline_k_w / floor.r_baseline_k_w - 1) < 0.05), rack
+                assert np.all(np.abs(got.r_k_w / floor.r_k_w - 1) < 0.15), rack
                 assert np.all(np.abs(got.c_j_k / floor.c_j_k - 1) < 0.15), rack
             rows.append(
                 f"{broker.kind} kill {kill:2d}: healthy {t_healthy:5.1f} s, "
