@@ -271,28 +271,29 @@ def test_external_roots_are_checked_like_any_input() -> None:
     assert external_roots(docs) == {"CDU01.cdu_flow_low.a": ("R0001", "R0002")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="since the estimator rewrite (bc1ad2b) the residual_k of a GPU on a rack at steady "
-    "power stays at its first departure (20.96 K here) even after the die returns: the event "
-    "is raised and never cleared (estimator behaviour, reported; the feed itself is tested "
-    "by the raise)",
-)
 def test_estimator_residuals_feed_the_residual_rule() -> None:
     sm = site_map(load_site(racks=8))
     rt = runtime_with({}, {"R0001": {"inlet_temp_c": 40.0}})
     cols = gpu_columns(8, seed=2)
     cols["power_w"] = np.full(8, 700.0, dtype=np.float32)
     cols["clock_event_reasons"] = np.zeros(8, dtype=np.uint64)
-    for i in range(30):  # the fit settles on a steady rack
-        cols["temp_gpu_c"] = np.full(8, 60.0, dtype=np.float32)
+
+    def step(i: int) -> None:
+        # the manifold reports with every GPU sample: a GPU sample more than 30 s from the
+        # last inlet reading is not fitted (TwinRuntime.coolant_max_skew_s), and a residual
+        # not recomputed would stay where it was
+        pts = encode_frame(points_batch(T0_MS + i * 1000, "R0001", {"inlet_temp_c": 40.0}))
+        rt.apply_points(decode_points_frame(pts, key=b"R0001", now_ms=None), "t")
         data = encode_frame(gpu_batch(T0_MS + i * 1000, "R0001", cols))
         rt.apply_gpu(decode_gpu_frame(data, key=b"R0001", now_ms=None), "t")
+
+    for i in range(30):  # the fit settles on a steady rack
+        cols["temp_gpu_c"] = np.full(8, 60.0, dtype=np.float32)
+        step(i)
     eng = AlertEngine(load_rules(), clock=lambda: 0.0)
     cols["temp_gpu_c"][4] = 80.0  # one die jumps 20 K off what the model predicts
     for i in range(30, 40):
-        data = encode_frame(gpu_batch(T0_MS + i * 1000, "R0001", cols))
-        rt.apply_gpu(decode_gpu_frame(data, key=b"R0001", now_ms=None), "t")
+        step(i)
         evaluate_sources(eng, rt, sm, lambda _k: True, T0_MS / 1000 + i)
     # a transient the fit absorbs: an event (raised, then cleared), not an alert
     log = [(e["entity"], e["transition"]) for e in eng.events if e["rule"] == "gpu_temp_residual"]

@@ -180,6 +180,31 @@ def test_nan_samples_skip_only_their_series() -> None:
     assert np.all(np.isfinite(est.r_k_w))
 
 
+def test_a_die_jump_shows_once_in_the_one_step_residual_and_clears() -> None:
+    """The one-step residual of a die that jumps by J and stays is J once, then only the
+    (1 - a) J the model's own relaxation does not explain; back to normal it returns near 0
+    (a residual that stayed at J would raise an event that never clears)."""
+    group = np.zeros(8, dtype=np.intp)
+    est = ThermalEstimator(8)
+    die = np.full(8, 60.0)
+    for _ in range(30):  # a steady rack: 700 W, coolant reference 40 C
+        est.update(die, 40.0, 700.0, 1.0, group=group)
+    base = est.residual_k[4]
+    die[4] = 80.0
+    est.update(die, 40.0, 700.0, 1.0, group=group)
+    assert est.residual_k[4] - base == pytest.approx(20.0, abs=0.01)
+    one_a = 1.0 - np.exp(-1.0 / est.tau_s[4])
+    for _ in range(5):
+        est.update(die, 40.0, 700.0, 1.0, group=group)
+        assert abs(est.residual_k[4]) < 1.5 * one_a * 20.0 < 4.0  # under the rule's clear_at
+    die[4] = 60.0
+    est.update(die, 40.0, 700.0, 1.0, group=group)
+    for _ in range(5):
+        est.update(die, 40.0, 700.0, 1.0, group=group)
+        assert abs(est.residual_k[4]) < 1.0
+    assert np.abs(np.delete(est.residual_k, 4)).max() < 1.0  # the others never moved
+
+
 def test_prior_before_any_fit_and_first_prediction_by_hand() -> None:
     est = ThermalEstimator(2)
     assert_allclose(est.r_k_w, 0.018)
