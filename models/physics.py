@@ -20,6 +20,7 @@ from models.base import (
     robust_step,
     squash,
 )
+from models.robust import Drift
 from twin.errors import ConfigError
 
 
@@ -243,6 +244,45 @@ class ResistanceTrend(_Grouped):
 
     def _deviation(self, x: FloatArray) -> FloatArray:
         return np.log(np.where(x > 0.0, x, np.nan))
+
+
+class CoolantReferenceDrift(Drift):
+    """A rack's coolant reference moving against what its GPUs' plates see: a drifting or
+    biased manifold sensor, or a coolant the reference does not follow (CUSUM, :class:`Drift`).
+
+    ``x`` [K] per rack is the reference's apparent offset: the estimator's fitted offset
+    (``ThermalEstimator.coolant_offset_k``, shared by the rack's GPUs) less the median over
+    the rack's GPUs of ``steady_residual_k``. A reference that moves by D shows first in the
+    steady residuals (as -D, within a few die time constants) and, as the slow fit absorbs it,
+    in the offset instead: their difference moves by D either way, so absorbing a sensor's
+    drift into the offset does not hide it. Where the offset cannot be fitted (a rack whose
+    power holds) the steady residuals carry it all. One GPU's fouling moves its own ``R`` and
+    residual, not the rack's median.
+
+    Where the rack's power steps, its steady residuals swing by up to ~0.4 K together for a
+    minute or two (the coolant and die lags the steady model leaves out; measured on the
+    simulator's checkpoint dips), so the noise floor ``min_scale`` is 0.3 K (one whole-degree
+    NVML reading's rounding noise, docs/sources.md S7) and the allowance ``k`` one floor: a
+    shift of 0.6 K at the plates is the smallest worth finding, and a sensor drifting
+    0.025 K/s at the plates scores 0.5 within ~35 s (simulator, tests/streams).
+    """
+
+    name = "coolant_ref_drift"
+    kind = "drift"
+
+    def __init__(
+        self,
+        n_series: int = 0,
+        *,
+        k: float = 1.0,
+        h: float = 10.0,
+        half_life: float = 2000.0,
+        min_scale: float = 0.3,
+        min_samples: int = 60,
+    ) -> None:
+        super().__init__(
+            n_series, k=k, h=h, half_life=half_life, min_scale=min_scale, min_samples=min_samples
+        )
 
 
 class UpsEfficiency(Detector):

@@ -8,7 +8,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from models.base import Detector, FloatArray
-from models.physics import Balance, GpuResidual, ResistanceTrend, UpsEfficiency
+from models.physics import (
+    Balance,
+    CoolantReferenceDrift,
+    GpuResidual,
+    ResistanceTrend,
+    UpsEfficiency,
+)
 from models.robust import Drift, RobustZScore
 from models.sensor import RateOfChange, Stuck
 from twin.errors import ConfigError
@@ -74,6 +80,7 @@ DETECTORS: dict[str, Callable[..., Detector]] = {
     "gpu_residual": GpuResidual,
     "r_trend": ResistanceTrend,
     "ups_efficiency": UpsEfficiency,
+    "coolant_ref_drift": CoolantReferenceDrift,
     "combined": Combined,
 }
 

@@ -14,6 +14,9 @@ over the owned GPUs (``index=``), never a Python loop over GPUs:
 - ``drift``: CUSUM on the residual [K] (slow changes the z-score forgets);
 - per rack ``balance``: coolant heat ``m_dot * cp * (T_out - T_in)`` [W] of the rack
   manifold against the sum of its GPUs' power [W];
+- per rack ``coolant_ref``: :class:`~models.physics.CoolantReferenceDrift` on the estimator's
+  fitted coolant offset less the rack's median steady residual [K] (a drifting or biased rack
+  sensor, which the fit absorbs into the offset); its score joins the rack's ``drift_common``;
 - per plant-unit point with a facility-model expectation: ``unit_z`` (robust z-score) and
   ``unit_drift`` (CUSUM) of the residual measured - expected;
 - per owned UPS module: :class:`~models.physics.UpsEfficiency`, measured input against
@@ -43,7 +46,13 @@ from prometheus_client.registry import Collector
 
 from models.alerting import AlertEngine
 from models.base import Detector, GroupLayout, squash
-from models.physics import Balance, GpuResidual, ResistanceTrend, UpsEfficiency
+from models.physics import (
+    Balance,
+    CoolantReferenceDrift,
+    GpuResidual,
+    ResistanceTrend,
+    UpsEfficiency,
+)
 from models.robust import Drift, RobustZScore
 from models.sensor import RateOfChange, Stuck
 from streams.arraypack import pack_arrays, unpack_arrays
@@ -62,7 +71,7 @@ GPU_DETECTORS: tuple[str, ...] = (
     "power_own",
 )
 #: Per-rack and per-unit-point detectors.
-RACK_DETECTORS: tuple[str, ...] = ("balance",)
+RACK_DETECTORS: tuple[str, ...] = ("balance", "coolant_ref")
 UNIT_DETECTORS: tuple[str, ...] = ("unit_z", "unit_drift")
 #: Held scores per GPU kept in a checkpoint (besides each detector's state).
 GPU_SCORES: tuple[str, ...] = (
@@ -104,7 +113,10 @@ CHECKPOINT_FORMAT = 2
 
 
 #: Fields added after format 1: absent from a format-1 pack, they start at their default.
-_ADDED_SINCE_V1 = frozenset({"score.r_ident"})
+_ADDED_SINCE_V1 = frozenset(
+    {"score.r_ident", "score.coolant_ref"}
+    | {f"rack.coolant_ref.{k}" for k in CoolantReferenceDrift()._all_fields()}
+)
 
 
 def _put_compact(out: dict[str, np.ndarray], name: str, v: np.ndarray, default: float) -> None:
@@ -191,7 +203,10 @@ class DetectRuntime:
     cp_j_kgk: float = 3_900.0
     gpu: dict[str, Detector] = field(default_factory=_gpu_detectors)
     rack: dict[str, Detector] = field(
-        default_factory=lambda: {"balance": Balance(min_aux=1_000.0, threshold=6.0)}
+        default_factory=lambda: {
+            "balance": Balance(min_aux=1_000.0, threshold=6.0),
+            "coolant_ref": CoolantReferenceDrift(),
+        }
     )
     unit: dict[str, Detector] = field(default_factory=_unit_detectors)
     #: measured UPS efficiency against the curve (series = ``ups_ids``, in this order)
@@ -203,6 +218,8 @@ class DetectRuntime:
     #: held scores: per GPU series (GPU_SCORES), per rack series, per unit-point series
     gpu_score: dict[str, np.ndarray] = field(default_factory=dict)
     rack_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: held score of each rack slot's coolant-reference drift (joins its ``drift_common``)
+    coolant_ref_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
     unit_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: last facility-model expectation and residual of each unit point (for /metrics)
     unit_expected: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -243,6 +260,9 @@ class DetectRuntime:
             self.rack_score = np.concatenate(
                 [self.rack_score, np.zeros(n_racks - self.rack_score.size)]
             )
+        if self.coolant_ref_score.size < n_racks:
+            pad = np.zeros(n_racks - self.coolant_ref_score.size)
+            self.coolant_ref_score = np.concatenate([self.coolant_ref_score, pad])
         if self.hot_until_s.size < n_racks:
             pad = np.full(n_racks - self.hot_until_s.size, -np.inf)
             self.hot_until_s = np.concatenate([self.hot_until_s, pad])
@@ -331,6 +351,7 @@ class DetectRuntime:
         res = np.full(idx.size, np.nan)
         r_fit = np.full(idx.size, np.nan)
         t_fit = np.full(idx.size, np.nan)
+        ref_off = np.full(idx.size, np.nan)  # the reference's apparent offset [K]
         pool = rt.models
         start = 0
         pieces = []
@@ -348,6 +369,9 @@ class DetectRuntime:
             r_fit[dst] = est.r_k_w[src]
             t_fit[dst] = pool.last_ts_ms[src] / 1000.0
             fitted = est.n_updates[src] > 0
+            off = getattr(est, "coolant_offset_k", None)
+            if off is not None:
+                ref_off[dst] = off[src] - est.steady_residual_k[src]
             ident = getattr(est, "r_identified", None)
             if ident is not None:
                 # R is watched once the estimator has identified it (known to 1 %, which
@@ -391,8 +415,31 @@ class DetectRuntime:
         if lay is None or not np.array_equal(lay.group, group):
             lay = self._layout = GroupLayout(group)
         med, _ = lay.median(sc["drift"][idx], np.ones(idx.size, dtype=bool))
-        sc["drift_common"][idx] = med
+        self._score_coolant_ref(lay, slots, counts, t_fit, ref_off)
+        sc["drift_common"][idx] = np.maximum(med, self.coolant_ref_score[group])
         self._score_fleet(st, counts, idx, ts_s)
+
+    def _score_coolant_ref(
+        self,
+        lay: GroupLayout,
+        slots: list[int],
+        counts: list[int],
+        t_fit: np.ndarray,
+        ref_off: np.ndarray,
+    ) -> None:
+        """Each rack's coolant reference against its GPUs (one call over the racks): the
+        fitted offset less the median steady residual of its fitted GPUs [K]."""
+        ok = np.isfinite(ref_off)
+        med, _ = lay.median(ref_off, ok)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        x = med[starts]
+        ts = np.fmax.reduceat(np.where(ok, t_fit, np.nan), starts)
+        det = self.rack["coolant_ref"]
+        rack_idx = np.asarray(slots, dtype=np.int64)
+        prev = det._state["t_last_s"][rack_idx]
+        s = det.update(ts, x, index=rack_idx)
+        fresh = det._state["t_last_s"][rack_idx] != prev
+        self.coolant_ref_score[rack_idx[fresh]] = s[fresh]
 
     def _score_fleet(
         self, st: list[Any], counts: list[int], idx: np.ndarray, ts_s: np.ndarray
@@ -684,6 +731,7 @@ class DetectRuntime:
                 for k, v in det._state.items():
                     arrays[f"rack.{name}.{k}"] = v[no : no + 1]
             arrays["score.rack"] = self.rack_score[no : no + 1]
+            arrays["score.coolant_ref"] = self.coolant_ref_score[no : no + 1]
             out[rack] = pack_arrays(arrays)
         pos = {u: i for i, u in enumerate(self.ups_ids)}
         for ups in self.ups_score:  # the modules scored (owned) in the last tick
@@ -757,8 +805,13 @@ class DetectRuntime:
             plan.append((dst, sl, _get_compact(arrays, f"score.{k}", dst[sl].shape, 0.0)))
         for name, det in self.rack.items():
             for k, v in det._state.items():
-                plan.append((v, slice(no, no + 1), np.asarray(arrays[f"rack.{name}.{k}"])))
+                src = _get_compact(
+                    arrays, f"rack.{name}.{k}", v[no : no + 1].shape, _default_of(det, k)
+                )
+                plan.append((v, slice(no, no + 1), src))
         plan.append((self.rack_score, slice(no, no + 1), np.asarray(arrays["score.rack"])))
+        held = _get_compact(arrays, "score.coolant_ref", (1,), 0.0)
+        plan.append((self.coolant_ref_score, slice(no, no + 1), held))
         for dst, where, src in plan:
             if dst[where].shape != src.shape:
                 raise ValueError(f"shape {src.shape}, expected {dst[where].shape}")

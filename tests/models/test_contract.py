@@ -156,7 +156,7 @@ def test_restore_refuses_a_foreign_snapshot(name: str) -> None:
 
 
 def test_unknown_detector_lists_the_valid_names() -> None:
-    with pytest.raises(ConfigError, match="valid: balance, combined, drift"):
+    with pytest.raises(ConfigError, match="valid: balance, combined, coolant_ref_drift, drift"):
         make_detector("isolation_forest")
 
 

@@ -118,15 +118,11 @@ def test_fouling_raises_own_score_of_that_gpu_only() -> None:
     assert rig.det.gpu_scores("R0002", "r_trend").max() < 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="since the estimator fits each rack's coolant-reference offset (bc1ad2b) a rack "
-    "sensor drifting 3 K in a minute no longer shows in the GPUs' residuals within 90 s; the "
-    "detectors do not watch the fitted offset yet (docs/detection.md, open work)",
-)
 def test_coolant_sensor_bias_raises_common_score_of_the_whole_rack() -> None:
     # the rack's inlet sensor drifts 3 K within a minute: every GPU of the rack looks off the
-    # model the same way, which is no single GPU's fault
+    # model the same way, which is no single GPU's fault; the one-step residuals see only
+    # (1 - a) of it, the rack's coolant-reference drift (fitted offset less the median steady
+    # residual, models/physics.py CoolantReferenceDrift) all of it
     rig = Rig(["sensor_drift:R0002/inlet_temp_c@400,rate_per_s=0.05"])
     rig.run(490)
     common = rig.det.gpu_scores("R0002", "drift_common")
