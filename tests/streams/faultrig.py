@@ -198,9 +198,9 @@ class Twin:
     def model_updates(self, rack: str) -> int:
         """Sum over the rack's GPUs of the fitted model's update counts."""
         doc = self.worker_rack(rack)
-        if not doc or not doc.get("model"):
+        if not doc:
             return 0
-        return int(sum(doc["model"]["updates"]))
+        return int(sum(g["model"]["updates"] for g in doc["gpus"] if g.get("model")))
 
     def wait_until(
         self, cond: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.25

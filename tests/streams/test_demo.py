@@ -39,8 +39,9 @@ def test_demo_recycles_its_broker_and_loses_nothing(tmp_path: Path) -> None:
     while proc.poll() is None and time.monotonic() < deadline:
         status, body = http_get(api + "/api/state", timeout_s=2)
         if status == 200:
-            racks_seen = max(racks_seen, body.count(b'"gpus":72'))
             doc = json.loads(body)
+            full = [r for r in doc["racks"].values() if isinstance(r, dict) and r.get("gpus") == 72]
+            racks_seen = max(racks_seen, len(full))
             if "model" in doc and "pue" not in checked:
                 # the facility model runs beside the measurements
                 checked["pue"] = (doc["facility"].get("pue"), doc["model"]["kpis"]["pue"])
