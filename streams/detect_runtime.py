@@ -236,6 +236,22 @@ class DetectRuntime:
     _layout: GroupLayout | None = None
     _nos_key: tuple[str, ...] = ()
     _nos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: rack slot of each scored GPU (``_index // width``); whether ``_index`` is 0..n-1
+    _group: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _whole: bool = False
+    #: rack -> its state object once it held a reading (see :meth:`evaluate`)
+    _nonempty: dict[str, Any] = field(default_factory=dict)
+    #: :meth:`_fit_map`'s key, the slot arrays it holds, its result and series order
+    _fit_key: tuple[Any, ...] = ()
+    _fit_refs: list[Any] = field(default_factory=list)
+    _fit_map_cache: tuple[np.ndarray, np.ndarray, bool] = field(
+        default_factory=lambda: (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.intp), False)
+    )
+    _fit_in_order: bool = False
+    #: whether the last :meth:`_columns` cut a rack to its count (it held more than width)
+    _cut: bool = False
+    #: :meth:`_unit_max`'s (points, their scores, units, largest score of each)
+    _unit_max_held: tuple[int, np.ndarray, list[str], list[float]] | None = None
 
     def __post_init__(self) -> None:
         for r in self.rack_ids:
@@ -300,9 +316,25 @@ class DetectRuntime:
     ) -> None:
         """Score every owned rack's GPUs, every owned rack's heat balance and (with the
         facility model's view) every unit point with an expectation."""
-        racks = [r for r, s in rt.racks.items() if owned(r) and s.present.any()]
-        counts = [min(rt.racks[r].present.size, self.width) for r in racks]
-        slots = [self._slot(r) for r in racks]
+        racks: list[str] = []
+        states: list[Any] = []
+        seen = self._nonempty
+        if len(seen) > len(rt.racks):  # racks dropped (partitions moved): forget them
+            seen = self._nonempty = {r: s for r, s in seen.items() if rt.racks.get(r) is s}
+        for r, s in rt.racks.items():
+            if not owned(r):
+                continue
+            # a rack state's present flags are only ever set (or grown), so one seen with a
+            # reading needs no new look at its flags (1,250 ``any`` calls a tick)
+            if seen.get(r) is not s:
+                if not s.present.any():
+                    continue
+                seen[r] = s
+            racks.append(r)
+            states.append(s)
+        counts = [min(s.present.size, self.width) for s in states]
+        no = self.rack_no
+        slots = [no[r] if r in no else self._slot(r) for r in racks]
         self.scored = dict(zip(racks, counts, strict=True))
         # CDU leak points (leak-detection rope, reservoir level): passed on as they are read
         self.cdu_leak = {}
@@ -314,8 +346,9 @@ class DetectRuntime:
                     vals.get("reservoir_level_frac", np.nan),
                 )
         if racks:
-            self._score_gpus(rt, racks, counts, slots)
-            self._score_racks(rt, racks, slots)
+            cols = self._columns(states, counts)
+            self._score_gpus(rt, racks, counts, slots, cols)
+            self._score_racks(rt, racks, slots, states, cols)
         self._score_ups(rt, owned)
         if facility_view is not None:
             self._score_units(facility_view)
@@ -330,59 +363,130 @@ class DetectRuntime:
                 ]
             )
             self._index_key = key
+            idx = self._index
+            self._group = idx // self.width
+            self._layout = None  # the racks' layout changed with the index
+            # strictly increasing from 0 to size - 1: idx is 0..n-1
+            self._whole = bool(
+                idx.size and idx[0] == 0 and idx[-1] == idx.size - 1 and np.all(idx[1:] > idx[:-1])
+            )
         return self._index
 
+    def _fit_map(
+        self, pool: Any, racks: list[str], counts: list[int]
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Where the scored GPUs' fits are: (their positions among the scored GPUs, their
+        series in the pool's estimator, whether the positions are every scored GPU in order);
+        sets ``_fit_in_order`` (the series are 0..m-1). Cached while the scored racks and the
+        pool's slot arrays (replaced, never edited, when a rack's slots change) are the same."""
+        mss = [pool.slots.get(r) for r in racks]
+        # ids of arrays held in _fit_refs: none can be reused by another array meanwhile
+        key = (self._index_key, tuple(map(id, mss)))
+        if key != self._fit_key:
+            start = 0
+            dst_parts, src_parts = [], []
+            for ms, c in zip(mss, counts, strict=True):
+                if ms is not None:
+                    k = min(c, ms.size)
+                    dst_parts.append(start + np.arange(k, dtype=np.int64))
+                    src_parts.append(ms[:k])
+                start += c
+            dst = np.concatenate(dst_parts) if dst_parts else np.zeros(0, dtype=np.int64)
+            src = np.concatenate(src_parts) if src_parts else np.zeros(0, dtype=np.intp)
+            m = src.size
+            self._fit_in_order = bool(
+                m and src[0] == 0 and src[-1] == m - 1 and np.all(src[1:] > src[:-1])
+            )
+            self._fit_map_cache = (dst, src, dst.size == sum(counts))
+            self._fit_key, self._fit_refs = key, mss
+        return self._fit_map_cache
+
+    def _columns(self, states: list[Any], counts: list[int]) -> dict[str, np.ndarray]:
+        """The fields of the racks' first ``counts`` GPUs end to end, rack after rack: one
+        concatenation per field, without a slice per rack where every rack holds exactly its
+        count (the usual case; 1,250 slices per field cost more than the copy)."""
+        cut = self._cut = [s.present.size for s in states] != counts
+
+        def cat(parts: list[np.ndarray]) -> np.ndarray:
+            if cut:
+                parts = [a[:c] for a, c in zip(parts, counts, strict=True)]
+            return np.concatenate(parts)
+
+        out = {"present": cat([s.present for s in states]), "ts_ms": cat([s.ts_ms for s in states])}
+        names = ["temp_gpu_c", "power_w", "xid", "clock_event_reasons"]
+        if "ecc_corrected" in states[0].values:
+            names += ["ecc_corrected", "ecc_uncorrected", "row_remap_flags"]
+        for name in names:
+            out[name] = cat([s.values[name] for s in states])
+        return out
+
     def _score_gpus(
-        self, rt: TwinRuntime, racks: list[str], counts: list[int], slots: list[int]
+        self,
+        rt: TwinRuntime,
+        racks: list[str],
+        counts: list[int],
+        slots: list[int],
+        cols: Mapping[str, np.ndarray],
     ) -> None:
         idx = self._gpu_index(slots, counts)
-        group = idx // self.width
-        st = [rt.racks[r] for r in racks]
-        present = np.concatenate([s.present[:c] for s, c in zip(st, counts, strict=True)])
-        ts_s = np.concatenate([s.ts_ms[:c] for s, c in zip(st, counts, strict=True)]) / 1000.0
-        ts_s = np.where(present, ts_s, np.nan)
-        temp = np.concatenate(
-            [s.values["temp_gpu_c"][:c] for s, c in zip(st, counts, strict=True)]
-        ).astype(np.float64)
-        power = np.concatenate(
-            [s.values["power_w"][:c] for s, c in zip(st, counts, strict=True)]
-        ).astype(np.float64)
+        group = self._group
+        n = idx.size
+        # every series the detectors hold, in order (a worker that owns the whole site):
+        # the detectors run on their state in place and the held scores are written whole,
+        # with no gather and scatter of every state array by ``idx`` (~20 ms at the campus)
+        whole = self._whole and all(d.n_series == n for d in self.gpu.values())
+        whole = whole and all(v.size == n for v in self.gpu_score.values())
+        present = cols["present"]
+        ts_s = np.where(present, cols["ts_ms"] / 1000.0, np.nan)
+        temp = cols["temp_gpu_c"].astype(np.float64)
+        power = cols["power_w"].astype(np.float64)
         # the fitted model's residual and R, at the model's own sample times
-        res = np.full(idx.size, np.nan)
-        r_fit = np.full(idx.size, np.nan)
-        t_fit = np.full(idx.size, np.nan)
-        ref_off = np.full(idx.size, np.nan)  # the reference's apparent offset [K]
         pool = rt.models
-        start = 0
-        pieces = []
-        for r, c in zip(racks, counts, strict=True):
-            ms = pool.slots.get(r)
-            if ms is not None:
-                k = min(c, ms.size)
-                pieces.append((start, ms[:k]))
-            start += c
-        if pieces:
-            dst = np.concatenate([start + np.arange(m.size) for start, m in pieces])
-            src = np.concatenate([m for _, m in pieces])
+        dst, src, all_dst = self._fit_map(pool, racks, counts)
+        if src.size:
             est = pool.estimator
-            res[dst] = est.residual_k[src]
-            r_fit[dst] = est.r_k_w[src]
-            t_fit[dst] = pool.last_ts_ms[src] / 1000.0
-            fitted = est.n_updates[src] > 0
+            m = src.size
+            # the estimator's series in order (its first m): a slice, not a gather
+            in_order = m <= est.n_series and self._fit_in_order
+
+            def fit(a: np.ndarray) -> np.ndarray:
+                return a[:m] if in_order else a[src]
+
+            def scatter(a: np.ndarray) -> np.ndarray:
+                if all_dst:
+                    return a
+                out = np.full(n, np.nan)
+                out[dst] = a
+                return out
+
+            res = scatter(fit(est.residual_k))
+            t_fit = scatter(fit(pool.last_ts_ms) / 1000.0)
+            fitted = fit(est.n_updates) > 0
             off = getattr(est, "coolant_offset_k", None)
+            ref_off = np.full(n, np.nan)  # the reference's apparent offset [K]
             if off is not None:
-                ref_off[dst] = off[src] - est.steady_residual_k[src]
-            ident = getattr(est, "r_identified", None)
-            if ident is not None:
+                ref_off = scatter(fit(off) - fit(est.steady_residual_k))
+            if hasattr(type(est), "r_identified"):  # (on the type: asking runs it)
                 # R is watched once the estimator has identified it (known to 1 %, which
                 # takes power changes): before, it is the prior's and moves as the fit
                 # converges (a false R trend on every GPU of a new rack). Sticky: a GPU
-                # that was identified stays watched while its power holds.
+                # that was identified stays watched while its power holds, so only the
+                # GPUs not identified yet are asked (at the campus, in steady state, few).
                 seen = self.gpu_score["r_ident"]
-                gi = idx[dst]
-                seen[gi] = np.maximum(seen[gi], np.asarray(ident, dtype=np.float64)[src])
+                gi = idx if all_dst else idx[dst]
+                ask = np.flatnonzero(~(seen[gi] >= 1.0))
+                if ask.size:
+                    ident = _identified(est, src if ask.size == m else src[ask])
+                    seen[gi[ask]] = np.maximum(seen[gi[ask]], ident)
                 fitted &= seen[gi] > 0.0
-            r_fit[dst[~fitted]] = np.nan
+            r_own = fit(est.r_k_w)
+            r_own[~fitted] = np.nan
+            r_fit = scatter(r_own)
+        else:
+            res = np.full(n, np.nan)
+            r_fit = np.full(n, np.nan)
+            t_fit = np.full(n, np.nan)
+            ref_off = np.full(n, np.nan)
         sc = self.gpu_score
         d = self.gpu
         inputs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {
@@ -394,30 +498,39 @@ class DetectRuntime:
             "drift": (t_fit, res, None),
             "power_own": (ts_s, power, None),
         }
+        index = None if whole else idx
         for name, (t, x, aux) in inputs.items():
             det = d[name]
-            prev_t = det._state["t_last_s"][idx]
+            prev_t = det._state["t_last_s"].copy() if whole else det._state["t_last_s"][idx]
             grp = group if name in ("residual", "r_trend", "power_own") else None
-            s = det.update(t, x, aux=aux, group=grp, index=idx)
-            fresh = det._state["t_last_s"][idx] != prev_t
-            sc[name][idx[fresh]] = s[fresh]
+            s = det.update(t, x, aux=aux, group=grp, index=index)
+            now_t = det._state["t_last_s"]
+            fresh = (now_t if whole else now_t[idx]) != prev_t
+            held = {name: s}
             if name == "power_own":
-                sc[name][idx[fresh]] = getattr(det, "last_own", s)[fresh]
+                held[name] = getattr(det, "last_own", s)
             elif name in ("residual", "r_trend"):
-                g = det  # _Grouped: own and common parts of the same call
-                own = getattr(g, "last_own", s)
-                common = getattr(g, "last_common", np.zeros_like(s))
-                sc[name][idx[fresh]] = own[fresh]
-                sc[f"{name}_common"][idx[fresh]] = common[fresh]
+                # _Grouped: own and common parts of the same call
+                held[name] = getattr(det, "last_own", s)
+                held[f"{name}_common"] = getattr(det, "last_common", np.zeros_like(s))
+            for key, v in held.items():
+                if whole:
+                    np.copyto(sc[key], v, where=fresh)
+                else:
+                    sc[key][idx[fresh]] = v[fresh]
         # A drift the whole rack shares (its median GPU drifts) is the rack's coolant or its
         # inlet sensor, not each GPU: the median over the rack is its common part.
         lay = self._layout
-        if lay is None or not np.array_equal(lay.group, group):
+        if lay is None:
             lay = self._layout = GroupLayout(group)
-        med, _ = lay.median(sc["drift"][idx], np.ones(idx.size, dtype=bool))
+        med, _ = lay.median(sc["drift"] if whole else sc["drift"][idx], np.ones(n, dtype=bool))
         self._score_coolant_ref(lay, slots, counts, t_fit, ref_off)
-        sc["drift_common"][idx] = np.maximum(med, self.coolant_ref_score[group])
-        self._score_fleet(st, counts, idx, ts_s)
+        common = np.maximum(med, self.coolant_ref_score[group])
+        if whole:
+            sc["drift_common"][...] = common
+        else:
+            sc["drift_common"][idx] = common
+        self._score_fleet(cols, idx, ts_s, whole)
 
     def _score_coolant_ref(
         self,
@@ -442,27 +555,32 @@ class DetectRuntime:
         self.coolant_ref_score[rack_idx[fresh]] = s[fresh]
 
     def _score_fleet(
-        self, st: list[Any], counts: list[int], idx: np.ndarray, ts_s: np.ndarray
+        self, cols: Mapping[str, np.ndarray], idx: np.ndarray, ts_s: np.ndarray, whole: bool
     ) -> None:
         """XID classes, abnormal clock events and the HBM decay chain (frames v2 fields;
-        v1 frames read 0 counts and score 0)."""
+        v1 frames read 0 counts and score 0). ``whole``: ``idx`` is every series, in order."""
         sc = self.gpu_score
 
-        def col(name: str) -> np.ndarray:
-            parts = [s.values[name][:c] for s, c in zip(st, counts, strict=True)]
-            return np.concatenate(parts)
+        def get(name: str) -> np.ndarray:
+            return sc[name] if whole else sc[name][idx]
 
-        xid = col("xid").astype(np.int64)
-        sc["xid_critical"][idx] = np.isin(xid, XID_CRITICAL)
-        sc["xid_warning"][idx] = np.isin(xid, XID_WARNING)
-        reasons = col("clock_event_reasons").astype(np.uint64)
-        sc["hw_slowdown"][idx] = (reasons & np.uint64(ABNORMAL_CLOCK_EVENTS)) != 0
-        if "ecc_corrected" not in st[0].values:
+        def put(name: str, v: np.ndarray) -> None:
+            if whole:
+                sc[name][...] = v
+            else:
+                sc[name][idx] = v
+
+        xid = cols["xid"].astype(np.int64)
+        put("xid_critical", np.isin(xid, XID_CRITICAL))
+        put("xid_warning", np.isin(xid, XID_WARNING))
+        reasons = cols["clock_event_reasons"].astype(np.uint64)
+        put("hw_slowdown", (reasons & np.uint64(ABNORMAL_CLOCK_EVENTS)) != 0)
+        if "ecc_corrected" not in cols:
             return
-        ecc = col("ecc_corrected").astype(np.float64)
-        unc = col("ecc_uncorrected").astype(np.float64)
-        flags = col("row_remap_flags").astype(np.int64)
-        last, rate, t_prev = sc["ecc_last"][idx], sc["ecc_rate"][idx], sc["ecc_t"][idx]
+        ecc = cols["ecc_corrected"].astype(np.float64)
+        unc = cols["ecc_uncorrected"].astype(np.float64)
+        flags = cols["row_remap_flags"].astype(np.int64)
+        last, rate, t_prev = get("ecc_last"), get("ecc_rate"), get("ecc_t")
         with np.errstate(invalid="ignore"):
             dt = ts_s - t_prev
             fresh = np.isfinite(ts_s) & ~(dt <= 0.0)
@@ -470,39 +588,72 @@ class DetectRuntime:
             inc = np.where(step, np.maximum(ecc - last, 0.0) / dt, 0.0)  # counter reset: 0
             a = -np.expm1(-np.log(2.0) * np.where(step, dt, 0.0) / ECC_RATE_HALF_LIFE_S)
             rate = np.where(step, rate + a * (inc - rate), rate)
-        sc["ecc_rate"][idx] = rate
-        sc["ecc_last"][idx] = np.where(fresh, ecc, last)
-        sc["ecc_t"][idx] = np.where(fresh, ts_s, t_prev)
+        put("ecc_rate", rate)
+        put("ecc_last", np.where(fresh, ecc, last))
+        put("ecc_t", np.where(fresh, ts_s, t_prev))
         hbm = squash(rate, ECC_RATE_THRESHOLD_PER_S)
         hbm = np.where((flags & 0x3) != 0, np.maximum(hbm, 0.95), hbm)  # rows remapped
-        sc["hbm"][idx] = np.where(unc > 0, 1.0, hbm)  # uncorrectable: the end of the chain
+        put("hbm", np.where(unc > 0, 1.0, hbm))  # uncorrectable: the end of the chain
 
-    def _score_racks(self, rt: TwinRuntime, racks: list[str], slots: list[int]) -> None:
+    def _score_racks(
+        self,
+        rt: TwinRuntime,
+        racks: list[str],
+        slots: list[int],
+        states: list[Any],
+        cols: Mapping[str, np.ndarray],
+    ) -> None:
         n = len(racks)
-        heat = np.full(n, np.nan)
-        power = np.full(n, np.nan)
-        ts = np.full(n, np.nan)
-        for i, r in enumerate(racks):  # per rack, not per GPU: a few dict reads
-            u = rt.units.get(r)
+        # the manifold's points per rack: a few dict reads, then whole arrays
+        pos: list[int] = []
+        read: list[tuple[int, int, float, float, float]] = []
+        units = rt.units
+        for i, r in enumerate(racks):
+            u = units.get(r)
             if u is None:
                 continue
             pts = u.points
-            try:
-                t_in, v_in = pts["inlet_temp_c"]
-                t_out, v_out = pts["outlet_temp_c"]
-                _, flow = pts["flow_kg_s"]
-            except KeyError:
+            p_in = pts.get("inlet_temp_c")
+            p_out = pts.get("outlet_temp_c")
+            p_flow = pts.get("flow_kg_s")
+            if p_in is None or p_out is None or p_flow is None:
                 continue
-            rs = rt.racks[r]
-            heat[i] = float(flow) * self.cp_j_kgk * (float(v_out) - float(v_in))
-            power[i] = float(rs.values["power_w"][rs.present].sum())
-            ts[i] = max(int(t_in), int(t_out)) / 1000.0
+            pos.append(i)
+            read.append((p_in[0], p_out[0], p_in[1], p_out[1], p_flow[1]))
+        heat = np.full(n, np.nan)
+        power = np.full(n, np.nan)
+        ts = np.full(n, np.nan)
+        if pos:
+            at = np.asarray(pos, dtype=np.int64)
+            # (times [ms since epoch] < 2**53: exact in float64, as int / 1000.0 makes them)
+            t_in, t_out, v_in, v_out, flow = np.array(read, dtype=np.float64).T
+            heat[at] = flow * self.cp_j_kgk * (v_out - v_in)
+            ts[at] = np.maximum(t_in, t_out) / 1000.0
+            power[at] = self._rack_power_w(states, cols)[at]
         det = self.rack["balance"]
         idx = np.asarray(slots, dtype=np.int64)
         prev = det._state["t_last_s"][idx]
         s = det.update(ts, heat, aux=power, index=idx)
         fresh = det._state["t_last_s"][idx] != prev
         self.rack_score[idx[fresh]] = s[fresh]
+
+    def _rack_power_w(self, states: list[Any], cols: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Sum of each rack's present GPUs' power [W] (every GPU it holds, in float32 as
+        read). Where every rack holds ``width`` GPUs, one row sum over a (racks, width)
+        view (pairwise, as a rack's own sum) and a per-rack sum only for racks missing some."""
+        n = len(states)
+        w = self.width
+        if not self._cut and cols["power_w"].size == n * w:  # every rack holds w GPUs
+            pw = cols["power_w"].reshape(n, w)
+            out = pw.sum(axis=1).astype(np.float64)
+            partial = np.flatnonzero(~cols["present"].reshape(n, w).all(axis=1))
+        else:
+            out = np.zeros(n)
+            partial = np.arange(n)
+        for i in partial.tolist():
+            s = states[i]
+            out[i] = float(s.values["power_w"][s.present].sum())
+        return out
 
     def _score_ups(self, rt: TwinRuntime, owned: Callable[[str], bool]) -> None:
         """Measured input against output of every owned UPS module (one call over them)."""
@@ -616,9 +767,9 @@ class DetectRuntime:
             "gpu_hbm_score": self.gpu_score["hbm"],
             "gpu_rate_score": np.maximum(self.gpu_score["rate_power"], self.gpu_score["rate_temp"]),
         }
-        common = np.maximum.reduce(
-            [self.gpu_score[k] for k in ("residual_common", "r_trend_common", "drift_common")]
-        )
+        sc = self.gpu_score
+        common = np.maximum(sc["residual_common"], sc["r_trend_common"])
+        np.maximum(common, sc["drift_common"], out=common)
         if self.scored:
             self._feed_hot_racks(engine, gpu_sig, common, names, where, now_s)
         for ups, score in self.ups_score.items():
@@ -640,19 +791,35 @@ class DetectRuntime:
             engine.observe("cdu_leak_detected_bool", [cdu], [leak], **kw)
             engine.observe("cdu_reservoir_level_frac", [cdu], [level], **kw)
         if facility_owner and self.unit_no:
+            ids, vals = self._unit_max()
+            engine.observe(
+                "unit_residual_score",
+                ids,
+                vals,
+                owner=FACILITY_KEY,
+                where={},
+                now_s=now_s,
+            )
+
+    def _unit_max(self) -> tuple[list[str], list[float]]:
+        """(units, largest score of each unit's points), taken again only when a score or the
+        set of points changed: the unit detectors run every 10 s, the feed every second, and
+        the campus has ~9,000 points (a Python pass over them each tick)."""
+        held = self._unit_max_held
+        n = len(self.unit_no)
+        if held is None or held[0] != n or not np.array_equal(held[1], self.unit_score):
             per_unit: dict[str, float] = {}
             for key, i in self.unit_no.items():
                 u = key.partition("/")[0]
                 per_unit[u] = max(per_unit.get(u, 0.0), float(self.unit_score[i]))
             ids = list(per_unit)
-            engine.observe(
-                "unit_residual_score",
+            held = self._unit_max_held = (
+                n,
+                self.unit_score.copy(),
                 ids,
                 [per_unit[u] for u in ids],
-                owner=FACILITY_KEY,
-                where={},
-                now_s=now_s,
             )
+        return list(held[2]), list(held[3])
 
     def _feed_hot_racks(
         self,
@@ -675,8 +842,11 @@ class DetectRuntime:
         nos = self._nos
         idx = self._index
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        stack = np.maximum.reduce([v[idx] for v in gpu_sig.values()])
-        stack = np.maximum(stack, common[idx])
+        # every GPU series in order: no gather; one running maximum, not a stacked copy
+        whole = self._whole and idx.size == common.size
+        stack = np.array(common if whole else common[idx])
+        for v in gpu_sig.values():
+            np.maximum(stack, v if whole else v[idx], out=stack)
         rmax = np.maximum.reduceat(stack, starts) if stack.size else np.zeros(len(racks))
         hot_now = np.maximum(rmax, self.rack_score[nos]) >= HOT_SCORE
         self.hot_until_s[nos[hot_now]] = now_s + HOT_HOLD_S
@@ -852,6 +1022,15 @@ class DetectRuntime:
         for dst, src in plan:
             dst[idx] = src
         self.unit_score[idx] = score
+
+
+def _identified(est: Any, series: np.ndarray) -> np.ndarray:
+    """Whether the estimator has identified the R of ``series`` [0/1]: asked of those series
+    alone where they are few (the GPUs not identified yet), in one pass over all else."""
+    at = getattr(est, "r_identified_at", None)
+    if at is None or 4 * series.size > est.n_series:
+        return np.asarray(est.r_identified, dtype=np.float64)[series]
+    return np.asarray(at(series), dtype=np.float64)
 
 
 def detect_runtime_for_site(site: Any) -> DetectRuntime:

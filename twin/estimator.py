@@ -213,7 +213,10 @@ class ThermalEstimator:
         new = idx < 0
         safe = np.where(new, 0, idx)
         if self.n_series:
-            out._s = self._s[:, safe]
+            # C order, as restore() gives: a gather along the columns comes back in Fortran
+            # order, and every statistic (a row) read or updated then strides 232 bytes a
+            # series (the detectors' reads of R and the offset at the campus ran 3-4x slower)
+            out._s = np.ascontiguousarray(self._s[:, safe])
             out._s[:, new] = np.nan
         for name in _PER_SERIES:
             attr = _attr(name)
@@ -596,8 +599,8 @@ class ThermalEstimator:
         """Number of regressions each series has taken part in."""
         return self._n_updates.copy()
 
-    def _delta(self) -> FloatArray:
-        d = self._s[ivfit.DELTA]
+    def _delta(self, s: FloatArray | None = None) -> FloatArray:
+        d = (self._s if s is None else s)[ivfit.DELTA]
         return np.where(np.isnan(d), 0.0, d)
 
     def _a(self) -> tuple[FloatArray, FloatArray]:
@@ -606,10 +609,11 @@ class ThermalEstimator:
         dt_eval = np.where(fresh, 1.0, dt)
         return np.where(fresh, self._prior_a(dt_eval), self._s[ivfit.A]), dt_eval
 
-    def _r(self, n: int, pp: int, px: int) -> FloatArray:
-        s = self._s
+    def _r(self, n: int, pp: int, px: int, s: FloatArray | None = None) -> FloatArray:
+        """R [K/W] of the fit in rows (n, pp, px) of the statistics ``s`` (default: all)."""
+        s = self._s if s is None else s
         with np.errstate(invalid="ignore", divide="ignore"):
-            r = (s[px] + self._delta() * s[n]) / s[pp] * self.prior_r_k_w
+            r = (s[px] + self._delta(s) * s[n]) / s[pp] * self.prior_r_k_w
         return np.where(np.isfinite(r) & (r > 0.0), r, self.prior_r_k_w)
 
     @property
@@ -645,7 +649,10 @@ class ThermalEstimator:
     @property
     def coolant_offset_sd_k(self) -> FloatArray:
         """Standard error [K] of :attr:`coolant_offset_k` (inf for series not fitted)."""
-        s = self._s
+        return self._offset_sd(self._s)
+
+    @staticmethod
+    def _offset_sd(s: FloatArray) -> FloatArray:
         out = 1.0 / np.sqrt(s[ivfit.INFO_D])
         return np.where(np.isfinite(out), out, np.inf)
 
@@ -653,12 +660,21 @@ class ThermalEstimator:
     def r_identified(self) -> npt.NDArray[np.bool_]:
         """Whether :attr:`r_baseline_k_w` is known to 1 % (1 sd), offset included: a GPU whose
         power never changes cannot tell its ``R`` from the coolant offset."""
-        s = self._s
+        return self._r_identified(self._s)
+
+    def r_identified_at(self, index: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """:attr:`r_identified` of the series ``index`` only, at a cost in proportion to them
+        (a caller that keeps identification sticky asks only the GPUs not identified yet)."""
+        return self._r_identified(self._s[:, np.asarray(index, dtype=np.intp)])
+
+    def _r_identified(self, s: FloatArray) -> npt.NDArray[np.bool_]:
+        """:attr:`r_identified` of the statistics ``s`` (columns of ``_s``)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             p_mean = s[ivfit.LP] / s[ivfit.L1]  # mean filtered P * R_prior [K]
-        rise = self.r_baseline_k_w / self.prior_r_k_w * p_mean  # die above the coolant [K]
+        # die above the coolant [K]
+        rise = self._r(ivfit.LP, ivfit.LPP, ivfit.LPX, s) / self.prior_r_k_w * p_mean
         with np.errstate(invalid="ignore", divide="ignore"):
-            rel = self.coolant_offset_sd_k / rise
+            rel = self._offset_sd(s) / rise
         return np.asarray(rel < R_IDENTIFIED_REL, dtype=bool)
 
     @property
