@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.base import (
+    MAD_TO_SIGMA,
     Detector,
     FloatArray,
     IntArray,
@@ -156,10 +157,23 @@ class Drift(Detector):
     becomes the new normal and the next change can be found (the reference then goes on as a
     running mean, so it settles on the new level fast). The score then holds its value
     and decays with ``hold_half_life`` samples, so an alarm does not vanish at the reset.
+
+    Transients (optional ``aux`` > 0 on a sample): the caller knows the operating point is
+    moving (a job's load step, a checkpoint dip) and the steady model behind ``x`` does
+    not hold yet. A CUSUM for slow drift has nothing to say there and would alarm on the
+    settling; so such a sample is not summed (its score is the decaying hold only, so an
+    alarm raised before it does not vanish) and not learnt, while the fast mean follows it.
+    At the first steady sample after a transient the reference is rebased on the fast mean
+    (as at a reset, silently) and the scale is raised to the fast spread (``fast_scale``,
+    about ``x``'s fast mean, learnt with ``fast_half_life``) where that is larger: a new
+    operating point, with the model's bias and noise there, becomes the normal, instead of
+    reading as a drift (a dry cooler that carried no heat before a job started had learnt a
+    spread of 0 W).
     """
 
     name = "drift"
     kind = "drift"
+    aux = "optional"
     FIELDS: ClassVar = {
         "ref": 0.0,
         "n_ref": 0.0,
@@ -168,6 +182,8 @@ class Drift(Detector):
         "gp": 0.0,
         "gn": 0.0,
         "hold": 0.0,
+        "settling": 0.0,
+        "fast_scale": 0.0,
     }
 
     def __init__(
@@ -209,20 +225,27 @@ class Drift(Detector):
     ) -> FloatArray:
         n = st["n_obs"]
         first = n == 0
-        ref = np.where(first, x, st["ref"])
+        tr = np.zeros(x.shape, dtype=bool) if aux is None else np.nan_to_num(aux) > 0.0
+        # first steady sample after a transient: rebase on where the transient settled
+        rebase = ~tr & (st["settling"] > 0.0) & ~first
+        ref = np.where(first, x, np.where(rebase, st["fast"], st["ref"]))
         fast = np.where(first, x, st["fast"])
-        scale = st["scale"]
+        scale = np.where(rebase, np.maximum(st["scale"], st["fast_scale"]), st["scale"])
         s_eff = np.maximum(scale, self.min_scale + self.rel_scale * np.abs(ref))
         warm = n >= self.min_samples
-        z = np.where(warm, (x - ref) / s_eff, 0.0)
-        gp = np.maximum(0.0, st["gp"] + z - self.k)
-        gn = np.maximum(0.0, st["gn"] - z - self.k)
-        stat = np.maximum(gp, gn)
+        z = np.where(warm & ~tr, (x - ref) / s_eff, 0.0)
+        quiet = tr | rebase
+        gp = np.maximum(0.0, np.where(quiet, 0.0, st["gp"]) + z - self.k)
+        gn = np.maximum(0.0, np.where(quiet, 0.0, st["gn"]) - z - self.k)
+        stat = np.where(tr, 0.0, np.maximum(gp, gn))
         hold = st["hold"] * np.exp2(-1.0 / self.hold_half_life)
         score = np.maximum(squash(stat, self.h), hold)
-        fast = fast + (-np.expm1(-np.log(2.0) / self.fast_half_life)) * (x - fast)
+        a_fast = -np.expm1(-np.log(2.0) / self.fast_half_life)
+        f_sc = st["fast_scale"] + a_fast * (MAD_TO_SIGMA * np.abs(x - fast) - st["fast_scale"])
+        st["fast_scale"] = np.where(valid & ~first, f_sc, st["fast_scale"])
+        fast = fast + a_fast * (x - fast)
         reset = stat >= self.reset_factor * self.h
-        learn = valid & (stat < self.h)
+        learn = valid & (stat < self.h) & ~tr
         alpha = ew_alpha(st["n_ref"], self.half_life)
         new_ref, new_scale = robust_step(ref, scale, x, alpha, self.clip_k, warm)
         ref = np.where(learn, new_ref, ref)
@@ -231,11 +254,12 @@ class Drift(Detector):
         # After a reset the reference restarts as a running mean worth the fast mean's
         # samples (2 / alpha - 1), so its error shrinks quickly instead of biasing the sums.
         n_fast = 2.0 / -np.expm1(-np.log(2.0) / self.fast_half_life) - 1.0
-        n_ref = np.where(reset, n_fast, st["n_ref"] + learn)
+        n_ref = np.where(reset | rebase, n_fast, st["n_ref"] + learn)
         st["n_ref"] = np.where(valid, n_ref, st["n_ref"])
-        st["scale"] = np.where(learn & ~first, new_scale, scale)
+        st["scale"] = np.where(valid, np.where(learn & ~first, new_scale, scale), st["scale"])
         st["fast"] = np.where(valid, fast, st["fast"])
-        st["gp"] = np.where(valid, np.where(reset, 0.0, gp), st["gp"])
-        st["gn"] = np.where(valid, np.where(reset, 0.0, gn), st["gn"])
+        st["gp"] = np.where(valid, np.where(reset | tr, 0.0, gp), st["gp"])
+        st["gn"] = np.where(valid, np.where(reset | tr, 0.0, gn), st["gn"])
         st["hold"] = np.where(valid, np.where(reset, score, hold), st["hold"])
+        st["settling"] = np.where(valid, tr.astype(np.float64), st["settling"])
         return score
