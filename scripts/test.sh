@@ -16,7 +16,7 @@ ruff format --check .
 mypy
 # pytest exits 5 when it collected no test: that is a failure here too.
 set +e
-pytest -q "$@"
+pytest -q --durations=25 "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then
