@@ -390,7 +390,11 @@ def resolve(
     """
     import sys
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = hoist_common_flags(sys.argv[1:] if argv is None else list(argv))
+    if argv and argv[0].split("=", 1)[0] in COMMON_FLAGS:
+        root.error(
+            f"{argv[0].split('=', 1)[0]} needs a command after it: twin {argv[0]} ... COMMAND"
+        )
     environ = os.environ if environ is None else environ
     args = root.parse_args(argv)
     _, leaf = command_path(root, args)
@@ -399,6 +403,37 @@ def resolve(
     except UsageError as exc:
         leaf.error(str(exc))
     return args, settings
+
+
+#: Flags every command has, which may also come before the command's name
+#: (``twin --config site.toml worker``), as with git or kubectl.
+COMMON_FLAGS = ("--config", "--log-format", "--log-level")
+
+
+def hoist_common_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the common flags given before the command moved after its words (and
+    before a ``--``), where the command's own parser takes them; anything else as given.
+    A common flag with no value stays where it is, for argparse to report."""
+    head: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name = a.split("=", 1)[0]
+        if name not in COMMON_FLAGS:
+            break
+        if "=" in a:
+            head.append(a)
+            i += 1
+        elif i + 1 < len(argv):
+            head += argv[i : i + 2]
+            i += 2
+        else:
+            break
+    if not head:
+        return list(argv)
+    rest = list(argv[i:])
+    cut = rest.index("--") if "--" in rest else len(rest)
+    return [*rest[:cut], *head, *rest[cut:]]
 
 
 def parse(

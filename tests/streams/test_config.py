@@ -64,6 +64,18 @@ def test_command_line_beats_env_beats_file_beats_default(tmp_path: Path) -> None
     )
 
 
+def test_common_flags_also_come_before_the_command(tmp_path: Path) -> None:
+    cfg = toml(tmp_path, "[worker]\nweb_port = 7011\n")
+    assert parse_args(["--config", str(cfg), "worker"], {}).web_port == 7011
+    args = parse_args([f"--config={cfg}", "--log-format", "json", "worker", "--web-port", "7"], {})
+    assert (args.web_port, args.log_format) == (7, "json")
+    assert config.hoist_common_flags(["--log-level", "info", "config", "show", "worker", "--",
+                                      "--web-port", "1"]) == [
+        "config", "show", "worker", "--log-level", "info", "--", "--web-port", "1"]  # fmt: skip
+    assert config.hoist_common_flags(["worker", "--config", "x"]) == ["worker", "--config", "x"]
+    assert config.hoist_common_flags(["--config"]) == ["--config"]
+
+
 def test_tables_from_general_to_specific(tmp_path: Path) -> None:
     cfg = toml(
         tmp_path,
