@@ -624,8 +624,8 @@ class DetectRuntime:
         # the offset trade off, and a few GPUs passing the fit's gates moved an inference
         # rack's offset by 2 K in one tick (bench_detection_eval, seed 100 at 2.4 h). The
         # rack then settles as after a load step.
-        off_med, _ = lay.median(rack_off, np.isfinite(rack_off))
-        off_now = off_med[starts]
+        # one offset per rack (the estimator's group): any of its GPUs holds it
+        off_now = np.fmax.reduceat(rack_off, starts) if rack_off.size else np.zeros(0)
         was = self._rack_off_k[rack_idx]
         jump = np.isfinite(was) & (np.abs(off_now - was) > OFFSET_JUMP_K) & np.isfinite(ts)
         self._rack_off_k[rack_idx] = np.where(np.isfinite(off_now), off_now, was)
