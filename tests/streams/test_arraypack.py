@@ -44,3 +44,21 @@ def test_refuses_what_it_did_not_write(data: bytes, reason: str) -> None:
 def test_object_arrays_are_refused() -> None:
     with pytest.raises(ArrayPackError, match="object"):
         pack_arrays({"o": np.array([object()])})
+
+
+def test_a_compressed_pack_reads_back_the_same_and_a_bomb_is_refused() -> None:
+    import zlib
+
+    from streams.arraypack import MAGIC_Z, MAX_UNPACKED_BYTES
+
+    arrays = {"keys": np.frombuffer(b"R0001/inlet_temp_c\n" * 500, np.uint8), "x": np.zeros(9)}
+    small = pack_arrays(arrays, compress=True)
+    assert small[:4] == MAGIC_Z and len(small) < len(pack_arrays(arrays)) / 10
+    back = unpack_arrays(small)
+    assert all(np.array_equal(back[k], v) for k, v in arrays.items())
+    with pytest.raises(ArrayPackError, match="corrupt compressed"):
+        unpack_arrays(MAGIC_Z + b"not zlib")
+    bomb = MAGIC_Z + zlib.compress(b"TWA1" + bytes(MAX_UNPACKED_BYTES + 1))
+    assert len(bomb) < 100_000
+    with pytest.raises(ArrayPackError, match="over"):
+        unpack_arrays(bomb)
