@@ -172,42 +172,39 @@ def evaluate_sources(
             ]
             res[np.concatenate(dst)] = np.abs(rt.models.estimator.residual_k[np.concatenate(src)])
         engine.observe_many("gpu_temp_residual_k", names, res, owner_ix, racks, **kw)
-    # the CDUs and UPS modules only (not every rack's manifold unit: no loop over racks)
+    # the CDUs and UPS modules only (not every rack's manifold unit: no loop over racks);
+    # one engine call per signal over all of them (157 CDUs and 38 UPS modules at the
+    # campus: one observe per unit and signal was ~350 Python calls a tick)
+    sig: dict[str, tuple[list[str], list[float]]] = {
+        "ups_on_battery_bool": ([], []),
+        "cdu_supply_temp_c": ([], []),
+        "cdu_flow_frac": ([], []),
+    }
     for unit in (*sm.cdu_design_flow_kg_s, *sm.ups):
         ustate = rt.units.get(unit)
         if ustate is None or not owned(unit):
             continue
         vals = ustate.values()
-        where = sm.unit_where.get(unit, {})
-        blast = sm.blast.get(unit, ())
         if "on_battery_bool" in vals:
-            engine.observe(
-                "ups_on_battery_bool",
-                [unit],
-                [_point(vals, "on_battery_bool")],
-                owner=unit,
-                where=where,
-                blast=blast,
-                now_s=now_s,
-            )
+            sig["ups_on_battery_bool"][0].append(unit)
+            sig["ups_on_battery_bool"][1].append(_point(vals, "on_battery_bool"))
         if unit in sm.cdu_design_flow_kg_s:
-            engine.observe(
-                "cdu_supply_temp_c",
-                [unit],
-                [_point(vals, "supply_temp_c")],
-                owner=unit,
-                where=where,
-                blast=blast,
-                now_s=now_s,
-            )
             design = sm.cdu_design_flow_kg_s[unit]
-            engine.observe(
-                "cdu_flow_frac",
-                [unit],
-                [_point(vals, "flow_kg_s") / design if design > 0 else float("nan")],
-                owner=unit,
-                where=where,
-                blast=blast,
+            sig["cdu_supply_temp_c"][0].append(unit)
+            sig["cdu_supply_temp_c"][1].append(_point(vals, "supply_temp_c"))
+            sig["cdu_flow_frac"][0].append(unit)
+            flow = _point(vals, "flow_kg_s") / design if design > 0 else float("nan")
+            sig["cdu_flow_frac"][1].append(flow)
+    for name, (ids_u, vals_u) in sig.items():
+        if ids_u:
+            engine.observe_many(
+                name,
+                np.asarray(ids_u),
+                np.asarray(vals_u, dtype=np.float64),
+                np.arange(len(ids_u), dtype=np.int64),
+                ids_u,  # each unit its own owner
+                where={u: sm.unit_where.get(u, {}) for u in ids_u},
+                blast=sm.blast,
                 now_s=now_s,
             )
     if facility_view:
