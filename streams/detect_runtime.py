@@ -171,6 +171,11 @@ def _get_compact(
     return np.full(shape, default)
 
 
+def _starts(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Offsets of consecutive segments of ``sizes`` in their concatenation (for reduceat)."""
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+
 def _default_of(det: Detector, field_name: str) -> float:
     spec = det._all_fields()[field_name]
     return float(spec[0] if isinstance(spec, tuple) else spec)
@@ -555,13 +560,16 @@ class DetectRuntime:
             rack_off = np.full(n, np.nan)
         sc = self.gpu_score
         d = self.gpu
+        # racks whose load stepped lately: their residual drift waits (and, through
+        # _rack_settle_flag, their coolant reference)
+        settling = self._rack_settling(slots, counts, group, ts_s, power)
         inputs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {
             "residual": (t_fit, res, None),
             "r_trend": (t_fit, r_fit, None),
             "stuck": (ts_s, temp, power),
             "rate_power": (ts_s, power, None),
             "rate_temp": (ts_s, temp, None),
-            "drift": (t_fit, res, self._rack_settling(slots, counts, group, ts_s, power)),
+            "drift": (t_fit, res, settling),
             "power_own": (ts_s, power, None),
         }
         index = None if whole else idx
@@ -611,7 +619,7 @@ class DetectRuntime:
         fitted offset less the median steady residual of its fitted GPUs [K]."""
         ok = np.isfinite(ref_off)
         med, _ = lay.median(ref_off, ok)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        starts = _starts(counts)
         x = med[starts]
         ts = np.fmax.reduceat(np.where(ok, t_fit, np.nan), starts)
         det = self.rack["coolant_ref"]
@@ -651,11 +659,7 @@ class DetectRuntime:
         n_slots = self.hot_until_s.size
         sums = np.bincount(group, weights=np.nan_to_num(power_w), minlength=n_slots)
         rack_w = np.asarray(sums[sl], dtype=np.float64)
-        now = (
-            np.fmax.reduceat(ts_s, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
-            if ts_s.size
-            else np.zeros(0)
-        )
+        now = np.fmax.reduceat(ts_s, _starts(counts)) if ts_s.size else np.zeros(0)
         dt = now - self._rack_level_t_s[sl]
         step, level = load_step(rack_w, self._rack_level_w[sl], dt)
         fresh = np.isfinite(now) & ~(dt <= 0.0)
@@ -981,7 +985,7 @@ class DetectRuntime:
             self._nos = np.fromiter((self.rack_no[r] for r in racks), np.int64, len(racks))
         nos = self._nos
         idx = self._index
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        starts = _starts(sizes)
         # every GPU series in order: no gather; one running maximum, not a stacked copy
         whole = self._whole and idx.size == common.size
         stack = np.array(common if whole else common[idx])
@@ -1004,7 +1008,7 @@ class DetectRuntime:
             engine.observe_many(sig, ent, arr[gi], owner_ix, owners, **kw)
         rack_ent = np.asarray(owners)
         rack_ix = np.arange(hot.size, dtype=np.int64)
-        cmax = np.maximum.reduceat(common[gi], np.concatenate([[0], np.cumsum(hsizes)[:-1]]))
+        cmax = np.maximum.reduceat(common[gi], _starts(hsizes))
         cmax = np.where(hsizes > 0, cmax, 0.0)
         engine.observe_many("rack_coolant_common_score", rack_ent, cmax, rack_ix, owners, **kw)
         bal = self.rack_score[nos[hot]]
